@@ -1,0 +1,244 @@
+"""BEIR data: find it, download it, validate it, and write normalised Parquet tables.
+
+Every error names the file, the line and the field; nothing is written unless the whole set is valid.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import os
+import shutil
+import tempfile
+import urllib.request
+import zipfile
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import pyarrow as pa
+import pyarrow.parquet as pq
+from tqdm.auto import tqdm
+
+PROJECT_ROOT = Path(__file__).resolve().parents[1]
+SHARED_BEIR = PROJECT_ROOT.parent / "shared" / "data" / "beir"
+BEIR_ARCHIVE = "https://public.ukp.informatik.tu-darmstadt.de/thakur/BEIR/datasets"
+# md5 of the archive's zips, as published in the BEIR README (an unknown name needs --md5).
+BEIR_MD5 = {
+    "scifact": "5f7d1de60b170fc8027bb7898e2efca1",
+    "nfcorpus": "a89dba18a62ef92f7d323ec890a0d38d",
+    "trec-covid": "ce62140cb23feb9becf6270d0d1fe6d1",
+    "fiqa": "17918ed23cd04fb15047f73e6c3bd9d9",
+    "arguana": "8ad3e3c2a5867cdced806d6503f29b99",
+    "scidocs": "38121350fc3a4d2f48850f6aff52e4a9",
+}
+
+
+class DataError(ValueError):
+    """Bad input data; the message names the file, line and field."""
+
+
+@dataclass
+class BeirSet:
+    name: str
+    corpus: dict[str, dict[str, str]]  # id -> {"title", "text"}
+    queries: dict[str, str]
+    qrels: dict[str, dict[str, dict[str, int]]]  # split -> qid -> did -> grade
+    warnings: list[str] = field(default_factory=list)
+
+
+# ---------------------------------------------------------------- locating and downloading
+
+
+def resolve_dataset(
+    data: str, cache_dir: Path | None = None, base_url: str = BEIR_ARCHIVE, md5: str | None = None
+) -> Path:
+    """A path, else a name under $LMORT_DATA, else under ../shared/data/beir, else the BEIR archive."""
+    p = Path(data)
+    if p.is_dir():
+        return p
+    roots = [Path(os.environ["LMORT_DATA"])] if os.environ.get("LMORT_DATA") else []
+    for root in [*roots, SHARED_BEIR]:
+        if (root / data / "corpus.jsonl").exists():
+            return root / data
+    cache_dir = Path(cache_dir or PROJECT_ROOT / "cache" / "beir")
+    if (cache_dir / data / "corpus.jsonl").exists():
+        return cache_dir / data
+    return download_beir(data, cache_dir, base_url=base_url, md5=md5)
+
+
+def download_beir(name: str, dest: Path, base_url: str = BEIR_ARCHIVE, md5: str | None = None) -> Path:
+    """Fetch `name`.zip, check its md5, unpack it next to `dest` and rename into place (atomic)."""
+    expected = md5 or BEIR_MD5.get(name)
+    if expected is None:
+        raise DataError(f"{name}: not found locally and no known md5 for the BEIR archive; pass --md5")
+    dest.mkdir(parents=True, exist_ok=True)
+    url = f"{base_url.rstrip('/')}/{name}.zip"
+    with tempfile.TemporaryDirectory(dir=dest) as tmp:
+        zpath = Path(tmp) / f"{name}.zip"
+        digest = hashlib.md5()
+        with urllib.request.urlopen(url) as resp, open(zpath, "wb") as out:
+            total = int(resp.headers.get("Content-Length") or 0) or None
+            with tqdm(total=total, unit="B", unit_scale=True, desc=f"download {name}") as bar:
+                while chunk := resp.read(1 << 20):
+                    digest.update(chunk)
+                    out.write(chunk)
+                    bar.update(len(chunk))
+        if digest.hexdigest() != expected:
+            raise DataError(f"{url}: md5 {digest.hexdigest()} does not match the expected {expected}")
+        with zipfile.ZipFile(zpath) as zf:
+            zf.extractall(Path(tmp) / "x")
+        found = [p.parent for p in (Path(tmp) / "x").rglob("corpus.jsonl")]
+        if len(found) != 1:
+            raise DataError(f"{url}: the archive holds {len(found)} corpus.jsonl files, expected 1")
+        os.replace(found[0], dest / name)
+    return dest / name
+
+
+# ---------------------------------------------------------------- reading and validation
+
+
+def _read_jsonl(path: Path, required: tuple[str, ...]) -> list[tuple[int, dict]]:
+    rows = []
+    with open(path, "rb") as f:
+        for lineno, raw in enumerate(f, 1):
+            try:
+                line = raw.decode("utf-8")
+            except UnicodeDecodeError as e:
+                raise DataError(f"{path}:{lineno}: not valid UTF-8 ({e.reason} at byte {e.start})") from None
+            if not line.strip():
+                continue
+            try:
+                obj = json.loads(line)
+            except json.JSONDecodeError as e:
+                raise DataError(f"{path}:{lineno}: malformed JSON ({e.msg}, column {e.colno})") from None
+            if not isinstance(obj, dict):
+                raise DataError(f"{path}:{lineno}: expected a JSON object")
+            for key in required:
+                if key not in obj:
+                    raise DataError(f"{path}:{lineno}: missing field '{key}'")
+            obj["_id"] = str(obj["_id"])
+            rows.append((lineno, obj))
+    return rows
+
+
+def _check_unique(path: Path, rows: list[tuple[int, dict]]) -> None:
+    seen: dict[str, int] = {}
+    for lineno, obj in rows:
+        if obj["_id"] in seen:
+            raise DataError(f"{path}:{lineno}: duplicate _id '{obj['_id']}' (first on line {seen[obj['_id']]})")
+        seen[obj["_id"]] = lineno
+
+
+def load_beir(folder: Path, name: str | None = None) -> BeirSet:
+    """Read and validate a BEIR folder; raise DataError on the first bad line."""
+    folder = Path(folder)
+    cpath, qpath = folder / "corpus.jsonl", folder / "queries.jsonl"
+    for p in (cpath, qpath):
+        if not p.exists():
+            raise DataError(f"{p}: file not found")
+    crow = _read_jsonl(cpath, ("_id", "text"))
+    _check_unique(cpath, crow)
+    corpus, notes, empty = {}, [], []
+    for lineno, o in crow:
+        title, text = str(o.get("title") or ""), str(o["text"] or "")
+        if not (title.strip() or text.strip()):
+            empty.append(f"{lineno} ('{o['_id']}')")  # nothing to encode: skip it, count it, say where
+            continue
+        corpus[o["_id"]] = {"title": title, "text": text}
+    if empty:
+        notes.append(f"{cpath}: skipped {len(empty)} empty documents (fields 'title' and 'text' empty) "
+                     f"on lines {', '.join(empty[:10])}{' ...' if len(empty) > 10 else ''}")
+    qrow = _read_jsonl(qpath, ("_id", "text"))
+    _check_unique(qpath, qrow)
+    queries = {}
+    for lineno, o in qrow:
+        if not str(o["text"] or "").strip():
+            raise DataError(f"{qpath}:{lineno}: empty field 'text' in query '{o['_id']}'")
+        queries[o["_id"]] = str(o["text"])
+    qrels = {}
+    qdir = folder / "qrels"
+    for tsv in sorted(qdir.glob("*.tsv")) if qdir.exists() else []:
+        split, unknown = tsv.stem, 0
+        qrels[split] = {}
+        with open(tsv, encoding="utf-8") as f:
+            for lineno, line in enumerate(f, 1):
+                parts = line.rstrip("\n").split("\t")
+                if lineno == 1 and parts[0] == "query-id":
+                    continue
+                if len(parts) != 3:
+                    raise DataError(f"{tsv}:{lineno}: expected 3 tab-separated fields, got {len(parts)}")
+                qid, did, score = parts
+                try:
+                    grade = int(float(score))
+                except ValueError:
+                    raise DataError(f"{tsv}:{lineno}: field 'score' is not a number: {score!r}") from None
+                if qid not in queries or did not in corpus:
+                    unknown += 1
+                    continue
+                qrels[split].setdefault(qid, {})[did] = grade
+        if unknown:
+            notes.append(f"{tsv}: skipped {unknown} judgements naming unknown query or document ids")
+    return BeirSet(name or folder.name, corpus, queries, qrels, notes)
+
+
+# ---------------------------------------------------------------- normalised tables
+
+
+def write_tables(beir: BeirSet, out: Path, extra: dict[str, pa.Table] | None = None) -> None:
+    """Write corpus/queries/qrels (and any extra tables) to `out` atomically: all or nothing."""
+    out = Path(out)
+    out.parent.mkdir(parents=True, exist_ok=True)
+    tmp = Path(tempfile.mkdtemp(dir=out.parent, prefix=f".{out.name}."))
+    try:
+        ids = list(beir.corpus)
+        pq.write_table(pa.table({"id": ids, "title": [beir.corpus[i]["title"] for i in ids],
+                                 "text": [beir.corpus[i]["text"] for i in ids]}), tmp / "corpus.parquet")
+        pq.write_table(pa.table({"id": list(beir.queries), "text": list(beir.queries.values())}),
+                       tmp / "queries.parquet")
+        for split, qr in beir.qrels.items():
+            rows = [(q, d, g) for q, ds in qr.items() for d, g in ds.items()]
+            pq.write_table(pa.table({"query_id": [r[0] for r in rows], "doc_id": [r[1] for r in rows],
+                                     "relevance": pa.array([r[2] for r in rows], pa.int32())}),
+                           tmp / f"qrels-{split}.parquet")
+        for tname, table in (extra or {}).items():
+            pq.write_table(table, tmp / f"{tname}.parquet")
+        (tmp / "manifest.json").write_text(json.dumps({
+            "name": beir.name, "docs": len(beir.corpus), "queries": len(beir.queries),
+            "splits": {s: len(q) for s, q in beir.qrels.items()}, "warnings": beir.warnings}, indent=1))
+        if out.exists():
+            shutil.rmtree(out)
+        os.replace(tmp, out)
+    except BaseException:
+        shutil.rmtree(tmp, ignore_errors=True)
+        raise
+
+
+@dataclass
+class Prepared:
+    """A prepared data set, read back from `lmort prepare`'s Parquet tables."""
+
+    name: str
+    corpus: dict[str, dict[str, str]]
+    queries: dict[str, str]
+    qrels: dict[str, dict[str, dict[str, int]]]
+    folder: Path
+
+    def pairs(self, split: str = "train") -> pa.Table:
+        return pq.read_table(self.folder / f"pairs-{split}.parquet")
+
+
+def load_prepared(folder: Path) -> Prepared:
+    folder = Path(folder)
+    if not (folder / "manifest.json").exists():
+        raise DataError(f"{folder}: not a prepared data set (no manifest.json); run `lmort prepare`")
+    c = pq.read_table(folder / "corpus.parquet").to_pydict()
+    q = pq.read_table(folder / "queries.parquet").to_pydict()
+    qrels: dict[str, dict[str, dict[str, int]]] = {}
+    for p in sorted(folder.glob("qrels-*.parquet")):
+        t = pq.read_table(p).to_pydict()
+        split = qrels.setdefault(p.stem.removeprefix("qrels-"), {})
+        for qid, did, g in zip(t["query_id"], t["doc_id"], t["relevance"]):
+            split.setdefault(qid, {})[did] = g
+    name = json.loads((folder / "manifest.json").read_text())["name"]
+    corpus = {i: {"title": t, "text": x} for i, t, x in zip(c["id"], c["title"], c["text"])}
+    return Prepared(name, corpus, dict(zip(q["id"], q["text"])), qrels, folder)

@@ -1,0 +1,146 @@
+"""The cache runner (stage one): run the frozen LLM once per text and write chosen layers to a store.
+
+Shards are independent tasks: in this process, or on dask workers (a LocalCluster or any scheduler),
+each worker loading the model once. Knows the LLM and the store writer; knows nothing about training.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import time
+from dataclasses import asdict, dataclass, field
+from pathlib import Path
+
+import numpy as np
+import torch
+from tqdm.auto import tqdm
+
+from .data import Prepared
+from .llm import FrozenLLM, Template
+from .store import DTYPES, StoreWriter, store_bytes, write_shard
+
+
+@dataclass(frozen=True)
+class ExtractSpec:
+    """Everything that decides a store's content; its fields (plus model hashes) form the fingerprint."""
+
+    model: str
+    layers: tuple[int, ...]
+    kind: str  # "corpus" or "queries"
+    max_length: int
+    template: Template = field(default_factory=Template)
+    dtype: str = "float16"
+    shard_tokens: int = 32768
+    chunk_tokens: int = 1024
+    batch_tokens: int = 8192
+
+
+_MODELS: dict[tuple[str, int], FrozenLLM] = {}
+
+
+def cached_llm(model: str, max_layer: int) -> FrozenLLM:
+    """One truncated model per process (a dask worker loads it once and keeps it)."""
+    key = (model, max_layer)
+    if key not in _MODELS:
+        _MODELS.clear()
+        _MODELS[key] = FrozenLLM(model, max_layer=max_layer)
+    return _MODELS[key]
+
+
+def texts_of(ds: Prepared, kind: str, template: Template) -> tuple[list[str], list[str]]:
+    if kind == "corpus":
+        ids = list(ds.corpus)
+        return ids, [template.format_passage(**ds.corpus[i]) for i in ids]
+    if kind == "queries":
+        ids = list(ds.queries)
+        return ids, [template.format_query(ds.queries[i]) for i in ids]
+    raise ValueError(f"kind must be corpus or queries, not {kind!r}")
+
+
+def fingerprint(spec: ExtractSpec, llm: FrozenLLM, ids: list[str], texts: list[str]) -> dict:
+    tok = hashlib.sha256(json.dumps(sorted(llm.tokenizer.get_vocab().items())).encode()).hexdigest()[:16]
+    content = hashlib.sha256("\x1e".join(f"{i}\x1f{t}" for i, t in zip(ids, texts)).encode()).hexdigest()[:16]
+    return {"model": spec.model, "weights_sha256": llm.weights_hash, "layers": list(spec.layers),
+            "kind": spec.kind, "template": asdict(spec.template), "max_length": spec.max_length,
+            "tokenizer_sha256": tok, "dtype": spec.dtype, "texts_sha256": content, "format_version": 1,
+            "attention_sink": llm.attention_sink, "width": llm.hidden_size}
+
+
+def compute_shard(path: str, spec: ExtractSpec, shard_index: int, shard: tuple[int, int, int, int],
+                  token_ids: list[list[int]]) -> int:
+    """Run the LLM over one shard's texts (store order) and write its region; returns its token count."""
+    llm = cached_llm(spec.model, max(spec.layers))
+    first_row, _, s0, s1 = shard
+    starts = np.cumsum([0] + [len(t) for t in token_ids])
+    out = {layer: np.zeros((s1 - s0, llm.hidden_size), dtype=DTYPES[spec.dtype]) for layer in spec.layers}
+    limit = float(np.finfo(DTYPES[spec.dtype]).max)
+    for idx, states, mask in llm.iter_hidden_states(token_ids, list(spec.layers), spec.batch_tokens,
+                                                    progress=False):
+        for b, i in enumerate(idx):
+            n = len(token_ids[i])
+            for layer in spec.layers:
+                x = states[layer][b, :n].float().clamp(-limit, limit).cpu().numpy()
+                out[layer][starts[i] : starts[i] + n] = x
+    write_shard(Path(path), shard, shard_index, out)
+    return int(starts[-1])
+
+
+def extract(ds: Prepared, spec: ExtractSpec, out: Path, force: bool = False, workers: int = 0,
+            scheduler: str | None = None, progress: bool = True, dry_run: bool = False) -> dict:
+    """Build (or resume) the store for one data set and text kind. Returns a summary with timings."""
+    llm = cached_llm(spec.model, max(spec.layers))
+    ids, texts = texts_of(ds, spec.kind, spec.template)
+    token_ids, truncated = llm.tokenize(texts, spec.max_length)
+    fp = fingerprint(spec, llm, ids, texts)
+    writer = StoreWriter(out, fp, ids, token_ids, llm.hidden_size, spec.shard_tokens, spec.chunk_tokens, force)
+    tokens = sum(map(len, token_ids))
+    itemsize = np.dtype(DTYPES[spec.dtype]).itemsize
+    summary = {"store": str(out), "texts": len(ids), "tokens": tokens, "truncated": truncated,
+               "layers": list(spec.layers), "max_length": spec.max_length,
+               "estimated_bytes": writer.plan.slots * llm.hidden_size * itemsize * len(spec.layers)}
+    pending = writer.pending_shards()
+    ordered = [token_ids[i] for i in writer.plan.order]
+    shard_tokens = {i: ordered[s[0]:s[1]] for i, s in enumerate(writer.plan.shards)}
+    todo_tokens = sum(len(t) for i in pending for t in shard_tokens[i])
+    print(f"{out}: {len(ids)} texts, {tokens:,} tokens ({truncated} truncated at {spec.max_length}), "
+          f"layers {list(spec.layers)}, about {summary['estimated_bytes'] / 1e9:.2f} GB uncompressed; "
+          f"{len(pending)}/{len(writer.plan.shards)} shards to compute ({todo_tokens:,} tokens)")
+    if dry_run:
+        return summary
+    t0 = time.time()
+    with writer.lock():
+        with tqdm(total=todo_tokens, unit="tok", unit_scale=True, desc=f"extract {spec.kind}",
+                  disable=not progress) as bar:
+            if workers or scheduler:
+                _run_dask(str(out), spec, pending, writer.plan.shards, shard_tokens, workers, scheduler, bar)
+            else:
+                for i in pending:
+                    bar.update(compute_shard(str(out), spec, i, writer.plan.shards[i], shard_tokens[i]))
+        writer.finish()
+    seconds = time.time() - t0
+    summary.update({"seconds": round(seconds, 1), "tokens_per_second": round(todo_tokens / max(seconds, 1e-9), 1),
+                    "bytes_on_disk": store_bytes(out), "shards_computed": len(pending)})
+    return summary
+
+
+def _run_dask(path, spec, pending, shards, shard_tokens, workers, scheduler, bar) -> None:
+    from dask.distributed import Client, LocalCluster, as_completed
+
+    cluster = None
+    if scheduler:
+        client = Client(scheduler)
+    else:
+        threads = max(1, torch.get_num_threads() // workers)
+        cluster = LocalCluster(n_workers=workers, threads_per_worker=1, processes=True, host="127.0.0.1",
+                               dashboard_address=None, env={"OMP_NUM_THREADS": str(threads)})
+        client = Client(cluster)
+    try:
+        futures = [client.submit(compute_shard, path, spec, i, shards[i], shard_tokens[i], pure=False)
+                   for i in pending]
+        for fut in as_completed(futures):
+            bar.update(fut.result())
+    finally:
+        client.close()
+        if cluster is not None:
+            cluster.close()

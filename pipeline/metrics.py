@@ -1,0 +1,53 @@
+"""Retrieval metrics through ir-measures (pytrec_eval underneath), TREC run files, Markdown tables."""
+
+from __future__ import annotations
+
+import os
+from pathlib import Path
+
+import ir_measures
+from ir_measures import MRR, R, nDCG
+
+MEASURES = {"nDCG@10": nDCG @ 10, "Recall@100": R @ 100, "MRR@10": MRR @ 10}
+
+Run = dict[str, dict[str, float]]
+Qrels = dict[str, dict[str, int]]
+
+
+def evaluate(run: Run, qrels: Qrels) -> dict[str, float]:
+    """Mean nDCG@10, Recall@100 and MRR@10 over the judged queries (a query missing from the run scores 0)."""
+    qrels = {q: d for q, d in qrels.items() if any(g > 0 for g in d.values())}
+    run = {q: run.get(q, {}) for q in qrels}
+    # ir-measures skips queries without results; give each an impossible doc so it counts as 0.
+    run = {q: (r or {"__none__": 0.0}) for q, r in run.items()}
+    agg = ir_measures.calc_aggregate(list(MEASURES.values()), qrels, run)
+    return {name: float(agg[m]) for name, m in MEASURES.items()}
+
+
+def write_trec_run(run: Run, path: Path, tag: str) -> None:
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    tmp = path.with_name(path.name + ".tmp")
+    with open(tmp, "w") as f:
+        for qid, docs in run.items():
+            for rank, (did, s) in enumerate(sorted(docs.items(), key=lambda x: -x[1]), 1):
+                f.write(f"{qid} Q0 {did} {rank} {s:.6f} {tag}\n")
+    os.replace(tmp, path)
+
+
+def read_trec_run(path: Path) -> Run:
+    run: Run = {}
+    with open(path) as f:
+        for line in f:
+            qid, _, did, _, score, _ = line.split()
+            run.setdefault(qid, {})[did] = float(score)
+    return run
+
+
+def markdown_table(rows: list[dict], columns: list[str], floatfmt: str = ".3f") -> str:
+    """A GitHub Markdown table; floats formatted, missing cells left empty."""
+    def cell(v):
+        return format(v, floatfmt) if isinstance(v, float) else ("" if v is None else str(v))
+    lines = ["| " + " | ".join(columns) + " |", "|" + "|".join("---" for _ in columns) + "|"]
+    lines += ["| " + " | ".join(cell(r.get(c)) for c in columns) + " |" for r in rows]
+    return "\n".join(lines) + "\n"

@@ -1,0 +1,60 @@
+"""`lmort prepare`: validated tables, BM25 hard negatives, a dev slice where a set has none."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+from .bm25 import BM25, carve_dev, judged_relevant, training_pairs
+from .data import load_beir, resolve_dataset, write_tables
+from .metrics import evaluate
+
+
+def prepare_dataset(
+    data: str, out: Path, n_negatives: int = 16, dev_fraction: float = 0.1, seed: int = 0,
+    md5: str | None = None,
+) -> dict:
+    """Validate `data`, mine hard negatives for its train (and dev) split, and write everything to `out`.
+
+    Returns a summary with the BM25 sanity scores (nDCG@10 etc. per judged split).
+    """
+    folder = resolve_dataset(data, md5=md5)
+    beir = load_beir(folder, name=Path(data).name)
+    bm25 = BM25(beir.corpus)
+    judged = judged_relevant(beir.qrels)
+    extra, summary = {}, {"name": beir.name, "source": str(folder), "warnings": beir.warnings, "bm25": {}}
+    if "train" in beir.qrels:
+        train = beir.qrels["train"]
+        if "dev" not in beir.qrels:
+            train, dev = carve_dev(train, dev_fraction, seed)
+            beir.qrels["dev"] = dev
+            summary["dev_carved_from_train"] = {"queries": len(dev), "seed": seed}
+        beir.qrels["train"] = train
+        extra["pairs-train"] = training_pairs(beir.queries, train, bm25, judged, n_negatives)
+        extra["pairs-dev"] = training_pairs(beir.queries, beir.qrels["dev"], bm25, judged, n_negatives)
+    for split, qrels in beir.qrels.items():
+        if split == "train":
+            continue
+        run = bm25.search({q: beir.queries[q] for q in qrels}, k=100)
+        summary["bm25"][split] = evaluate(run, qrels)
+    write_tables(beir, out, extra)
+    return summary
+
+
+def prepared_dir(data: str) -> Path:
+    """Where `lmort prepare` puts a data set by default: cache/data/<name>."""
+    from .llm import models_cache
+
+    return models_cache().parent / "data" / Path(data).name
+
+
+def ensure_prepared(data: str):
+    """A prepared folder as given, or the default one for a data set name (prepared on first use)."""
+    from .data import load_prepared
+
+    p = Path(data)
+    if (p / "manifest.json").exists():
+        return load_prepared(p)
+    target = prepared_dir(data)
+    if not (target / "manifest.json").exists():
+        prepare_dataset(data, target)
+    return load_prepared(target)

@@ -1,0 +1,259 @@
+"""ActivationStore: ragged hidden states of chosen layers in one chunked Zarr v3 store.
+
+Layout (one store per model, data set, text kind, layers, template, max length):
+
+    zarr.json            attrs: fingerprint, ids (store order), plan, complete
+    starts   int64 [n]   first token slot of each text
+    lengths  int32 [n]   tokens of each text
+    token_ids int32 [slots]
+    layer_<l> float16 [slots, width], chunks of `chunk_tokens` rows
+    _shards/<i>.done     a shard's regions are fully written
+    .lock                held by the one writer
+
+Texts are stored longest first and grouped into shards; each shard owns whole chunks (its region starts on
+a chunk boundary), so shards are written independently, by one process or by many dask workers, and a
+killed run recomputes only the shards without a `.done` marker. `complete` is set last; readers refuse a
+store without it. This module knows nothing about models or training.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import shutil
+import socket
+from contextlib import contextmanager
+from dataclasses import dataclass
+from pathlib import Path
+
+import numpy as np
+import torch
+import zarr
+from zarr.codecs import ZstdCodec
+
+FORMAT_VERSION = 1
+DTYPES = {"float16": np.float16, "float32": np.float32}  # numpy/zarr have no bfloat16
+
+
+class StoreError(RuntimeError):
+    """A store that cannot be used as asked: wrong fingerprint, incomplete, or locked."""
+
+
+@dataclass
+class Plan:
+    """Where every text and every shard lives in the token axis; fixed before any state is computed."""
+
+    order: list[int]  # store row -> index into the caller's text list
+    lengths: list[int]  # per store row
+    starts: list[int]  # per store row
+    shards: list[tuple[int, int, int, int]]  # (first row, end row, first slot, end slot)
+    slots: int
+
+    @classmethod
+    def build(cls, lengths: list[int], shard_tokens: int, chunk_tokens: int) -> Plan:
+        order = sorted(range(len(lengths)), key=lambda i: (-lengths[i], i))
+        starts, shards, slot, row = [], [], 0, 0
+        while row < len(order):
+            first_row, first_slot = row, slot
+            while row < len(order) and (row == first_row or slot - first_slot + lengths[order[row]] <= shard_tokens):
+                starts.append(slot)
+                slot += lengths[order[row]]
+                row += 1
+            slot = -(-slot // chunk_tokens) * chunk_tokens  # next shard starts on a chunk boundary
+            shards.append((first_row, row, first_slot, slot))
+        return cls(order, [lengths[i] for i in order], starts, shards, slot)
+
+
+def describe_difference(old: dict, new: dict) -> str:
+    keys = sorted(set(old) | set(new))
+    return "; ".join(f"{k}: store has {old.get(k)!r}, asked {new.get(k)!r}" for k in keys if old.get(k) != new.get(k))
+
+
+class ActivationStore:
+    """Opens a store for reading. Refuses one that is incomplete or has another fingerprint."""
+
+    def __init__(self, path: Path, fingerprint: dict | None = None):
+        self.path = Path(path)
+        if not (self.path / "zarr.json").exists():
+            raise StoreError(f"{self.path}: no activation store here; run `lmort extract`")
+        self.group = zarr.open_group(str(self.path), mode="r")
+        attrs = self.group.attrs.asdict()
+        if not attrs.get("complete"):
+            raise StoreError(f"{self.path}: store is incomplete (an extraction was interrupted); "
+                             "rerun `lmort extract` to resume it")
+        self.fingerprint = attrs["fingerprint"]
+        if fingerprint is not None and fingerprint != self.fingerprint:
+            raise StoreError(f"{self.path}: fingerprint differs: {describe_difference(self.fingerprint, fingerprint)}")
+        self.ids: list[str] = attrs["ids"]
+        self.row = {i: r for r, i in enumerate(self.ids)}
+        self.layers: list[int] = self.fingerprint["layers"]
+        self.starts = self.group["starts"][:]
+        self.lengths = self.group["lengths"][:]
+        self.width = int(self.group[f"layer_{self.layers[0]}"].shape[1])
+        self._memory: dict[int, np.ndarray] = {}
+
+    def __len__(self) -> int:
+        return len(self.ids)
+
+    def dask(self, layer: int):
+        """The flat [slots, width] array of one layer as a dask array (chunks as stored)."""
+        import dask.array as da
+
+        return da.from_zarr(self.group[f"layer_{layer}"])
+
+    def load(self, layers: list[int]) -> None:
+        """Read whole layers into memory once (training reads random texts; chunk reads would repeat)."""
+        for layer in layers:
+            if layer not in self._memory:
+                self._memory[layer] = self.group[f"layer_{layer}"][:]
+
+    def _array(self, layer: int):
+        if layer not in self.layers:
+            raise StoreError(f"{self.path}: layer {layer} not stored (has {self.layers})")
+        return self._memory.get(layer, self.group[f"layer_{layer}"])
+
+    def states(self, text_id: str, layer: int) -> np.ndarray:
+        r = self.row[text_id]
+        s = int(self.starts[r])
+        return np.asarray(self._array(layer)[s : s + int(self.lengths[r])])
+
+    def token_ids(self, text_id: str) -> list[int]:
+        r = self.row[text_id]
+        s = int(self.starts[r])
+        return self.group["token_ids"][s : s + int(self.lengths[r])].tolist()
+
+    def batch(self, ids: list[str], layers: list[int]) -> tuple[dict[int, torch.Tensor], torch.Tensor]:
+        """Right-padded float32 batches {layer: [B, T, width]} and the [B, T] bool mask."""
+        rows = [self.row[i] for i in ids]
+        lengths = [int(self.lengths[r]) for r in rows]
+        width_t = max(lengths)
+        mask = torch.zeros(len(ids), width_t, dtype=torch.bool)
+        for b, n in enumerate(lengths):
+            mask[b, :n] = True
+        out = {}
+        for layer in layers:
+            arr = self._array(layer)
+            buf = np.zeros((len(ids), width_t, self.width), dtype=np.float32)
+            for b, r in enumerate(rows):
+                s = int(self.starts[r])
+                buf[b, : lengths[b]] = arr[s : s + lengths[b]]
+            out[layer] = torch.from_numpy(buf)
+        return out, mask
+
+
+# ------------------------------------------------------------------ writing (the cache runner's side)
+
+
+class StoreWriter:
+    """Creates or reopens a store for writing; one writer at a time (a lock file)."""
+
+    def __init__(self, path: Path, fingerprint: dict, ids: list[str], token_ids: list[list[int]], width: int,
+                 shard_tokens: int = 32768, chunk_tokens: int = 1024, force: bool = False):
+        self.path = Path(path)
+        self.fingerprint = fingerprint
+        self.plan = Plan.build([len(t) for t in token_ids], shard_tokens, chunk_tokens)
+        self.ids = [ids[i] for i in self.plan.order]
+        plan_attrs = {"shards": len(self.plan.shards), "slots": self.plan.slots, "shard_tokens": shard_tokens,
+                      "chunk_tokens": chunk_tokens}
+        if (self.path / "zarr.json").exists():
+            attrs = zarr.open_group(str(self.path), mode="r").attrs.asdict()
+            if force:
+                shutil.rmtree(self.path)
+            elif attrs.get("fingerprint") != fingerprint:
+                raise StoreError(f"{self.path}: a store with another fingerprint exists "
+                                 f"({describe_difference(attrs.get('fingerprint', {}), fingerprint)}); "
+                                 "use --force to rebuild it")
+            elif attrs.get("plan") != plan_attrs or attrs.get("ids") != self.ids:
+                raise StoreError(f"{self.path}: store was laid out for other texts or shard sizes; use --force")
+        if not (self.path / "zarr.json").exists():
+            self._create(token_ids, width, plan_attrs)
+
+    def _create(self, token_ids: list[list[int]], width: int, plan_attrs: dict) -> None:
+        tmp = self.path.with_name(f".{self.path.name}.creating")
+        shutil.rmtree(tmp, ignore_errors=True)
+        tmp.parent.mkdir(parents=True, exist_ok=True)
+        g = zarr.open_group(str(tmp), mode="w")
+        p = self.plan
+        chunk = plan_attrs["chunk_tokens"]
+        g.create_array("starts", data=np.asarray(p.starts, dtype=np.int64))
+        g.create_array("lengths", data=np.asarray(p.lengths, dtype=np.int32))
+        flat = np.zeros(p.slots, dtype=np.int32)
+        for row, idx in enumerate(p.order):
+            flat[p.starts[row] : p.starts[row] + p.lengths[row]] = token_ids[idx]
+        g.create_array("token_ids", data=flat, chunks=(max(chunk * 16, 1),))
+        dtype = self.fingerprint["dtype"]
+        for layer in self.fingerprint["layers"]:
+            g.create_array(f"layer_{layer}", shape=(p.slots, width), chunks=(chunk, width),
+                           dtype=DTYPES[dtype], compressors=ZstdCodec(level=3), fill_value=0)
+        g.attrs.update({"fingerprint": self.fingerprint, "ids": self.ids, "plan": plan_attrs, "complete": False,
+                        "format_version": FORMAT_VERSION})
+        (tmp / "_shards").mkdir()
+        os.replace(tmp, self.path)
+
+    @property
+    def complete(self) -> bool:
+        return bool(zarr.open_group(str(self.path), mode="r").attrs.get("complete"))
+
+    def pending_shards(self) -> list[int]:
+        return [i for i in range(len(self.plan.shards)) if not (self.path / "_shards" / f"{i}.done").exists()]
+
+    def finish(self) -> None:
+        missing = self.pending_shards()
+        if missing:
+            raise StoreError(f"{self.path}: {len(missing)} shards still missing; not marking complete")
+        g = zarr.open_group(str(self.path), mode="r+")
+        g.attrs["complete"] = True
+
+    @contextmanager
+    def lock(self):
+        """An exclusive lock file; a stale one (its process gone, same host) is taken over."""
+        lock = self.path / ".lock"
+        me = f"{socket.gethostname()}:{os.getpid()}"
+        for _ in range(2):
+            try:
+                fd = os.open(lock, os.O_CREAT | os.O_EXCL | os.O_WRONLY)
+                os.write(fd, me.encode())
+                os.close(fd)
+                break
+            except FileExistsError:
+                host, _, pid = lock.read_text().partition(":")
+                if host == socket.gethostname() and pid.isdigit() and not _alive(int(pid)):
+                    lock.unlink(missing_ok=True)
+                    continue
+                raise StoreError(f"{self.path}: another writer holds the lock ({host}, pid {pid}); "
+                                 f"remove {lock} if that process is gone") from None
+        try:
+            yield
+        finally:
+            lock.unlink(missing_ok=True)
+
+
+def write_shard(path: Path, shard: tuple[int, int, int, int], shard_index: int,
+                states: dict[int, np.ndarray]) -> None:
+    """Write one shard's regions ({layer: [slots, width]} covering its whole region) and mark it done."""
+    g = zarr.open_group(str(path), mode="r+")
+    _, _, s0, s1 = shard
+    for layer, arr in states.items():
+        g[f"layer_{layer}"][s0:s1] = arr
+    marker = Path(path) / "_shards" / f"{shard_index}.done"
+    tmp = marker.with_suffix(".tmp")
+    tmp.write_text("ok")
+    os.replace(tmp, marker)
+
+
+def _alive(pid: int) -> bool:
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    except PermissionError:
+        return True
+    return True
+
+
+def store_bytes(path: Path) -> int:
+    return sum(f.stat().st_size for f in Path(path).rglob("*") if f.is_file())
+
+
+def fingerprint_text(fp: dict) -> str:
+    return json.dumps(fp, sort_keys=True)

@@ -1,0 +1,36 @@
+"""`lmort analyze`: layer geometry on training pairs; writes geometry.json/.png/.md and picks the layers."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import click
+
+from pipeline.analyze import analyze, layer_table
+from pipeline.prepare import ensure_prepared
+
+from .common import friendly_errors
+
+
+@click.command("analyze")
+@click.option("--model", required=True, help="Preset (smollm2-135m, gemma3-270m), hub id or local folder.")
+@click.option("--data", "data", multiple=True, required=True, help="Data set(s) whose training pairs to use.")
+@click.option("--split", default="train", show_default=True, help="Pairs split; never test.")
+@click.option("--out", type=click.Path(path_type=Path), required=True)
+@click.option("--max-pairs", default=5000, show_default=True)
+@click.option("--seed", default=0, show_default=True)
+@click.option("--query-max-length", default=64, show_default=True)
+@click.option("--passage-max-length", default=256, show_default=True)
+@click.option("--eval-data", help="Also report each raw layer's nDCG@10 on this set (reporting only).")
+@click.option("--eval-split", default="test", show_default=True)
+@friendly_errors
+def command(model, data, split, out, max_pairs, seed, query_max_length, passage_max_length, eval_data,
+            eval_split) -> None:
+    datasets = [ensure_prepared(d) for d in data]
+    result = analyze(model, datasets, out, split, max_pairs, seed, query_max_length=query_max_length,
+                     passage_max_length=passage_max_length,
+                     eval_dataset=ensure_prepared(eval_data) if eval_data else None, eval_split=eval_split)
+    click.echo(layer_table(result))
+    click.echo(result["verdict"])
+    click.echo(f"A-layer {result['a_layer']}, U-layer {result['u_layer']}; {result['pairs']} pairs; "
+               f"{result['wall_seconds']} s; wrote {out}/geometry.json, .png, .md")

@@ -1,0 +1,20 @@
+"""What every stage shares: turning library errors into clear messages and a non-zero exit."""
+
+from __future__ import annotations
+
+import functools
+
+import click
+
+from pipeline.data import DataError
+
+
+def friendly_errors(fn):
+    """Library errors (bad data, refused stores) become one clear line and exit status 2."""
+    @functools.wraps(fn)
+    def wrapper(*args, **kwargs):
+        try:
+            return fn(*args, **kwargs)
+        except (DataError, FileNotFoundError) as e:
+            raise click.ClickException(str(e)) from e
+    return wrapper

@@ -1,0 +1,64 @@
+"""`lmort extract`: stage one. Hidden states of the chosen layers into resumable Zarr stores."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import click
+
+from pipeline.extract import ExtractSpec, extract
+from pipeline.prepare import ensure_prepared
+from pipeline.store import StoreError
+
+from .common import friendly_errors
+
+
+def default_layers(geometry: Path) -> list[int]:
+    """The A- and U-layers of an analysis, plus the embedding and last layers (every ablation's inputs)."""
+    g = json.loads(Path(geometry).read_text())
+    return sorted({0, g["a_layer"], g["u_layer"], g["num_layers"]})
+
+
+@click.command("extract")
+@click.option("--model", required=True)
+@click.option("--data", required=True)
+@click.option("--out", type=click.Path(path_type=Path), required=True, help="Folder for corpus.zarr, queries.zarr.")
+@click.option("--layers", help="Comma-separated layers; default: from --geometry.")
+@click.option("--geometry", type=click.Path(path_type=Path, exists=True), help="geometry.json of `lmort analyze`.")
+@click.option("--kind", "kinds", multiple=True, default=("corpus", "queries"), show_default=True)
+@click.option("--query-max-length", default=64, show_default=True)
+@click.option("--passage-max-length", default=256, show_default=True)
+@click.option("--dtype", type=click.Choice(["float16", "float32"]), default="float16", show_default=True)
+@click.option("--shard-tokens", default=32768, show_default=True)
+@click.option("--chunk-tokens", default=1024, show_default=True)
+@click.option("--workers", default=0, help="Start a dask LocalCluster with N worker processes.")
+@click.option("--scheduler", help="Address of an existing dask.distributed scheduler.")
+@click.option("--force", is_flag=True, help="Rebuild a store whose fingerprint differs.")
+@click.option("--dry-run", is_flag=True, help="Print the cost and stop.")
+@friendly_errors
+def command(model, data, out, layers, geometry, kinds, query_max_length, passage_max_length, dtype,
+            shard_tokens, chunk_tokens, workers, scheduler, force, dry_run) -> None:
+    if layers:
+        chosen = sorted({int(x) for x in layers.split(",")})
+    elif geometry:
+        chosen = default_layers(geometry)
+    else:
+        raise click.UsageError("give --layers or --geometry (the output of `lmort analyze`)")
+    ds = ensure_prepared(data)
+    summaries = {}
+    for kind in kinds:
+        spec = ExtractSpec(model, tuple(chosen), kind, query_max_length if kind == "queries" else passage_max_length,
+                           dtype=dtype, shard_tokens=shard_tokens, chunk_tokens=chunk_tokens)
+        try:
+            summaries[kind] = extract(ds, spec, out / f"{kind}.zarr", force=force, workers=workers,
+                                      scheduler=scheduler, dry_run=dry_run)
+        except StoreError as e:
+            raise click.ClickException(str(e)) from e
+    if not dry_run:
+        (out / "extract.json").write_text(json.dumps(summaries, indent=1))
+        for kind, s in summaries.items():
+            click.echo(f"{kind}: {s['texts']} texts, {s['tokens']:,} tokens, {s['seconds']} s, "
+                       f"{s['tokens_per_second']} tok/s, {s['bytes_on_disk'] / 1e6:.1f} MB on disk")
+
+

@@ -1,0 +1,34 @@
+"""`lmort prepare`: validate a BEIR set, mine BM25 hard negatives, write Parquet tables."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import click
+
+from pipeline.metrics import markdown_table
+from pipeline.prepare import prepare_dataset, prepared_dir
+
+from .common import friendly_errors
+
+
+@click.command("prepare")
+@click.option("--data", required=True, help="BEIR folder, or a name under $LMORT_DATA, ../shared/data/beir, "
+              "or the public BEIR archive.")
+@click.option("--out", type=click.Path(path_type=Path), help="Output folder [cache/data/<name>].")
+@click.option("--negatives", default=16, show_default=True, help="BM25 hard negatives kept per query.")
+@click.option("--dev-fraction", default=0.1, show_default=True, help="Train queries carved into dev where none.")
+@click.option("--seed", default=0, show_default=True)
+@click.option("--md5", help="Expected md5 of a downloaded archive not in the built-in list.")
+@friendly_errors
+def command(data: str, out: Path | None, negatives: int, dev_fraction: float, seed: int, md5: str | None) -> None:
+    out = out or prepared_dir(data)
+    summary = prepare_dataset(data, out, negatives, dev_fraction, seed, md5)
+    for note in summary["warnings"]:
+        click.echo(f"warning: {note}", err=True)
+    rows = [{"split": s, **m} for s, m in summary["bm25"].items()]
+    click.echo(f"{summary['name']}: BM25 (bm25s) sanity scores")
+    click.echo(markdown_table(rows, ["split", "nDCG@10", "Recall@100", "MRR@10"]))
+    (out / "bm25.json").write_text(json.dumps(summary, indent=1))
+    click.echo(f"wrote {out}")

@@ -1,0 +1,126 @@
+import hashlib
+import http.server
+import io
+import json
+import threading
+import zipfile
+from functools import partial
+
+import pytest
+from click.testing import CliRunner
+
+from pipeline.bm25 import BM25, judged_relevant, training_pairs
+from pipeline.data import DataError, download_beir, load_beir, load_prepared
+from pipeline.prepare import prepare_dataset
+from stages.cli import main
+
+
+def _lines(path):
+    return path.read_text().splitlines(keepends=True)
+
+
+@pytest.mark.parametrize("corrupt, message", [
+    (lambda ls: ls[:2] + ['{"_id": "x", "text": \n'] + ls[2:], "corpus.jsonl:3: malformed JSON"),
+    (lambda ls: ls[:1] + ['{"title": "t", "text": "cell"}\n'] + ls[1:], "corpus.jsonl:2: missing field '_id'"),
+    (lambda ls: ls[:1] + ['{"_id": "z", "title": "t"}\n'] + ls[1:], "corpus.jsonl:2: missing field 'text'"),
+    (lambda ls: ls + [ls[0]], "duplicate _id 'd0'"),
+])
+def test_bad_corpus_lines_name_file_and_line(tiny_beir, tmp_path, corrupt, message):
+    path = tiny_beir / "corpus.jsonl"
+    path.write_text("".join(corrupt(_lines(path))))
+    out = tmp_path / "out"
+    result = CliRunner().invoke(main, ["prepare", "--data", str(tiny_beir), "--out", str(out)])
+    assert result.exit_code != 0
+    assert message in result.output
+    assert not out.exists() and not list(tmp_path.glob(".out*"))  # nothing half-written
+
+
+def test_non_utf8_bytes(tiny_beir):
+    path = tiny_beir / "queries.jsonl"
+    path.write_bytes(path.read_bytes() + b'{"_id": "bad", "text": "caf\xe9"}\n')
+    with pytest.raises(DataError, match=r"queries.jsonl:25: not valid UTF-8"):
+        load_beir(tiny_beir)
+
+
+def test_empty_query_is_an_error_and_empty_doc_a_counted_skip(tiny_beir):
+    q = tiny_beir / "queries.jsonl"
+    q.write_text(q.read_text() + '{"_id": "e", "text": "  "}\n')
+    with pytest.raises(DataError, match=r"queries.jsonl:25: empty field 'text'"):
+        load_beir(tiny_beir)
+    q.write_text("".join(_lines(q)[:-1]))
+    c = tiny_beir / "corpus.jsonl"
+    c.write_text(c.read_text() + '{"_id": "empty", "title": "", "text": ""}\n')
+    beir = load_beir(tiny_beir)
+    assert "empty" not in beir.corpus
+    assert any("skipped 1 empty documents" in w and "41" in w for w in beir.warnings)
+
+
+def test_qrels_to_unknown_ids_are_counted_and_skipped(tiny_beir):
+    t = tiny_beir / "qrels" / "train.tsv"
+    t.write_text(t.read_text() + "q0\tnope\t1\nghost\td1\t1\n")
+    beir = load_beir(tiny_beir)
+    assert "nope" not in beir.qrels["train"]["q0"]
+    assert any("skipped 2 judgements" in w for w in beir.warnings)
+
+
+def test_bad_qrels_score(tiny_beir):
+    t = tiny_beir / "qrels" / "test.tsv"
+    t.write_text(t.read_text() + "q0\td0\thigh\n")
+    with pytest.raises(DataError, match=r"test.tsv:8: field 'score'"):
+        load_beir(tiny_beir)
+
+
+def test_prepare_writes_tables_pairs_and_dev(tiny_beir, tmp_path):
+    summary = prepare_dataset(str(tiny_beir), tmp_path / "p", n_negatives=5)
+    ds = load_prepared(tmp_path / "p")
+    assert len(ds.corpus) == 40 and len(ds.queries) == 24
+    assert summary["dev_carved_from_train"]["queries"] >= 1
+    assert not set(ds.qrels["dev"]) & set(ds.pairs("train").to_pydict()["query_id"])
+    assert 0.0 <= summary["bm25"]["test"]["nDCG@10"] <= 1.0
+
+
+def test_hard_negatives_never_contain_a_judged_positive(tiny_beir):
+    beir = load_beir(tiny_beir)
+    # make several documents relevant to q0, in two splits, to tempt the miner
+    beir.qrels["train"]["q0"] = {"d0": 1, "d1": 1, "d2": 2}
+    beir.qrels.setdefault("test", {})["q0"] = {"d3": 1}
+    judged = judged_relevant(beir.qrels)
+    pairs = training_pairs(beir.queries, beir.qrels["train"], BM25(beir.corpus), judged, n_negatives=30).to_pylist()
+    assert pairs
+    for row in pairs:
+        assert not set(row["negative_ids"]) & judged[row["query_id"]]
+        assert row["negative_ids"], "BM25 should find some negatives on this data"
+    assert {"d0", "d1", "d2"} == set(next(r for r in pairs if r["query_id"] == "q0")["positive_ids"])
+
+
+def _zip_of(folder):
+    buf = io.BytesIO()
+    with zipfile.ZipFile(buf, "w") as zf:
+        for p in folder.rglob("*"):
+            if p.is_file():
+                zf.write(p, f"tinyset/{p.relative_to(folder)}")
+    return buf.getvalue()
+
+
+@pytest.fixture
+def loopback(tmp_path):
+    root = tmp_path / "www"
+    root.mkdir()
+    handler = partial(http.server.SimpleHTTPRequestHandler, directory=str(root))
+    server = http.server.ThreadingHTTPServer(("127.0.0.1", 0), handler)
+    threading.Thread(target=server.serve_forever, daemon=True).start()
+    yield root, f"http://127.0.0.1:{server.server_address[1]}"
+    server.shutdown()
+
+
+def test_download_over_loopback_checks_md5(tiny_beir, tmp_path, loopback):
+    root, url = loopback
+    blob = _zip_of(tiny_beir)
+    (root / "tinyset.zip").write_bytes(blob)
+    dest = tmp_path / "cache"
+    with pytest.raises(DataError, match="md5"):
+        download_beir("tinyset", dest, base_url=url, md5="0" * 32)
+    assert not (dest / "tinyset").exists()
+    got = download_beir("tinyset", dest, base_url=url, md5=hashlib.md5(blob).hexdigest())
+    assert json.loads((got / "corpus.jsonl").read_text().splitlines()[0])["_id"] == "d0"
+    assert len(load_beir(got).corpus) == 40

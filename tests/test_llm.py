@@ -1,0 +1,31 @@
+import torch
+from transformers import AutoModel
+
+from pipeline.llm import FrozenLLM
+
+
+def test_truncated_model_runs_only_needed_blocks_and_matches_full(tiny_model):
+    full = AutoModel.from_pretrained(tiny_model).eval()
+    llm = FrozenLLM(tiny_model, max_layer=2, device="cpu")
+    assert len(llm.model.layers) == 2 and llm.num_layers == 3
+    assert not any(p.requires_grad for p in llm.model.parameters()) and not llm.model.training
+    ids, truncated = llm.tokenize(["alpha beta gamma delta", "cell gene"], max_length=3)
+    assert truncated == 1 and [len(x) for x in ids] == [3, 2]
+    states, mask = llm.forward(ids, [0, 1, 2])
+    with torch.no_grad():
+        ref = full(input_ids=torch.tensor([ids[0]]), output_hidden_states=True).hidden_states
+    for layer in (0, 1, 2):
+        assert torch.allclose(states[layer][0], ref[layer][0], atol=1e-5)
+    # right padding never changes a real token's state
+    alone, _ = llm.forward([ids[1]], [2])
+    assert torch.allclose(states[2][1, :2], alone[2][0], atol=1e-5)
+    assert mask.tolist() == [[1, 1, 1], [1, 1, 0]]
+
+
+def test_blocks_past_max_layer_never_run(tiny_model):
+    llm = FrozenLLM(tiny_model, max_layer=1, device="cpu")
+    calls = []
+    for block in llm.model.layers:
+        block.register_forward_hook(lambda *a: calls.append(1))
+    llm.forward([[3, 4, 5]], [1])
+    assert len(calls) == 1
