@@ -1,0 +1,128 @@
+import os
+import signal
+import subprocess
+import sys
+import time
+from dataclasses import replace
+
+import numpy as np
+import pytest
+import torch
+
+from pipeline.data import load_prepared
+from pipeline.extract import ExtractSpec, extract, texts_of
+from pipeline.llm import FrozenLLM
+from pipeline.prepare import prepare_dataset
+from pipeline.store import ActivationStore, StoreError, StoreWriter
+
+
+@pytest.fixture
+def prepared(tiny_beir, tmp_path):
+    prepare_dataset(str(tiny_beir), tmp_path / "prepared", n_negatives=4)
+    return load_prepared(tmp_path / "prepared")
+
+
+def spec_for(model, **kw):
+    base = ExtractSpec(model, (0, 2, 3), "corpus", 16, shard_tokens=48, chunk_tokens=8, batch_tokens=64)
+    return replace(base, **kw)
+
+
+def read_all(path):
+    s = ActivationStore(path)
+    return s.ids, {layer: s.group[f"layer_{layer}"][:] for layer in s.layers}
+
+
+def test_round_trip_equals_the_models_hidden_states(tiny_model, prepared, tmp_path):
+    spec = spec_for(tiny_model)
+    summary = extract(prepared, spec, tmp_path / "c.zarr", progress=False)
+    assert summary["shards_computed"] > 2 and summary["texts"] == 40
+    store = ActivationStore(tmp_path / "c.zarr")
+    llm = FrozenLLM(tiny_model, device="cpu")
+    ids, texts = texts_of(prepared, "corpus", spec.template)
+    some = [ids[0], ids[7], ids[31]]
+    batch, mask = store.batch(some, [0, 3])
+    for b, i in enumerate(some):
+        tok, _ = llm.tokenize([texts[ids.index(i)]], 16)
+        ref, _ = llm.forward(tok, [0, 3])
+        n = len(tok[0])
+        assert store.token_ids(i) == tok[0] and int(mask[b].sum()) == n
+        for layer in (0, 3):
+            assert torch.allclose(batch[layer][b, :n], ref[layer][0], atol=2e-3, rtol=1e-3)
+            assert (batch[layer][b, n:] == 0).all()
+    assert store.dask(2).shape[1] == 32
+
+
+def test_fingerprint_mismatch_refused_and_force_rebuilds(tiny_model, prepared, tmp_path):
+    extract(prepared, spec_for(tiny_model), tmp_path / "c.zarr", progress=False)
+    with pytest.raises(StoreError, match=r"max_length: store has 16, asked 12"):
+        extract(prepared, spec_for(tiny_model, max_length=12), tmp_path / "c.zarr", progress=False)
+    with pytest.raises(StoreError, match="fingerprint differs"):
+        ActivationStore(tmp_path / "c.zarr", fingerprint={"model": "other"})
+    extract(prepared, spec_for(tiny_model, max_length=12), tmp_path / "c.zarr", progress=False, force=True)
+    assert ActivationStore(tmp_path / "c.zarr").fingerprint["max_length"] == 12
+
+
+def test_incomplete_store_refused_and_lock_refused(tiny_model, prepared, tmp_path):
+    llm = FrozenLLM(tiny_model, device="cpu")
+    ids, texts = texts_of(prepared, "corpus", spec_for(tiny_model).template)
+    tok, _ = llm.tokenize(texts, 16)
+    writer = StoreWriter(tmp_path / "c.zarr", {"layers": [0], "dtype": "float16"}, ids, tok, 32, 48, 8)
+    with pytest.raises(StoreError, match="incomplete"):
+        ActivationStore(tmp_path / "c.zarr")
+    with pytest.raises(StoreError, match="shards still missing"):
+        writer.finish()
+    with writer.lock():
+        with pytest.raises(StoreError, match="another writer holds the lock"):
+            with writer.lock():
+                pass
+    (tmp_path / "c.zarr" / ".lock").write_text(f"{os.uname().nodename}:999999999")  # a dead writer's lock
+    with writer.lock():
+        pass
+
+
+KILLABLE = """
+import sys, time
+import pipeline.extract as ex
+from pipeline.data import load_prepared
+real = ex.write_shard
+def slow(*a, **k):
+    real(*a, **k)
+    time.sleep(0.4)
+ex.write_shard = slow
+spec = ex.ExtractSpec(sys.argv[1], (0, 2, 3), "corpus", 16, shard_tokens=48, chunk_tokens=8, batch_tokens=64)
+ex.extract(load_prepared(sys.argv[2]), spec, sys.argv[3], progress=False)
+"""
+
+
+def test_killed_run_resumes_to_an_identical_store(tiny_model, prepared, tmp_path):
+    ref = tmp_path / "ref.zarr"
+    extract(prepared, spec_for(tiny_model), ref, progress=False)
+    target = tmp_path / "killed.zarr"
+    proc = subprocess.Popen([sys.executable, "-c", KILLABLE, tiny_model, str(prepared.folder), str(target)])
+    deadline = time.time() + 120
+    while time.time() < deadline and len(list((target / "_shards").glob("*.done"))) < 2:
+        time.sleep(0.05)
+    proc.send_signal(signal.SIGKILL)
+    proc.wait()
+    done = len(list((target / "_shards").glob("*.done")))
+    assert 2 <= done < len(list((ref / "_shards").glob("*.done"))), "the kill should land mid-run"
+    with pytest.raises(StoreError, match="incomplete"):
+        ActivationStore(target)
+    summary = extract(prepared, spec_for(tiny_model), target, progress=False)  # stale lock is taken over
+    assert summary["shards_computed"] <= summary["texts"] and summary["shards_computed"] < (
+        len(list((ref / "_shards").glob("*.done"))))
+    ids_a, a = read_all(ref)
+    ids_b, b = read_all(target)
+    assert ids_a == ids_b
+    for layer in a:
+        np.testing.assert_array_equal(a[layer], b[layer])
+
+
+def test_dask_two_workers_equal_single_process(tiny_model, prepared, tmp_path):
+    extract(prepared, spec_for(tiny_model), tmp_path / "one.zarr", progress=False)
+    extract(prepared, spec_for(tiny_model), tmp_path / "two.zarr", progress=False, workers=2)
+    ids_a, a = read_all(tmp_path / "one.zarr")
+    ids_b, b = read_all(tmp_path / "two.zarr")
+    assert ids_a == ids_b
+    for layer in a:
+        np.testing.assert_array_equal(a[layer], b[layer])
