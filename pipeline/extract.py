@@ -75,7 +75,7 @@ def compute_shard(path: str, spec: ExtractSpec, shard_index: int, shard: tuple[i
     starts = np.cumsum([0] + [len(t) for t in token_ids])
     out = {layer: np.zeros((s1 - s0, llm.hidden_size), dtype=DTYPES[spec.dtype]) for layer in spec.layers}
     limit = float(np.finfo(DTYPES[spec.dtype]).max)
-    for idx, states, mask in llm.iter_hidden_states(token_ids, list(spec.layers), spec.batch_tokens,
+    for idx, states, _ in llm.iter_hidden_states(token_ids, list(spec.layers), spec.batch_tokens,
                                                     progress=False):
         for b, i in enumerate(idx):
             n = len(token_ids[i])

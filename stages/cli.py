@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import click
 
-from . import analyze, extract, prepare
+from . import analyze, evaluate, extract, index, prepare, train
 
 
 @click.group()
@@ -12,5 +12,6 @@ def main() -> None:
     """LMORT: dense retrieval from a frozen LLM's cached hidden states."""
 
 
-for module in (prepare, analyze, extract):
-    main.add_command(module.command)
+for command in (prepare.command, analyze.command, extract.command, train.command, index.index_command,
+                index.search_command, evaluate.baselines_command, evaluate.evaluate_command):
+    main.add_command(command)

@@ -1,0 +1,134 @@
+"""Encode texts from the stores with a tuner, index them with FAISS, and search."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import numpy as np
+import torch
+from tqdm.auto import tqdm
+
+from .metrics import Run
+from .store import ActivationStore
+from .tuner import Tuner
+
+
+@torch.inference_mode()
+def encode_store(tuner: Tuner, store: ActivationStore, ids: list[str] | None = None, batch_tokens: int = 16384,
+                 desc: str = "encode", progress: bool = True) -> np.ndarray:
+    """[N, out_dim] float32 vectors for `ids` (default: every text of the store), in the order given."""
+    ids = list(store.ids) if ids is None else ids
+    device = next(tuner.parameters()).device
+    was_training = tuner.training
+    tuner.eval()
+    order = sorted(range(len(ids)), key=lambda i: -int(store.lengths[store.row[ids[i]]]))
+    out = np.zeros((len(ids), tuner.cfg.out_dim), dtype=np.float32)
+    start = 0
+    with tqdm(total=len(ids), unit="text", desc=desc, disable=not progress) as bar:
+        while start < len(order):
+            size = max(1, batch_tokens // int(store.lengths[store.row[ids[order[start]]]]))
+            idx = order[start : start + size]
+            states, mask = store.batch([ids[i] for i in idx], tuner.cfg.layers)
+            vec = tuner({k: v.to(device) for k, v in states.items()}, mask.to(device))
+            out[idx] = vec.float().cpu().numpy()
+            bar.update(len(idx))
+            start += size
+    tuner.train(was_training)
+    return out
+
+
+def build_index(vectors: np.ndarray, kind: str = "flat", use_gpu: bool | None = None):
+    """An inner-product FAISS index: exact ("flat", the BEIR protocol), or "hnsw" / "ivf" for large corpora.
+    Moved to the GPU when faiss-gpu is installed and a GPU is present (or use_gpu says so)."""
+    import faiss
+
+    vectors = np.ascontiguousarray(vectors, dtype=np.float32)
+    dim = vectors.shape[1]
+    if kind == "flat":
+        index = faiss.IndexFlatIP(dim)
+    elif kind == "hnsw":
+        index = faiss.IndexHNSWFlat(dim, 32, faiss.METRIC_INNER_PRODUCT)
+    elif kind == "ivf":
+        nlist = max(1, int(np.sqrt(len(vectors))))
+        index = faiss.IndexIVFFlat(faiss.IndexFlatIP(dim), dim, nlist, faiss.METRIC_INNER_PRODUCT)
+        index.train(vectors)
+        index.nprobe = max(1, nlist // 8)
+    else:
+        raise ValueError(f"unknown index kind {kind!r} (flat, hnsw, ivf)")
+    gpu_ok = hasattr(faiss, "StandardGpuResources") and faiss.get_num_gpus() > 0
+    if (use_gpu is None and gpu_ok) or (use_gpu and gpu_ok):
+        index = faiss.index_cpu_to_gpu(faiss.StandardGpuResources(), 0, index)
+    index.add(vectors)
+    return index
+
+
+def search(index, queries: np.ndarray, k: int) -> tuple[np.ndarray, np.ndarray]:
+    k = min(k, index.ntotal)
+    return index.search(np.ascontiguousarray(queries, dtype=np.float32), k)
+
+
+def to_run(qids: list[str], dids: list[str], scores: np.ndarray, idx: np.ndarray) -> Run:
+    return {q: {dids[j]: float(s) for s, j in zip(scores[i], idx[i]) if j >= 0} for i, q in enumerate(qids)}
+
+
+def retrieve(index, dids: list[str], qids: list[str], qvecs: np.ndarray, k: int = 100) -> Run:
+    scores, idx = search(index, qvecs, k)
+    return to_run(qids, dids, scores, idx)
+
+
+def write_index(index, path) -> None:
+    import faiss
+
+    if hasattr(faiss, "GpuIndex") and isinstance(index, faiss.GpuIndex):
+        index = faiss.index_gpu_to_cpu(index)
+    faiss.write_index(index, str(path))
+
+
+def index_dataset(tuner_dir: Path, queries: ActivationStore, corpus: ActivationStore, qids: list[str],
+                  out: Path, run_path: Path, system: str, kind: str = "flat", k: int = 100) -> dict:
+    """Encode a corpus and its queries from the stores, write vectors + FAISS index + a TREC run file."""
+    import json
+    import os
+    import time
+
+    from .metrics import write_trec_run
+    from .train import load_tuner
+
+    t0 = time.time()
+    tuner = load_tuner(tuner_dir)
+    corpus.load(tuner.cfg.layers)
+    vectors = encode_store(tuner, corpus, desc=f"encode {corpus.path.parent.name}")
+    encode_seconds = time.time() - t0
+    index = build_index(vectors, kind)
+    run = retrieve(index, list(corpus.ids), qids, encode_store(tuner, queries, qids, progress=False), k)
+    out.mkdir(parents=True, exist_ok=True)
+    np.save(out / "vectors.npy", vectors)
+    write_index(index, out / ".index.faiss.tmp")
+    os.replace(out / ".index.faiss.tmp", out / "index.faiss")
+    meta = {"tuner": str(tuner_dir), "system": system, "kind": kind, "ids": list(corpus.ids),
+            "model": corpus.fingerprint["model"], "template": queries.fingerprint["template"],
+            "query_max_length": queries.fingerprint["max_length"], "encode_seconds": round(encode_seconds, 1),
+            "dim": int(vectors.shape[1]), "texts": len(vectors)}
+    (out / "meta.json").write_text(json.dumps(meta))
+    write_trec_run(run, run_path, system)
+    return meta
+
+
+def load_index(folder: Path):
+    import json
+
+    import faiss
+
+    return faiss.read_index(str(Path(folder) / "index.faiss")), json.loads((Path(folder) / "meta.json").read_text())
+
+
+def encode_online(llm, tuner: Tuner, texts: list[str], template, max_length: int, kind: str = "query") -> np.ndarray:
+    """The memory path: new text -> truncated frozen LLM -> tuner, with no store in between."""
+    fmt = template.format_query if kind == "query" else (lambda t: template.format_passage("", t))
+    ids, _ = llm.tokenize([fmt(t) for t in texts], max_length)
+    out = np.zeros((len(texts), tuner.cfg.out_dim), dtype=np.float32)
+    tuner.eval()
+    with torch.inference_mode():
+        for idx, states, mask in llm.iter_hidden_states(ids, tuner.cfg.layers, progress=False):
+            out[idx] = tuner({k: v.float() for k, v in states.items()}, mask.bool()).cpu().numpy()
+    return out

@@ -1,0 +1,51 @@
+"""Parameter files (configs/*.yaml): the knobs of every stage, as DVC's `params:` sees them."""
+
+from __future__ import annotations
+
+import json
+from dataclasses import fields
+from pathlib import Path
+
+import yaml
+
+from .store import ActivationStore
+from .train import TrainConfig
+from .tuner import TunerConfig, variant_config
+
+
+def load_params(path: Path, overrides: tuple[str, ...] = ()) -> dict:
+    """YAML params with `section.key=value` overrides (values parsed as YAML)."""
+    params = yaml.safe_load(Path(path).read_text()) or {}
+    for item in overrides:
+        key, _, value = item.partition("=")
+        node = params
+        *parents, leaf = key.split(".")
+        for p in parents:
+            node = node.setdefault(p, {})
+        node[leaf] = yaml.safe_load(value)
+    return params
+
+
+def _pick(cls, section: dict) -> dict:
+    names = {f.name for f in fields(cls)}
+    unknown = set(section) - names
+    if unknown:
+        raise ValueError(f"unknown {cls.__name__} parameters: {sorted(unknown)}")
+    return dict(section)
+
+
+def train_config(params: dict) -> TrainConfig:
+    return TrainConfig(**_pick(TrainConfig, params.get("train", {})))
+
+
+def tuner_config(params: dict, variant: str, geometry: Path, llm_width: int, attention_sink: bool) -> TunerConfig:
+    g = json.loads(Path(geometry).read_text())
+    knobs = _pick(TunerConfig, params.get("tuner", {}))
+    knobs["attention_sink"] = attention_sink
+    return variant_config(variant, g["a_layer"], g["u_layer"], g["num_layers"], llm_width, **knobs)
+
+
+def open_stores(stores: Path, dataset: str) -> tuple[ActivationStore, ActivationStore]:
+    """(queries, corpus) stores of one data set under a stores folder written by `lmort extract`."""
+    root = Path(stores) / Path(dataset).name
+    return ActivationStore(root / "queries.zarr"), ActivationStore(root / "corpus.zarr")

@@ -1,0 +1,256 @@
+"""Stage two: train a tuner purely from the activation stores (the LLM is never loaded).
+
+InfoNCE over in-batch and BM25 hard negatives (METHOD.md step 3), AdamW with warm-up and linear decay,
+gradient clipping, model selection on dev nDCG@10 only, and an epoch-level checkpoint a killed run resumes
+from: every epoch seeds its own sampling and dropout, so a resumed run equals an uninterrupted one.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import shutil
+import tempfile
+import time
+from dataclasses import asdict, dataclass, field
+from pathlib import Path
+
+import numpy as np
+import torch
+import torch.nn.functional as F
+from safetensors.torch import load_file, save_file
+from tqdm.auto import tqdm
+
+from .data import Prepared
+from .index import build_index, encode_store, retrieve
+from .metrics import evaluate
+from .store import ActivationStore
+from .tuner import Tuner, TunerConfig
+
+
+@dataclass
+class TrainConfig:
+    batch_size: int = 16
+    negatives: int = 3  # BM25 hard negatives per query (besides the in-batch ones)
+    epochs: int = 4
+    lr: float = 3e-4
+    weight_decay: float = 0.01
+    warmup: float = 0.1  # fraction of all steps
+    clip: float = 1.0
+    patience: int = 2  # epochs without dev improvement before stopping
+    seed: int = 0
+    max_steps_per_epoch: int | None = None
+
+
+@dataclass
+class TrainingSet:
+    """One data set's training pairs with its two stores; `dev` pairs select the model."""
+
+    data: Prepared
+    queries: ActivationStore
+    corpus: ActivationStore
+    pairs: list[dict] = field(default_factory=list)
+    dev_qrels: dict | None = None
+
+
+def _batches(sets: list[TrainingSet], cfg: TrainConfig, epoch: int):
+    """Seeded per epoch: a list of (set index, [(qid, pos, negs, all positives)])."""
+    g = torch.Generator().manual_seed(cfg.seed * 100003 + epoch)
+    out = []
+    for s_i, ts in enumerate(sets):
+        rows = [r for r in ts.pairs if r["positive_ids"]]
+        perm = torch.randperm(len(rows), generator=g).tolist()
+        for b in range(0, len(perm) - cfg.batch_size + 1 if len(perm) >= cfg.batch_size else 1, cfg.batch_size):
+            batch = []
+            for r in (rows[i] for i in perm[b : b + cfg.batch_size]):
+                pos = r["positive_ids"][int(torch.randint(len(r["positive_ids"]), (1,), generator=g))]
+                negs = r["negative_ids"]
+                pick = torch.randperm(len(negs), generator=g)[: cfg.negatives].tolist() if negs else []
+                batch.append((r["query_id"], pos, [negs[i] for i in pick], set(r["positive_ids"])))
+            out.append((s_i, batch))
+    order = torch.randperm(len(out), generator=g).tolist()
+    out = [out[i] for i in order]
+    return out[: cfg.max_steps_per_epoch] if cfg.max_steps_per_epoch else out
+
+
+def info_nce(tuner: Tuner, ts: TrainingSet, batch, device) -> torch.Tensor:
+    qids = [b[0] for b in batch]
+    docs, targets = [], []
+    for _, pos, negs, _ in batch:
+        targets.append(len(docs))
+        docs += [pos, *negs]
+    layers = tuner.cfg.layers
+    qs, qm = ts.queries.batch(qids, layers)
+    ds, dm = ts.corpus.batch(docs, layers)
+    q = tuner({k: v.to(device) for k, v in qs.items()}, qm.to(device))
+    d = tuner({k: v.to(device) for k, v in ds.items()}, dm.to(device))
+    scores = (q @ d.T).float() * tuner.score_scale()
+    # another query's document that is also judged relevant to this query is not a negative
+    false_neg = torch.tensor([[docs[j] in b[3] and j != targets[i] for j in range(len(docs))]
+                              for i, b in enumerate(batch)], device=device)
+    scores = scores.masked_fill(false_neg, float("-inf"))
+    return F.cross_entropy(scores, torch.tensor(targets, device=device))
+
+
+def dev_ndcg(tuner: Tuner, sets: list[TrainingSet], progress: bool = False) -> float | None:
+    """Mean dev nDCG@10 over the sets with a dev split (full corpus, exact search)."""
+    scores = []
+    for ts in sets:
+        if not ts.dev_qrels:
+            continue
+        qids = list(ts.dev_qrels)
+        corpus = encode_store(tuner, ts.corpus, desc="dev corpus", progress=progress)
+        index = build_index(corpus, use_gpu=False)
+        run = retrieve(index, list(ts.corpus.ids), qids, encode_store(tuner, ts.queries, qids, progress=False))
+        scores.append(evaluate(run, ts.dev_qrels)["nDCG@10"])
+    return float(np.mean(scores)) if scores else None
+
+
+# ------------------------------------------------------------------ checkpoints (safetensors + JSON)
+
+
+def _atomic_dir(target: Path, write) -> None:
+    target.parent.mkdir(parents=True, exist_ok=True)
+    tmp = Path(tempfile.mkdtemp(dir=target.parent, prefix=f".{target.name}."))
+    try:
+        write(tmp)
+        old = target.with_name(f".{target.name}.old")
+        if target.exists():
+            os.replace(target, old)
+        os.replace(tmp, target)
+        shutil.rmtree(old, ignore_errors=True)
+    except BaseException:
+        shutil.rmtree(tmp, ignore_errors=True)
+        raise
+
+
+def save_tuner(tuner: Tuner, folder: Path, extra: dict | None = None) -> None:
+    def write(tmp: Path):
+        save_file({k: v.detach().cpu().contiguous() for k, v in tuner.state_dict().items()}, tmp / "model.safetensors")
+        (tmp / "tuner.json").write_text(json.dumps({"config": tuner.cfg.to_dict(), **(extra or {})}, indent=1))
+    _atomic_dir(Path(folder), write)
+
+
+def load_tuner(folder: Path, device: str = "cpu") -> Tuner:
+    meta = json.loads((Path(folder) / "tuner.json").read_text())
+    tuner = Tuner(TunerConfig(**meta["config"]))
+    tuner.load_state_dict(load_file(Path(folder) / "model.safetensors"))
+    return tuner.to(device).eval()
+
+
+def _save_checkpoint(tuner, opt, state: dict, folder: Path) -> None:
+    sd = opt.state_dict()
+    tensors = {f"{pid}.{k}": v.contiguous() for pid, st in sd["state"].items() for k, v in st.items()}
+
+    def write(tmp: Path):
+        save_file({k: v.detach().cpu().contiguous() for k, v in tuner.state_dict().items()}, tmp / "model.safetensors")
+        save_file(tensors, tmp / "optimizer.safetensors")
+        (tmp / "state.json").write_text(json.dumps({**state, "param_groups": sd["param_groups"]}, indent=1))
+    _atomic_dir(folder, write)
+
+
+def _load_checkpoint(tuner, opt, folder: Path) -> dict:
+    state = json.loads((folder / "state.json").read_text())
+    tuner.load_state_dict(load_file(folder / "model.safetensors"))
+    flat = load_file(folder / "optimizer.safetensors")
+    opt_state: dict = {}
+    for key, v in flat.items():
+        pid, name = key.split(".", 1)
+        opt_state.setdefault(int(pid), {})[name] = v
+    opt.load_state_dict({"state": opt_state, "param_groups": state.pop("param_groups")})
+    return state
+
+
+# ------------------------------------------------------------------ the loop
+
+
+def train(sets: list[TrainingSet], tuner_cfg: TunerConfig, cfg: TrainConfig, out: Path,
+          device: str | None = None, progress: bool = True) -> dict:
+    out = Path(out)
+    device = device or ("cuda" if torch.cuda.is_available() else "cpu")
+    for ts in sets:
+        ts.queries.load(tuner_cfg.layers)
+        ts.corpus.load(tuner_cfg.layers)
+    torch.manual_seed(cfg.seed)
+    tuner = Tuner(tuner_cfg).to(device)
+    opt = torch.optim.AdamW(tuner.parameters(), lr=cfg.lr, weight_decay=cfg.weight_decay)
+    steps_per_epoch = len(_batches(sets, cfg, 0))
+    total = max(1, steps_per_epoch * cfg.epochs)
+    state = {"epoch": 0, "step": 0, "best": None, "best_epoch": None, "bad_epochs": 0, "losses": [], "dev": [],
+             "seconds": 0.0}
+    ckpt = out / "checkpoint"
+    if (ckpt / "state.json").exists():
+        state = _load_checkpoint(tuner, opt, ckpt)
+        print(f"resuming {out} after epoch {state['epoch']}")
+    amp = torch.autocast("cuda", dtype=torch.bfloat16) if device.startswith("cuda") else _null()
+    while state["epoch"] < cfg.epochs and state["bad_epochs"] < cfg.patience:
+        epoch = state["epoch"]
+        torch.manual_seed(cfg.seed * 7919 + epoch)  # dropout of this epoch
+        t0 = time.time()
+        tuner.train()
+        bar = tqdm(_batches(sets, cfg, epoch), desc=f"epoch {epoch + 1}/{cfg.epochs}", unit="step",
+                   disable=not progress)
+        for s_i, batch in bar:
+            lr = cfg.lr * min((state["step"] + 1) / max(1, cfg.warmup * total),
+                              max(0.0, (total - state["step"]) / max(1, total * (1 - cfg.warmup))))
+            for group in opt.param_groups:
+                group["lr"] = lr
+            with amp:
+                loss = info_nce(tuner, sets[s_i], batch, device)
+            opt.zero_grad(set_to_none=True)
+            loss.backward()
+            torch.nn.utils.clip_grad_norm_(tuner.parameters(), cfg.clip)
+            opt.step()
+            state["step"] += 1
+            state["losses"].append({"step": state["step"], "loss": float(loss)})
+            bar.set_postfix(loss=f"{float(loss):.3f}")
+        state["seconds"] += time.time() - t0
+        score = dev_ndcg(tuner, sets)
+        state["epoch"] += 1
+        state["dev"].append({"epoch": state["epoch"], "dev_ndcg@10": score})
+        improved = score is None or state["best"] is None or score > state["best"]
+        if improved:
+            state.update(best=score, best_epoch=state["epoch"], bad_epochs=0)
+            save_tuner(tuner, out / "best", {"epoch": state["epoch"], "dev_ndcg@10": score})
+        else:
+            state["bad_epochs"] += 1
+        print(f"epoch {state['epoch']}: loss {np.mean([x['loss'] for x in state['losses'][-steps_per_epoch:]]):.4f}, "
+              f"dev nDCG@10 {score if score is None else round(score, 4)}")
+        _save_checkpoint(tuner, opt, state, ckpt)
+    summary = {"parameters": tuner.num_parameters(), "epochs_run": state["epoch"], "best_epoch": state["best_epoch"],
+               "dev_ndcg@10": state["best"], "train_seconds": round(state["seconds"], 1),
+               "steps": state["step"], "tuner": tuner_cfg.to_dict(), "train": asdict(cfg)}
+    write_logs(state, summary, out)
+    return summary
+
+
+class _null:
+    def __enter__(self):
+        return self
+
+    def __exit__(self, *a):
+        return False
+
+
+def write_logs(state: dict, summary: dict, out: Path) -> None:
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    (out / "loss.json").write_text(json.dumps(state["losses"]))
+    (out / "dev.json").write_text(json.dumps(state["dev"]))
+    (out / "train.json").write_text(json.dumps(summary, indent=1))
+    fig, (a, b) = plt.subplots(1, 2, figsize=(9, 3.5))
+    steps = [x["step"] for x in state["losses"]]
+    losses = [x["loss"] for x in state["losses"]]
+    a.plot(steps, losses, lw=0.6, alpha=0.5)
+    if len(losses) >= 10:
+        w = max(2, len(losses) // 20)
+        a.plot(steps[w - 1 :], np.convolve(losses, np.ones(w) / w, mode="valid"), lw=1.5)
+    a.set(xlabel="step", ylabel="InfoNCE loss", title="training loss")
+    b.plot([x["epoch"] for x in state["dev"]], [x["dev_ndcg@10"] or 0 for x in state["dev"]], "o-")
+    b.set(xlabel="epoch", ylabel="dev nDCG@10", title="model selection (dev only)")
+    fig.tight_layout()
+    fig.savefig(out / "training.png", dpi=110)
+    plt.close(fig)

@@ -1,0 +1,124 @@
+"""The LMORT tuner (METHOD.md step 2): reads two layers of a frozen LLM, outputs one dense vector per text.
+
+    stream = proj(LN(U-layer states))                 the block stream starts from the U-layer
+    ctx    = proj(LN(A-layer states))                 cross-attention keys and values
+    repeat N blocks:
+        stream = LN(stream + SelfAttn(stream))        bidirectional, padding (and sink) masked
+        stream = LN(stream + CrossAttn(stream, ctx))
+        stream = LN(stream + FFN(stream))
+    vector = out(mean over real tokens of stream)     cosine / temperature, or inner product
+
+The ablations are configs of the same module: swapped wiring, one layer feeding both attentions
+(A-only, U-only, embedding-only, last-only), and a pooled-linear baseline (mean-pooled layer, one Linear).
+"""
+
+from __future__ import annotations
+
+from dataclasses import asdict, dataclass
+
+import torch
+import torch.nn as nn
+import torch.nn.functional as F
+
+from .geometry import pooling_mask
+
+
+@dataclass
+class TunerConfig:
+    llm_width: int
+    stream_layer: int  # feeds the self-attention stream (the U-layer in LMORT)
+    cross_layer: int  # keys and values of the cross-attention (the A-layer in LMORT)
+    kind: str = "lmort"  # "lmort" (blocks) or "pooled-linear"
+    width: int | None = 256  # model width after the input projection; None = the LLM's width, no projection
+    blocks: int = 2
+    heads: int = 4
+    ff_ratio: int = 4
+    out_dim: int = 256
+    dropout: float = 0.1
+    similarity: str = "cosine"  # "cosine" (with temperature) or "dot"
+    temperature: float = 0.05
+    attention_sink: bool = True  # mask position 0 out of attention keys and pooling
+
+    @property
+    def layers(self) -> list[int]:
+        return sorted({self.stream_layer, self.cross_layer})
+
+    def to_dict(self) -> dict:
+        return asdict(self)
+
+
+class Block(nn.Module):
+    def __init__(self, d: int, heads: int, ff_ratio: int, dropout: float):
+        super().__init__()
+        self.self_attn = nn.MultiheadAttention(d, heads, dropout=dropout, batch_first=True)
+        self.cross_attn = nn.MultiheadAttention(d, heads, dropout=dropout, batch_first=True)
+        self.ff = nn.Sequential(nn.Linear(d, ff_ratio * d), nn.GELU(), nn.Linear(ff_ratio * d, d))
+        self.ln_self, self.ln_cross, self.ln_ff = nn.LayerNorm(d), nn.LayerNorm(d), nn.LayerNorm(d)
+        self.drop = nn.Dropout(dropout)
+
+    def forward(self, x: torch.Tensor, ctx: torch.Tensor, ignore: torch.Tensor) -> torch.Tensor:
+        """ignore: [B, T] True where a key must not be attended (padding, the sink)."""
+        x = self.ln_self(x + self.drop(self.self_attn(x, x, x, key_padding_mask=ignore, need_weights=False)[0]))
+        x = self.ln_cross(x + self.drop(self.cross_attn(x, ctx, ctx, key_padding_mask=ignore,
+                                                        need_weights=False)[0]))
+        return self.ln_ff(x + self.drop(self.ff(x)))
+
+
+class Tuner(nn.Module):
+    def __init__(self, cfg: TunerConfig):
+        super().__init__()
+        self.cfg = cfg
+        d = cfg.width or cfg.llm_width
+        self.in_norm = nn.ModuleDict({str(layer): nn.LayerNorm(cfg.llm_width) for layer in cfg.layers})
+        if cfg.kind == "pooled-linear":
+            self.out = nn.Linear(cfg.llm_width, cfg.out_dim)
+        elif cfg.kind == "lmort":
+            self.proj = nn.ModuleDict({str(layer): nn.Linear(cfg.llm_width, d) if cfg.width else nn.Identity()
+                                       for layer in cfg.layers})
+            self.blocks = nn.ModuleList(Block(d, cfg.heads, cfg.ff_ratio, cfg.dropout) for _ in range(cfg.blocks))
+            self.out = nn.Linear(d, cfg.out_dim)
+        else:
+            raise ValueError(f"unknown tuner kind {cfg.kind!r}")
+
+    def num_parameters(self) -> int:
+        return sum(p.numel() for p in self.parameters())
+
+    def forward(self, states: dict[int, torch.Tensor], mask: torch.Tensor) -> torch.Tensor:
+        """states: {layer: [B, T, llm_width]}, mask: [B, T] real tokens -> [B, out_dim] text vectors."""
+        keep = pooling_mask(mask, self.cfg.attention_sink)
+        m = keep.unsqueeze(-1).float()
+
+        def mean(x):
+            return (x * m).sum(1) / m.sum(1).clamp_min(1.0)
+
+        def inp(layer):
+            return self.in_norm[str(layer)](states[layer].float())
+
+        if self.cfg.kind == "pooled-linear":
+            v = self.out(mean(inp(self.cfg.stream_layer)))
+        else:
+            x = self.proj[str(self.cfg.stream_layer)](inp(self.cfg.stream_layer))
+            ctx = self.proj[str(self.cfg.cross_layer)](inp(self.cfg.cross_layer))
+            for block in self.blocks:
+                x = block(x, ctx, ~keep)
+            v = self.out(mean(x))
+        return F.normalize(v, dim=-1) if self.cfg.similarity == "cosine" else v
+
+    def score_scale(self) -> float:
+        return 1.0 / self.cfg.temperature if self.cfg.similarity == "cosine" else 1.0
+
+
+VARIANTS = ("lmort", "swapped", "a-only", "u-only", "emb-only", "last-only", "pooled-linear")
+
+
+def variant_config(variant: str, a_layer: int, u_layer: int, last_layer: int, llm_width: int,
+                   **knobs) -> TunerConfig:
+    """The ablations of METHOD.md as configs of one module."""
+    wiring = {"lmort": (u_layer, a_layer), "swapped": (a_layer, u_layer), "a-only": (a_layer, a_layer),
+              "u-only": (u_layer, u_layer), "emb-only": (0, 0), "last-only": (last_layer, last_layer),
+              "pooled-linear": (a_layer, a_layer)}
+    if variant not in wiring:
+        raise ValueError(f"unknown variant {variant!r}; choose from {', '.join(VARIANTS)}")
+    stream, cross = wiring[variant]
+    kind = "pooled-linear" if variant == "pooled-linear" else "lmort"
+    return TunerConfig(llm_width=llm_width, stream_layer=stream, cross_layer=cross, kind=kind, **knobs)

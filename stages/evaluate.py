@@ -1,0 +1,85 @@
+"""`lmort baselines` (BM25, MiniLM, raw pooled layers as TREC runs) and `lmort evaluate` (ir-measures)."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import click
+import numpy as np
+
+from pipeline.metrics import MEASURES, evaluate, markdown_table, read_trec_run, write_trec_run
+from pipeline.params import open_stores
+from pipeline.prepare import ensure_prepared
+
+from .common import friendly_errors
+
+
+@click.command("baselines")
+@click.option("--data", required=True)
+@click.option("--split", default="test", show_default=True)
+@click.option("--stores", type=click.Path(path_type=Path, exists=True), help="For the raw pooled-layer baselines.")
+@click.option("--systems", default="bm25,minilm,raw", show_default=True)
+@click.option("--runs", "runs_dir", type=click.Path(path_type=Path), required=True,
+              help="Run files go to RUNS/<data>/<split>/<system>.trec.")
+@friendly_errors
+def baselines_command(data, split, stores, systems, runs_dir) -> None:
+    from pipeline import baselines
+
+    ds = ensure_prepared(data)
+    qids = list(ds.qrels[split])
+    folder = Path(runs_dir) / ds.name / split
+    wanted = systems.split(",")
+    runs = {}
+    if "bm25" in wanted:
+        runs["bm25"] = baselines.bm25_run(ds, qids)
+    if "minilm" in wanted:
+        runs["minilm-l6"] = baselines.minilm_run(ds, qids)
+    if "raw" in wanted:
+        if not stores:
+            raise click.UsageError("raw pooled-layer baselines need --stores")
+        queries, corpus = open_stores(stores, ds.name)
+        for layer, run in baselines.raw_layer_runs(queries, corpus, qids).items():
+            runs[f"raw-layer-{layer}"] = run
+    for name, run in runs.items():
+        write_trec_run(run, folder / f"{name}.trec", name)
+        click.echo(f"{name}: nDCG@10 {evaluate(run, ds.qrels[split])['nDCG@10']:.4f}")
+
+
+def evaluate_runs(datasets: list[str], split: str, runs_dir: Path) -> dict:
+    """{data set: {system: {measure: value}}} for every run file under RUNS/<data>/<split>/."""
+    out = {}
+    for name in datasets:
+        ds = ensure_prepared(name)
+        files = sorted((Path(runs_dir) / ds.name / split).glob("*.trec"))
+        if not files:
+            raise click.ClickException(f"no run files under {Path(runs_dir) / ds.name / split}")
+        out[ds.name] = {f.stem: evaluate(read_trec_run(f), ds.qrels[split]) for f in files}
+    return out
+
+
+def score_table(metrics: dict, measure: str = "nDCG@10") -> str:
+    systems = sorted({s for per in metrics.values() for s in per})
+    rows = []
+    for s in systems:
+        row = {"system": s, **{d: per.get(s, {}).get(measure) for d, per in metrics.items()}}
+        vals = [v for d, v in row.items() if d != "system" and v is not None]
+        row["average"] = float(np.mean(vals)) if len(vals) == len(metrics) else None
+        rows.append(row)
+    rows.sort(key=lambda r: -(r["average"] or 0))
+    return markdown_table(rows, ["system", *metrics, "average"])
+
+
+@click.command("evaluate")
+@click.option("--data", "datasets", multiple=True, required=True)
+@click.option("--split", default="test", show_default=True)
+@click.option("--runs", "runs_dir", type=click.Path(path_type=Path, exists=True), required=True)
+@click.option("--out", type=click.Path(path_type=Path), required=True, help="metrics.json (Markdown beside it).")
+@friendly_errors
+def evaluate_command(datasets, split, runs_dir, out) -> None:
+    metrics = evaluate_runs(list(datasets), split, runs_dir)
+    out.parent.mkdir(parents=True, exist_ok=True)
+    out.write_text(json.dumps(metrics, indent=1))
+    md = "".join(f"### {m} ({split})\n\n{score_table(metrics, m)}\n" for m in MEASURES)
+    out.with_suffix(".md").write_text(md)
+    click.echo(md)

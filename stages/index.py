@@ -1,0 +1,62 @@
+"""`lmort index` (encode from the stores, FAISS, TREC run) and `lmort search` (new text, online)."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import click
+
+from pipeline.index import encode_online, load_index, search
+from pipeline.params import open_stores
+from pipeline.prepare import ensure_prepared
+
+from .common import friendly_errors
+
+
+@click.command("index")
+@click.option("--tuner", "tuner_dir", type=click.Path(path_type=Path, exists=True), required=True,
+              help="A trained tuner folder (the `best/` of `lmort train`).")
+@click.option("--stores", type=click.Path(path_type=Path, exists=True), required=True)
+@click.option("--data", required=True)
+@click.option("--split", default="test", show_default=True, help="Queries to run (their qrels split).")
+@click.option("--kind", type=click.Choice(["flat", "hnsw", "ivf"]), default="flat", show_default=True)
+@click.option("--system", required=True, help="Name of this system in run files and tables.")
+@click.option("--out", type=click.Path(path_type=Path), required=True, help="Folder for vectors and index.")
+@click.option("--run", "run_path", type=click.Path(path_type=Path), required=True, help="TREC run file to write.")
+@friendly_errors
+def index_command(tuner_dir, stores, data, split, kind, system, out, run_path) -> None:
+    from pipeline.index import index_dataset
+
+    ds = ensure_prepared(data)
+    queries, corpus = open_stores(stores, ds.name)
+    meta = index_dataset(tuner_dir, queries, corpus, list(ds.qrels[split]), out, run_path, system, kind)
+    click.echo(f"{system} on {ds.name}: {meta['texts']} vectors of {meta['dim']} dims in {meta['encode_seconds']} s; "
+               f"wrote {out} and {run_path}")
+
+
+@click.command("search")
+@click.option("--index", "index_dir", type=click.Path(path_type=Path, exists=True), required=True)
+@click.option("-k", default=10, show_default=True)
+@click.option("--data", help="Data set to show titles from.")
+@click.argument("text", nargs=-1, required=True)
+@friendly_errors
+def search_command(index_dir, k, data, text) -> None:
+    """Encode TEXT with the frozen LLM + tuner (no store) and search the index."""
+    from pipeline.llm import FrozenLLM, Template
+    from pipeline.train import load_tuner
+
+    index, meta = load_index(index_dir)
+    tuner = load_tuner(Path(meta["tuner"]))
+    llm = FrozenLLM(meta["model"], max_layer=max(tuner.cfg.layers))
+    vec = encode_online(llm, tuner, [" ".join(text)], Template(**meta["template"]), meta["query_max_length"])
+    scores, idx = search(index, vec, k)
+    ds = ensure_prepared(data) if data else None
+    for rank, (s, j) in enumerate(zip(scores[0], idx[0]), 1):
+        did = meta["ids"][j]
+        title = ""
+        if ds is not None:
+            doc = ds.corpus[did]
+            title = (doc["title"] or doc["text"])[:90]
+        click.echo(f"{rank:>3}  {s:8.4f}  {did}  {title}")
+
+

@@ -1,0 +1,45 @@
+"""`lmort train`: stage two. Train one tuner variant from the activation stores; the LLM is never loaded."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import click
+
+from pipeline.params import load_params, open_stores, train_config, tuner_config
+from pipeline.prepare import ensure_prepared
+from pipeline.store import StoreError
+from pipeline.train import TrainingSet, train
+from pipeline.tuner import VARIANTS
+
+from .common import friendly_errors
+
+
+@click.command("train")
+@click.option("--stores", type=click.Path(path_type=Path, exists=True), required=True,
+              help="Folder of <data set>/{queries,corpus}.zarr written by `lmort extract`.")
+@click.option("--data", "data", multiple=True, required=True, help="Training set(s); their train pairs are used.")
+@click.option("--geometry", type=click.Path(path_type=Path, exists=True), required=True,
+              help="geometry.json of `lmort analyze` (the A- and U-layers).")
+@click.option("--variant", type=click.Choice(VARIANTS), default="lmort", show_default=True)
+@click.option("--params", "params_file", type=click.Path(path_type=Path, exists=True), default="configs/default.yaml",
+              show_default=True, help="YAML with `tuner:` and `train:` sections.")
+@click.option("--set", "overrides", multiple=True, help="Override a parameter, e.g. --set tuner.blocks=3.")
+@click.option("--out", type=click.Path(path_type=Path), required=True)
+@friendly_errors
+def command(stores, data, geometry, variant, params_file, overrides, out) -> None:
+    params = load_params(params_file, overrides)
+    sets = []
+    try:
+        for name in data:
+            ds = ensure_prepared(name)
+            queries, corpus = open_stores(stores, ds.name)
+            dev = ds.qrels.get("dev")
+            sets.append(TrainingSet(ds, queries, corpus, ds.pairs("train").to_pylist(), dev))
+    except StoreError as e:
+        raise click.ClickException(str(e)) from e
+    first = sets[0].corpus
+    cfg = tuner_config(params, variant, geometry, first.width, bool(first.fingerprint.get("attention_sink")))
+    summary = train(sets, cfg, train_config(params), out)
+    click.echo(f"{variant}: {summary['parameters']:,} parameters, best dev nDCG@10 {summary['dev_ndcg@10']} "
+               f"(epoch {summary['best_epoch']}), {summary['train_seconds']} s training; wrote {out}")

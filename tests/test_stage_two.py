@@ -1,0 +1,128 @@
+"""Stage two on the tiny random model: training from the stores only, resume, FAISS, online path, metrics."""
+
+import shutil
+
+import numpy as np
+import pytest
+import torch
+from click.testing import CliRunner
+from safetensors.torch import load_file
+
+from pipeline.data import load_prepared
+from pipeline.extract import ExtractSpec, extract
+from pipeline.index import build_index, encode_online, encode_store, search
+from pipeline.llm import FrozenLLM, Template
+from pipeline.metrics import evaluate
+from pipeline.prepare import prepare_dataset
+from pipeline.store import ActivationStore
+from pipeline.train import TrainConfig, TrainingSet, load_tuner, train
+from pipeline.tuner import TunerConfig
+from stages.cli import main
+from tests.conftest import make_tiny_model, write_beir
+
+TUNER = dict(width=16, blocks=1, heads=2, out_dim=16, dropout=0.1, temperature=0.1)
+
+
+@pytest.fixture(scope="module")
+def world(tmp_path_factory):
+    """A tiny model, a prepared tiny set and its two stores (layers 0, 1, 2)."""
+    root = tmp_path_factory.mktemp("world")
+    model = str(make_tiny_model(root / "model", layers=2))
+    write_beir(root / "tiny", n_docs=60, n_queries=48)
+    prepare_dataset(str(root / "tiny"), root / "prepared", n_negatives=4)
+    ds = load_prepared(root / "prepared")
+    for kind, length in (("corpus", 24), ("queries", 8)):
+        spec = ExtractSpec(model, (0, 1, 2), kind, length, shard_tokens=256, chunk_tokens=16)
+        extract(ds, spec, root / "stores" / "tiny" / f"{kind}.zarr", progress=False)
+    return {"root": root, "model": model, "ds": ds, "stores": root / "stores"}
+
+
+def training_set(world):
+    ds = world["ds"]
+    q = ActivationStore(world["stores"] / "tiny" / "queries.zarr")
+    c = ActivationStore(world["stores"] / "tiny" / "corpus.zarr")
+    return TrainingSet(ds, q, c, ds.pairs("train").to_pylist(), ds.qrels["dev"])
+
+
+def test_training_with_the_model_weights_absent(world, tmp_path, monkeypatch):
+    moved = tmp_path / "gone"
+    shutil.move(world["model"], moved)
+    monkeypatch.setattr(FrozenLLM, "__init__", lambda *a, **k: pytest.fail("stage two loaded the LLM"))
+    try:
+        geometry = tmp_path / "geometry.json"
+        geometry.write_text('{"a_layer": 1, "u_layer": 2, "num_layers": 2}')
+        params = tmp_path / "p.yaml"
+        params.write_text("tuner: {width: 16, blocks: 1, heads: 2, out_dim: 16}\ntrain: {epochs: 1, batch_size: 8}\n")
+        result = CliRunner().invoke(main, ["train", "--stores", str(world["stores"]), "--data", str(world["ds"].folder),
+                                           "--geometry", str(geometry), "--params", str(params),
+                                           "--out", str(tmp_path / "run")])
+        assert result.exit_code == 0, result.output
+        assert (tmp_path / "run" / "best" / "model.safetensors").exists()
+        assert (tmp_path / "run" / "training.png").exists()
+    finally:
+        shutil.move(moved, world["model"])
+
+
+def test_killed_training_resumes_to_the_same_weights(world, tmp_path, monkeypatch):
+    import pipeline.train as tr
+
+    cfg = TunerConfig(llm_width=32, stream_layer=2, cross_layer=1, **TUNER)
+    tcfg = TrainConfig(epochs=3, batch_size=8, patience=9)
+    full = train([training_set(world)], cfg, tcfg, tmp_path / "a", progress=False)
+    real, calls = tr.info_nce, []
+
+    def dies_in_epoch_two(*a, **k):
+        calls.append(1)
+        if len(calls) > full["steps"] // 3 + 1:
+            raise KeyboardInterrupt("killed")
+        return real(*a, **k)
+
+    monkeypatch.setattr(tr, "info_nce", dies_in_epoch_two)
+    with pytest.raises(KeyboardInterrupt):
+        train([training_set(world)], cfg, tcfg, tmp_path / "b", progress=False)
+    monkeypatch.setattr(tr, "info_nce", real)
+    resumed = train([training_set(world)], cfg, tcfg, tmp_path / "b", progress=False)
+    assert full["steps"] == resumed["steps"]
+    wa = load_file(tmp_path / "a" / "checkpoint" / "model.safetensors")
+    wb = load_file(tmp_path / "b" / "checkpoint" / "model.safetensors")
+    for k in wa:
+        assert torch.equal(wa[k], wb[k]), k
+
+
+def test_faiss_equals_brute_force(world):
+    rng = np.random.default_rng(0)
+    docs = rng.standard_normal((300, 16)).astype(np.float32)
+    queries = rng.standard_normal((20, 16)).astype(np.float32)
+    scores, idx = search(build_index(docs), queries, 10)
+    brute = queries @ docs.T
+    np.testing.assert_array_equal(idx, np.argsort(-brute, axis=1)[:, :10])
+    np.testing.assert_allclose(scores, np.sort(brute, axis=1)[:, ::-1][:, :10], rtol=1e-5)
+
+
+def test_online_vectors_equal_cached_vectors(world, tmp_path):
+    cfg = TunerConfig(llm_width=32, stream_layer=2, cross_layer=0, **TUNER)
+    train([training_set(world)], cfg, TrainConfig(epochs=1, batch_size=8), tmp_path / "run", progress=False)
+    tuner = load_tuner(tmp_path / "run" / "best")
+    store = ActivationStore(world["stores"] / "tiny" / "queries.zarr")
+    ids = list(world["ds"].queries)[:10]
+    cached = encode_store(tuner, store, ids, progress=False)
+    llm = FrozenLLM(world["model"], max_layer=2, device="cpu")
+    online = encode_online(llm, tuner, [world["ds"].queries[i] for i in ids], Template(), 8)
+    np.testing.assert_allclose(online, cached, atol=5e-3)
+
+
+def test_metrics_on_a_hand_computed_run():
+    qrels = {"q1": {"a": 1, "b": 0}, "q2": {"c": 2, "d": 1}}
+    run = {"q1": {"x": 3.0, "a": 2.0}, "q2": {"d": 2.0, "c": 1.0}}
+    m = evaluate(run, qrels)
+    # q1: relevant doc at rank 2 -> nDCG = (1/log2 3) / 1, RR = 1/2
+    # q2: gains 1 then 2 at ranks 1, 2 -> DCG = 1 + 2/log2 3; ideal = 2 + 1/log2 3 (trec_eval: gain = grade)
+    import math
+
+    ndcg1 = 1 / math.log2(3)
+    ndcg2 = (1 + 2 / math.log2(3)) / (2 + 1 / math.log2(3))
+    assert m["nDCG@10"] == pytest.approx((ndcg1 + ndcg2) / 2, abs=1e-4)
+    assert m["MRR@10"] == pytest.approx((0.5 + 1.0) / 2)
+    assert m["Recall@100"] == pytest.approx(1.0)
+    # a judged query with no results counts as zero
+    assert evaluate({"q1": run["q1"]}, qrels)["MRR@10"] == pytest.approx(0.25)

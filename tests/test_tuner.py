@@ -1,0 +1,69 @@
+import pytest
+import torch
+
+from pipeline.tuner import VARIANTS, Tuner, TunerConfig, variant_config
+
+
+def cfg(**kw):
+    base = dict(llm_width=24, stream_layer=2, cross_layer=1, width=16, blocks=2, heads=2, out_dim=8, dropout=0.0)
+    return TunerConfig(**{**base, **kw})
+
+
+def states(b=3, t=7, seed=0):
+    g = torch.Generator().manual_seed(seed)
+    return {1: torch.randn(b, t, 24, generator=g), 2: torch.randn(b, t, 24, generator=g)}
+
+
+@pytest.mark.parametrize("kind", ["lmort", "pooled-linear"])
+@pytest.mark.parametrize("sink", [True, False])
+def test_shapes_and_padding_never_changes_a_vector(kind, sink):
+    tuner = Tuner(cfg(kind=kind, attention_sink=sink)).eval()
+    x = states()
+    mask = torch.tensor([[1] * 7, [1] * 4 + [0] * 3, [1] * 1 + [0] * 6]).bool()
+    v = tuner(x, mask)
+    assert v.shape == (3, 8)
+    assert torch.allclose(v.norm(dim=-1), torch.ones(3), atol=1e-5)
+    # the same texts, padded differently (garbage in the padding), give the same vectors
+    wide = {k: torch.cat([s, 1e3 * torch.randn(3, 5, 24)], 1) for k, s in x.items()}
+    wide_mask = torch.cat([mask, torch.zeros(3, 5, dtype=torch.bool)], 1)
+    assert torch.allclose(tuner(wide, wide_mask), v, atol=1e-5)
+    alone = tuner({k: s[1:2, :4] for k, s in x.items()}, mask[1:2, :4])
+    assert torch.allclose(alone, v[1:2], atol=1e-5)
+
+
+def test_sink_position_is_ignored_when_asked():
+    tuner = Tuner(cfg(attention_sink=True)).eval()
+    x, mask = states(), torch.ones(3, 7, dtype=torch.bool)
+    y = {k: s.clone() for k, s in x.items()}
+    for s in y.values():
+        s[:, 0] *= 100  # a huge-norm state at position 0
+    assert torch.allclose(tuner(x, mask), tuner(y, mask), atol=1e-5)
+
+
+def test_variants_wire_the_layers_as_named():
+    wiring = {v: variant_config(v, a_layer=5, u_layer=9, last_layer=30, llm_width=24) for v in VARIANTS}
+    assert (wiring["lmort"].stream_layer, wiring["lmort"].cross_layer) == (9, 5)
+    assert (wiring["swapped"].stream_layer, wiring["swapped"].cross_layer) == (5, 9)
+    assert wiring["emb-only"].layers == [0] and wiring["last-only"].layers == [30]
+    assert wiring["pooled-linear"].kind == "pooled-linear"
+    full, reduced = Tuner(cfg(width=None)), Tuner(cfg(width=16))
+    assert full.num_parameters() > reduced.num_parameters() > Tuner(cfg(kind="pooled-linear")).num_parameters()
+
+
+def test_loss_falls_on_a_learnable_toy_task():
+    """Pairs share a random 'topic' vector: the tuner must learn to match them."""
+    torch.manual_seed(0)
+    tuner = Tuner(cfg(dropout=0.0, temperature=0.1))
+    opt = torch.optim.AdamW(tuner.parameters(), lr=3e-3)  # noisy tokens around a shared topic vector per pair
+    losses = []
+    for _ in range(80):
+        topics = torch.randn(16, 1, 24)
+        q = {k: topics + 1.5 * torch.randn(16, 5, 24) for k in (1, 2)}
+        d = {k: topics + 1.5 * torch.randn(16, 9, 24) for k in (1, 2)}
+        s = tuner(q, torch.ones(16, 5, dtype=torch.bool)) @ tuner(d, torch.ones(16, 9, dtype=torch.bool)).T
+        loss = torch.nn.functional.cross_entropy(s / 0.1, torch.arange(16))
+        opt.zero_grad()
+        loss.backward()
+        opt.step()
+        losses.append(float(loss.detach()))
+    assert sum(losses[-10:]) / 10 < 0.6 * sum(losses[:10]) / 10
