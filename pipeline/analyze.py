@@ -13,7 +13,7 @@ import torch.nn.functional as F
 
 from .data import Prepared
 from .geometry import alignment_per_layer, choose_layers, mean_pool, uniformity_per_layer
-from .llm import FrozenLLM, Template
+from .llm import FrozenLLM, Template, parameter_count
 from .metrics import evaluate, markdown_table
 
 
@@ -67,6 +67,7 @@ def analyze(
     unif = uniformity_per_layer(texts[keep])
     result = {
         "model": model, "attention_sink_dropped": llm.attention_sink, "num_layers": llm.num_layers,
+        "llm_parameters": parameter_count(llm.path),
         "datasets": [d.name for d in datasets], "split": split, "pairs": len(pairs),
         "settings": {"max_pairs": max_pairs, "seed": seed, "template": template.__dict__,
                      "query_max_length": query_max_length, "passage_max_length": passage_max_length},

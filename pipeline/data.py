@@ -20,7 +20,12 @@ import pyarrow.parquet as pq
 from tqdm.auto import tqdm
 
 PROJECT_ROOT = Path(__file__).resolve().parents[1]
-SHARED_BEIR = PROJECT_ROOT.parent / "shared" / "data" / "beir"
+SHARED_BEIR = Path("..") / "shared" / "data" / "beir"  # beside the project root, where our data sets live
+
+
+def cache_root() -> Path:
+    """Where artifacts land: $LMORT_CACHE, else cache/ under the current directory (the project root)."""
+    return Path(os.environ.get("LMORT_CACHE", "cache"))
 BEIR_ARCHIVE = "https://public.ukp.informatik.tu-darmstadt.de/thakur/BEIR/datasets"
 # md5 of the archive's zips, as published in the BEIR README (an unknown name needs --md5).
 BEIR_MD5 = {
@@ -57,10 +62,10 @@ def resolve_dataset(
     if p.is_dir():
         return p
     roots = [Path(os.environ["LMORT_DATA"])] if os.environ.get("LMORT_DATA") else []
-    for root in [*roots, SHARED_BEIR]:
+    for root in [*roots, SHARED_BEIR, PROJECT_ROOT.parent / "shared" / "data" / "beir"]:
         if (root / data / "corpus.jsonl").exists():
             return root / data
-    cache_dir = Path(cache_dir or PROJECT_ROOT / "cache" / "beir")
+    cache_dir = Path(cache_dir or cache_root() / "beir")
     if (cache_dir / data / "corpus.jsonl").exists():
         return cache_dir / data
     return download_beir(data, cache_dir, base_url=base_url, md5=md5)

@@ -87,13 +87,18 @@ def compute_shard(path: str, spec: ExtractSpec, shard_index: int, shard: tuple[i
 
 
 def extract(ds: Prepared, spec: ExtractSpec, out: Path, force: bool = False, workers: int = 0,
-            scheduler: str | None = None, progress: bool = True, dry_run: bool = False) -> dict:
-    """Build (or resume) the store for one data set and text kind. Returns a summary with timings."""
+            scheduler: str | None = None, progress: bool = True, dry_run: bool = False,
+            rebuild_on_mismatch: bool = False) -> dict:
+    """Build (or resume) the store for one data set and text kind. Returns a summary with timings.
+
+    A store with another fingerprint is refused, unless `force` or `rebuild_on_mismatch` (what DVC uses:
+    a changed parameter rebuilds, an interrupted run with the same parameters resumes)."""
     llm = cached_llm(spec.model, max(spec.layers))
     ids, texts = texts_of(ds, spec.kind, spec.template)
     token_ids, truncated = llm.tokenize(texts, spec.max_length)
     fp = fingerprint(spec, llm, ids, texts)
-    writer = StoreWriter(out, fp, ids, token_ids, llm.hidden_size, spec.shard_tokens, spec.chunk_tokens, force)
+    writer = StoreWriter(out, fp, ids, token_ids, llm.hidden_size, spec.shard_tokens, spec.chunk_tokens, force,
+                         rebuild_on_mismatch)
     tokens = sum(map(len, token_ids))
     itemsize = np.dtype(DTYPES[spec.dtype]).itemsize
     summary = {"store": str(out), "texts": len(ids), "tokens": tokens, "truncated": truncated,

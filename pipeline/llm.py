@@ -19,7 +19,7 @@ from pathlib import Path
 import torch
 from tqdm.auto import tqdm
 
-from .data import PROJECT_ROOT
+from .data import cache_root
 
 
 @dataclass(frozen=True)
@@ -56,7 +56,7 @@ class Template:
 
 
 def models_cache() -> Path:
-    return Path(os.environ.get("LMORT_CACHE", PROJECT_ROOT / "cache")) / "models"
+    return cache_root() / "models"
 
 
 def _package_dir(package: str) -> Path:
@@ -239,3 +239,19 @@ class FrozenLLM:
                 yield idx, states, mask
                 bar.update(sum(len(token_ids[i]) for i in idx))
                 start += size
+
+
+def parameter_count(folder: str) -> int | None:
+    """Parameters of a local safetensors model, read from the file headers (no weights loaded)."""
+    from math import prod
+
+    from safetensors import safe_open
+
+    files = sorted(Path(folder).glob("*.safetensors")) if Path(folder).is_dir() else []
+    if not files:
+        return None
+    total = 0
+    for f in files:
+        with safe_open(str(f), "pt") as h:
+            total += sum(prod(h.get_slice(k).get_shape()) for k in h.keys())
+    return total

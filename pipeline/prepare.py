@@ -5,7 +5,7 @@ from __future__ import annotations
 from pathlib import Path
 
 from .bm25 import BM25, carve_dev, judged_relevant, training_pairs
-from .data import load_beir, resolve_dataset, write_tables
+from .data import cache_root, load_beir, resolve_dataset, write_tables
 from .metrics import evaluate
 
 
@@ -42,9 +42,7 @@ def prepare_dataset(
 
 def prepared_dir(data: str) -> Path:
     """Where `lmort prepare` puts a data set by default: cache/data/<name>."""
-    from .llm import models_cache
-
-    return models_cache().parent / "data" / Path(data).name
+    return cache_root() / "data" / Path(data).name
 
 
 def ensure_prepared(data: str):

@@ -148,7 +148,8 @@ class StoreWriter:
     """Creates or reopens a store for writing; one writer at a time (a lock file)."""
 
     def __init__(self, path: Path, fingerprint: dict, ids: list[str], token_ids: list[list[int]], width: int,
-                 shard_tokens: int = 32768, chunk_tokens: int = 1024, force: bool = False):
+                 shard_tokens: int = 32768, chunk_tokens: int = 1024, force: bool = False,
+                 rebuild_on_mismatch: bool = False):
         self.path = Path(path)
         self.fingerprint = fingerprint
         self.plan = Plan.build([len(t) for t in token_ids], shard_tokens, chunk_tokens)
@@ -157,7 +158,9 @@ class StoreWriter:
                       "chunk_tokens": chunk_tokens}
         if (self.path / "zarr.json").exists():
             attrs = zarr.open_group(str(self.path), mode="r").attrs.asdict()
-            if force:
+            mismatch = attrs.get("fingerprint") != fingerprint or attrs.get("ids") != self.ids or \
+                attrs.get("plan") != plan_attrs
+            if force or (rebuild_on_mismatch and mismatch):
                 shutil.rmtree(self.path)
             elif attrs.get("fingerprint") != fingerprint:
                 raise StoreError(f"{self.path}: a store with another fingerprint exists "
@@ -201,8 +204,8 @@ class StoreWriter:
         missing = self.pending_shards()
         if missing:
             raise StoreError(f"{self.path}: {len(missing)} shards still missing; not marking complete")
-        g = zarr.open_group(str(self.path), mode="r+")
-        g.attrs["complete"] = True
+        if not self.complete:  # never rewrite a finished store (its files may be links into the DVC cache)
+            zarr.open_group(str(self.path), mode="r+").attrs["complete"] = True
 
     @contextmanager
     def lock(self):

@@ -176,12 +176,18 @@ def train(sets: list[TrainingSet], tuner_cfg: TunerConfig, cfg: TrainConfig, out
     opt = torch.optim.AdamW(tuner.parameters(), lr=cfg.lr, weight_decay=cfg.weight_decay)
     steps_per_epoch = len(_batches(sets, cfg, 0))
     total = max(1, steps_per_epoch * cfg.epochs)
+    setup = {"tuner": tuner_cfg.to_dict(), "train": asdict(cfg), "data": [ts.data.name for ts in sets]}
     state = {"epoch": 0, "step": 0, "best": None, "best_epoch": None, "bad_epochs": 0, "losses": [], "dev": [],
-             "seconds": 0.0}
+             "seconds": 0.0, "setup": setup}
     ckpt = out / "checkpoint"
     if (ckpt / "state.json").exists():
-        state = _load_checkpoint(tuner, opt, ckpt)
-        print(f"resuming {out} after epoch {state['epoch']}")
+        if json.loads((ckpt / "state.json").read_text()).get("setup") == setup:
+            state = _load_checkpoint(tuner, opt, ckpt)
+            print(f"resuming {out} after epoch {state['epoch']}")
+        else:  # another configuration trained here before (a changed parameter): start over
+            print(f"{out}: the checkpoint is for other settings; training from scratch")
+            for old in (ckpt, out / "best"):
+                shutil.rmtree(old, ignore_errors=True)
     amp = torch.autocast("cuda", dtype=torch.bfloat16) if device.startswith("cuda") else _null()
     while state["epoch"] < cfg.epochs and state["bad_epochs"] < cfg.patience:
         epoch = state["epoch"]

@@ -9,7 +9,7 @@ import click
 from pipeline.analyze import analyze, layer_table
 from pipeline.prepare import ensure_prepared
 
-from .common import friendly_errors
+from .common import friendly_errors, names
 
 
 @click.command("analyze")
@@ -26,7 +26,7 @@ from .common import friendly_errors
 @friendly_errors
 def command(model, data, split, out, max_pairs, seed, query_max_length, passage_max_length, eval_data,
             eval_split) -> None:
-    datasets = [ensure_prepared(d) for d in data]
+    datasets = [ensure_prepared(d) for d in names(data)]
     result = analyze(model, datasets, out, split, max_pairs, seed, query_max_length=query_max_length,
                      passage_max_length=passage_max_length,
                      eval_dataset=ensure_prepared(eval_data) if eval_data else None, eval_split=eval_split)

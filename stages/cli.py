@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import click
 
-from . import analyze, evaluate, extract, index, prepare, train
+from . import analyze, evaluate, extract, index, prepare, report, tiny, train
 
 
 @click.group()
@@ -13,5 +13,6 @@ def main() -> None:
 
 
 for command in (prepare.command, analyze.command, extract.command, train.command, index.index_command,
-                index.search_command, evaluate.baselines_command, evaluate.evaluate_command):
+                index.search_command, evaluate.baselines_command, evaluate.evaluate_command, report.command,
+                tiny.command):
     main.add_command(command)

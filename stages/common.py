@@ -18,3 +18,8 @@ def friendly_errors(fn):
         except (DataError, FileNotFoundError) as e:
             raise click.ClickException(str(e)) from e
     return wrapper
+
+
+def names(values: tuple[str, ...]) -> list[str]:
+    """Repeated options and comma-separated lists both work: --data a --data b, or --data a,b."""
+    return [v.strip() for value in values for v in value.split(",") if v.strip()]

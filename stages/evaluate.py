@@ -12,7 +12,7 @@ from pipeline.metrics import MEASURES, evaluate, markdown_table, read_trec_run, 
 from pipeline.params import open_stores
 from pipeline.prepare import ensure_prepared
 
-from .common import friendly_errors
+from .common import friendly_errors, names
 
 
 @click.command("baselines")
@@ -46,14 +46,14 @@ def baselines_command(data, split, stores, systems, runs_dir) -> None:
         click.echo(f"{name}: nDCG@10 {evaluate(run, ds.qrels[split])['nDCG@10']:.4f}")
 
 
-def evaluate_runs(datasets: list[str], split: str, runs_dir: Path) -> dict:
+def evaluate_runs(datasets: list[str], split: str, runs_dirs: list[Path]) -> dict:
     """{data set: {system: {measure: value}}} for every run file under RUNS/<data>/<split>/."""
     out = {}
     for name in datasets:
         ds = ensure_prepared(name)
-        files = sorted((Path(runs_dir) / ds.name / split).glob("*.trec"))
+        files = sorted(f for d in runs_dirs for f in (Path(d) / ds.name / split).glob("*.trec"))
         if not files:
-            raise click.ClickException(f"no run files under {Path(runs_dir) / ds.name / split}")
+            raise click.ClickException(f"no run files for {ds.name}/{split} under {', '.join(map(str, runs_dirs))}")
         out[ds.name] = {f.stem: evaluate(read_trec_run(f), ds.qrels[split]) for f in files}
     return out
 
@@ -73,11 +73,13 @@ def score_table(metrics: dict, measure: str = "nDCG@10") -> str:
 @click.command("evaluate")
 @click.option("--data", "datasets", multiple=True, required=True)
 @click.option("--split", default="test", show_default=True)
-@click.option("--runs", "runs_dir", type=click.Path(path_type=Path, exists=True), required=True)
+@click.option("--runs", "runs_dirs", type=click.Path(path_type=Path, exists=True), multiple=True, required=True,
+              help="Folder(s) of RUNS/<data>/<split>/<system>.trec.")
 @click.option("--out", type=click.Path(path_type=Path), required=True, help="metrics.json (Markdown beside it).")
 @friendly_errors
-def evaluate_command(datasets, split, runs_dir, out) -> None:
-    metrics = evaluate_runs(list(datasets), split, runs_dir)
+def evaluate_command(datasets, split, runs_dirs, out) -> None:
+    """Score every run file with ir-measures: nDCG@10, Recall@100, MRR@10, per set and on average."""
+    metrics = evaluate_runs(names(datasets), split, list(runs_dirs))
     out.parent.mkdir(parents=True, exist_ok=True)
     out.write_text(json.dumps(metrics, indent=1))
     md = "".join(f"### {m} ({split})\n\n{score_table(metrics, m)}\n" for m in MEASURES)

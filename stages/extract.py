@@ -14,10 +14,11 @@ from pipeline.store import StoreError
 from .common import friendly_errors
 
 
-def default_layers(geometry: Path) -> list[int]:
-    """The A- and U-layers of an analysis, plus the embedding and last layers (every ablation's inputs)."""
+def default_layers(geometry: Path, last_layer: bool = True) -> list[int]:
+    """The A- and U-layers of an analysis, the embedding layer, and (if asked) the last layer: the inputs
+    of every ablation. Without the last layer only the blocks up to max(A, U) ever run."""
     g = json.loads(Path(geometry).read_text())
-    return sorted({0, g["a_layer"], g["u_layer"], g["num_layers"]})
+    return sorted({0, g["a_layer"], g["u_layer"], *([g["num_layers"]] if last_layer else [])})
 
 
 @click.command("extract")
@@ -26,6 +27,8 @@ def default_layers(geometry: Path) -> list[int]:
 @click.option("--out", type=click.Path(path_type=Path), required=True, help="Folder for corpus.zarr, queries.zarr.")
 @click.option("--layers", help="Comma-separated layers; default: from --geometry.")
 @click.option("--geometry", type=click.Path(path_type=Path, exists=True), help="geometry.json of `lmort analyze`.")
+@click.option("--last-layer", type=bool, default=True, show_default=True,
+              help="With --geometry: also store the last layer (runs every block of the LLM).")
 @click.option("--kind", "kinds", multiple=True, default=("corpus", "queries"), show_default=True)
 @click.option("--query-max-length", default=64, show_default=True)
 @click.option("--passage-max-length", default=256, show_default=True)
@@ -34,15 +37,18 @@ def default_layers(geometry: Path) -> list[int]:
 @click.option("--chunk-tokens", default=1024, show_default=True)
 @click.option("--workers", default=0, help="Start a dask LocalCluster with N worker processes.")
 @click.option("--scheduler", help="Address of an existing dask.distributed scheduler.")
-@click.option("--force", is_flag=True, help="Rebuild a store whose fingerprint differs.")
+@click.option("--force", is_flag=True, help="Rebuild the store from scratch.")
+@click.option("--rebuild-on-mismatch", is_flag=True,
+              help="Rebuild a store whose fingerprint differs instead of refusing (dvc.yaml uses it).")
 @click.option("--dry-run", is_flag=True, help="Print the cost and stop.")
 @friendly_errors
-def command(model, data, out, layers, geometry, kinds, query_max_length, passage_max_length, dtype,
-            shard_tokens, chunk_tokens, workers, scheduler, force, dry_run) -> None:
+def command(model, data, out, layers, geometry, last_layer, kinds, query_max_length, passage_max_length, dtype,
+            shard_tokens, chunk_tokens, workers, scheduler, force, rebuild_on_mismatch, dry_run) -> None:
+    """Run the frozen LLM once over a data set's corpus and queries; store the chosen layers."""
     if layers:
         chosen = sorted({int(x) for x in layers.split(",")})
     elif geometry:
-        chosen = default_layers(geometry)
+        chosen = default_layers(geometry, last_layer)
     else:
         raise click.UsageError("give --layers or --geometry (the output of `lmort analyze`)")
     ds = ensure_prepared(data)
@@ -52,7 +58,8 @@ def command(model, data, out, layers, geometry, kinds, query_max_length, passage
                            dtype=dtype, shard_tokens=shard_tokens, chunk_tokens=chunk_tokens)
         try:
             summaries[kind] = extract(ds, spec, out / f"{kind}.zarr", force=force, workers=workers,
-                                      scheduler=scheduler, dry_run=dry_run)
+                                      scheduler=scheduler, dry_run=dry_run,
+                                      rebuild_on_mismatch=rebuild_on_mismatch)
         except StoreError as e:
             raise click.ClickException(str(e)) from e
     if not dry_run:

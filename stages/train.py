@@ -12,7 +12,7 @@ from pipeline.store import StoreError
 from pipeline.train import TrainingSet, train
 from pipeline.tuner import VARIANTS
 
-from .common import friendly_errors
+from .common import friendly_errors, names
 
 
 @click.command("train")
@@ -22,7 +22,7 @@ from .common import friendly_errors
 @click.option("--geometry", type=click.Path(path_type=Path, exists=True), required=True,
               help="geometry.json of `lmort analyze` (the A- and U-layers).")
 @click.option("--variant", type=click.Choice(VARIANTS), default="lmort", show_default=True)
-@click.option("--params", "params_file", type=click.Path(path_type=Path, exists=True), default="configs/default.yaml",
+@click.option("--params", "params_file", type=click.Path(path_type=Path, exists=True), default="params.yaml",
               show_default=True, help="YAML with `tuner:` and `train:` sections.")
 @click.option("--set", "overrides", multiple=True, help="Override a parameter, e.g. --set tuner.blocks=3.")
 @click.option("--out", type=click.Path(path_type=Path), required=True)
@@ -31,7 +31,7 @@ def command(stores, data, geometry, variant, params_file, overrides, out) -> Non
     params = load_params(params_file, overrides)
     sets = []
     try:
-        for name in data:
+        for name in names(data):
             ds = ensure_prepared(name)
             queries, corpus = open_stores(stores, ds.name)
             dev = ds.qrels.get("dev")

@@ -15,10 +15,10 @@ from pipeline.llm import FrozenLLM, Template
 from pipeline.metrics import evaluate
 from pipeline.prepare import prepare_dataset
 from pipeline.store import ActivationStore
+from pipeline.tiny import make_tiny_model, write_beir
 from pipeline.train import TrainConfig, TrainingSet, load_tuner, train
 from pipeline.tuner import TunerConfig
 from stages.cli import main
-from tests.conftest import make_tiny_model, write_beir
 
 TUNER = dict(width=16, blocks=1, heads=2, out_dim=16, dropout=0.1, temperature=0.1)
 

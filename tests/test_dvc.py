@@ -1,0 +1,49 @@
+"""The quick configuration under real DVC in a temporary clone: repro, no-op repro, and an experiment that
+changes only the tuner's depth (extraction must be skipped)."""
+
+import os
+import shutil
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+
+ROOT = Path(__file__).resolve().parents[1]
+
+
+def sh(cmd, cwd, env):
+    r = subprocess.run(cmd, cwd=cwd, env=env, shell=True, capture_output=True, text=True)
+    assert r.returncode == 0, f"{cmd}\n{r.stdout[-3000:]}\n{r.stderr[-3000:]}"
+    return r.stdout + r.stderr
+
+
+@pytest.mark.skipif(shutil.which("git") is None, reason="needs git")
+def test_quick_configuration_under_dvc(tmp_path):
+    clone = tmp_path / "clone"
+    files = subprocess.run(["git", "ls-files", "-co", "--exclude-standard"], cwd=ROOT, capture_output=True,
+                           text=True, check=True).stdout.split()
+    for f in files:
+        if (ROOT / f).is_file():
+            (clone / f).parent.mkdir(parents=True, exist_ok=True)
+            shutil.copy2(ROOT / f, clone / f)
+    shutil.copy(clone / "configs" / "quick.yaml", clone / "params.yaml")
+    env = {**os.environ, "PATH": f"{Path(sys.executable).parent}:{os.environ['PATH']}",
+           "LMORT_DATA": str(clone / "cache" / "tiny" / "beir"),
+           "GIT_AUTHOR_NAME": "t", "GIT_AUTHOR_EMAIL": "t@t", "GIT_COMMITTER_NAME": "t",
+           "GIT_COMMITTER_EMAIL": "t@t", "DVC_NO_ANALYTICS": "1"}
+    sh("git init -q && git add -A && git commit -qm clone", clone, env)
+    sh("lmort tiny --out cache/tiny", clone, env)
+    out = sh("dvc repro", clone, env)
+    report = (clone / "REPORT.md").read_text()
+    for needle in ("Layer geometry", "lmort", "pooled-linear", "bm25", "raw-layer-", "Efficiency"):
+        assert needle in report, needle
+    assert (clone / "cache" / "quick" / "metrics.json").exists()
+    sh("git add -A && git commit -qm 'ran' -q", clone, env)
+    again = sh("dvc repro", clone, env)
+    assert "Running stage" not in again, again
+    exp = sh("dvc exp run -S tuner.blocks=2", clone, env)
+    assert "Running stage 'train@" in exp, exp
+    assert "Running stage 'extract@" not in exp and "Running stage 'analyze'" not in exp, exp
+    assert "extract@tiny" in exp  # reported as unchanged, skipped
+    assert out
