@@ -71,7 +71,7 @@ def score_table(metrics: dict, measure: str = "nDCG@10") -> str:
 
 
 @click.command("evaluate")
-@click.option("--data", "datasets", multiple=True, required=True)
+@click.option("--data", "datasets", multiple=True, help="Data sets to score [every one with run files].")
 @click.option("--split", default="test", show_default=True)
 @click.option("--runs", "runs_dirs", type=click.Path(path_type=Path, exists=True), multiple=True, required=True,
               help="Folder(s) of RUNS/<data>/<split>/<system>.trec.")
@@ -79,7 +79,8 @@ def score_table(metrics: dict, measure: str = "nDCG@10") -> str:
 @friendly_errors
 def evaluate_command(datasets, split, runs_dirs, out) -> None:
     """Score every run file with ir-measures: nDCG@10, Recall@100, MRR@10, per set and on average."""
-    metrics = evaluate_runs(names(datasets), split, list(runs_dirs))
+    found = sorted({p.parent.name for d in runs_dirs for p in Path(d).glob(f"*/{split}")})
+    metrics = evaluate_runs(names(datasets) or found, split, list(runs_dirs))
     out.parent.mkdir(parents=True, exist_ok=True)
     out.write_text(json.dumps(metrics, indent=1))
     md = "".join(f"### {m} ({split})\n\n{score_table(metrics, m)}\n" for m in MEASURES)

@@ -1,0 +1,125 @@
+"""Stage-one benchmark: tokens/s of (a) a naive extraction, (b) the bare truncated forward, (c) `lmort extract`.
+
+(a) the full causal LM with output_hidden_states=True, fixed-size batches in input order, states of the chosen
+    layers saved with numpy; (b) FrozenLLM's length-bucketed forward of the truncated model, no I/O (the compute
+    limit); (c) pipeline.extract.extract end to end into a Zarr store. Also bytes on disk per token per layer and
+    the peak RSS of (c) at one and four times the sample size (in fresh subprocesses).
+
+    python bench/extract_bench.py [--model smollm2-135m] [--data scifact] [--docs 200] [--layers 0,2 0,2,30]
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import resource
+import subprocess
+import sys
+import tempfile
+import time
+from pathlib import Path
+
+import numpy as np
+import torch
+
+from pipeline.extract import ExtractSpec, cached_llm, extract, texts_of
+from pipeline.llm import Template
+from pipeline.metrics import markdown_table
+from pipeline.prepare import ensure_prepared
+from pipeline.store import store_bytes
+
+
+def subset(ds, n):
+    keep = list(ds.corpus)[:n]
+    ds.corpus = {k: ds.corpus[k] for k in keep}
+    return ds
+
+
+def naive(model_name, texts, layers, max_length, out_dir, batch_size=8):
+    from transformers import AutoModelForCausalLM, AutoTokenizer
+
+    from pipeline.llm import resolve_model
+
+    path, _ = resolve_model(model_name)
+    tok = AutoTokenizer.from_pretrained(path)
+    tok.pad_token = tok.pad_token or tok.eos_token
+    model = AutoModelForCausalLM.from_pretrained(path, dtype=torch.float32).eval()
+    tokens = 0
+    t0 = time.time()
+    with torch.inference_mode():
+        for b in range(0, len(texts), batch_size):
+            enc = tok(texts[b : b + batch_size], padding=True, truncation=True, max_length=max_length,
+                      return_tensors="pt")
+            hs = model(**enc, output_hidden_states=True).hidden_states
+            m = enc["attention_mask"].bool()
+            for layer in layers:
+                np.save(out_dir / f"b{b}_l{layer}.npy", hs[layer][m].numpy().astype(np.float16))
+            tokens += int(m.sum())
+    return tokens / (time.time() - t0)
+
+
+def bare(model_name, texts, layers, max_length):
+    llm = cached_llm(model_name, max(layers))
+    ids, _ = llm.tokenize(texts, max_length)
+    t0 = time.time()
+    for _ in llm.iter_hidden_states(ids, layers, progress=False):
+        pass
+    return sum(map(len, ids)) / (time.time() - t0)
+
+
+def rss_child(model, data, docs, layers, max_length):
+    code = f"""
+import resource, tempfile, json
+from pathlib import Path
+from pipeline.extract import ExtractSpec, extract
+from pipeline.prepare import ensure_prepared
+ds = ensure_prepared({data!r}); keep = list(ds.corpus)[:{docs}]; ds.corpus = {{k: ds.corpus[k] for k in keep}}
+with tempfile.TemporaryDirectory() as d:
+    extract(ds, ExtractSpec({model!r}, {tuple(layers)!r}, "corpus", {max_length}), Path(d) / "s.zarr", progress=False)
+print(json.dumps(resource.getrusage(resource.RUSAGE_SELF).ru_maxrss))
+"""
+    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True).stdout
+    return int(out.strip().splitlines()[-1]) / 1024  # MiB
+
+
+def main() -> None:
+    ap = argparse.ArgumentParser()
+    ap.add_argument("--model", default="smollm2-135m")
+    ap.add_argument("--data", default="scifact")
+    ap.add_argument("--docs", type=int, default=200)
+    ap.add_argument("--max-length", type=int, default=256)
+    ap.add_argument("--layers", nargs="+", default=["0,2", "0,2,30"])
+    ap.add_argument("--rss", action=argparse.BooleanOptionalAction, default=True)
+    args = ap.parse_args()
+    torch.manual_seed(0)
+    rows = []
+    for spec_layers in args.layers:
+        layers = [int(x) for x in spec_layers.split(",")]
+        ds = subset(ensure_prepared(args.data), args.docs)
+        _, texts = texts_of(ds, "corpus", Template())
+        with tempfile.TemporaryDirectory() as d:
+            a = naive(args.model, texts, layers, args.max_length, Path(d))
+        b = bare(args.model, texts, layers, args.max_length)
+        with tempfile.TemporaryDirectory() as d:
+            s = extract(ds, ExtractSpec(args.model, tuple(layers), "corpus", args.max_length), Path(d) / "s.zarr",
+                        progress=False)
+            per_token_layer = store_bytes(Path(d) / "s.zarr") / (s["tokens"] * len(layers))
+        width = cached_llm(args.model, max(layers)).hidden_size
+        rows.append({"layers": spec_layers, "tokens": s["tokens"], "(a) naive tok/s": round(a),
+                     "(b) bare forward tok/s": round(b), "(c) lmort extract tok/s": round(s["tokens_per_second"]),
+                     "c/b": round(s["tokens_per_second"] / b, 2), "c/a": round(s["tokens_per_second"] / a, 2),
+                     "bytes/token/layer": round(per_token_layer), "limit (2 x width)": 2 * width})
+    print(f"\n{args.model} on the first {args.docs} {args.data} passages, max length {args.max_length}, "
+          f"{torch.get_num_threads()} threads\n")
+    print(markdown_table(rows, list(rows[0])))
+    if args.rss:
+        layers = [int(x) for x in args.layers[0].split(",")]
+        r1 = rss_child(args.model, args.data, args.docs, layers, args.max_length)
+        r4 = rss_child(args.model, args.data, 4 * args.docs, layers, args.max_length)
+        print(markdown_table([{"passages": args.docs, "peak RSS MiB": round(r1)},
+                              {"passages": 4 * args.docs, "peak RSS MiB": round(r4)}], ["passages", "peak RSS MiB"]))
+    print(json.dumps({"self_peak_rss_mib": resource.getrusage(resource.RUSAGE_SELF).ru_maxrss // 1024}))
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,96 @@
+"""Stage-two benchmark: training steps from the cache vs. the same steps with the frozen LLM in the loop.
+
+Same batches (the first N of epoch 1), same tuner, same machine, one run. The LLM-in-the-loop path
+tokenises each batch and runs the truncated LLM up to the deepest layer the tuner reads; a second row runs it
+to a deeper layer (as a tuner reading that layer would need), with the tuner still fed the stored layers so
+that only the LLM's cost changes.
+
+    python bench/train_bench.py [--stores cache/default/stores] [--data scifact] [--steps 10]
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import time
+from pathlib import Path
+
+import torch
+
+from pipeline.extract import texts_of
+from pipeline.llm import FrozenLLM, Template
+from pipeline.metrics import markdown_table
+from pipeline.params import load_params, open_stores, train_config, tuner_config
+from pipeline.prepare import ensure_prepared
+from pipeline.train import TrainingSet, _batches, info_nce
+from pipeline.tuner import Tuner
+
+
+class LLMInTheLoop:
+    """Quacks like ActivationStore.batch, but runs the frozen LLM on the texts every time."""
+
+    def __init__(self, llm: FrozenLLM, texts: dict[str, str], max_length: int, depth: int):
+        self.llm, self.texts, self.max_length, self.depth = llm, texts, max_length, depth
+
+    def batch(self, ids, layers):
+        tok, _ = self.llm.tokenize([self.texts[i] for i in ids], self.max_length)
+        states, mask = self.llm.forward(tok, sorted(set(layers) | {self.depth}))
+        return {k: states[k] for k in layers}, mask.bool()
+
+
+def time_steps(tuner, ts, batches, lr=3e-4) -> float:
+    opt = torch.optim.AdamW(tuner.parameters(), lr=lr)
+    t0 = time.time()
+    for _, batch in batches:
+        loss = info_nce(tuner, ts, batch, "cpu")
+        opt.zero_grad()
+        loss.backward()
+        opt.step()
+    return (time.time() - t0) / len(batches)
+
+
+def main() -> None:
+    ap = argparse.ArgumentParser()
+    ap.add_argument("--stores", type=Path, default=Path("cache/default/stores"))
+    ap.add_argument("--geometry", type=Path, default=Path("cache/default/analysis/geometry.json"))
+    ap.add_argument("--data", default="scifact")
+    ap.add_argument("--params", type=Path, default=Path("params.yaml"))
+    ap.add_argument("--variant", default="lmort")
+    ap.add_argument("--steps", type=int, default=10)
+    ap.add_argument("--deep", type=int, default=None, help="Also time the LLM run to this layer [last].")
+    args = ap.parse_args()
+    params = load_params(args.params)
+    ds = ensure_prepared(args.data)
+    queries, corpus = open_stores(args.stores, ds.name)
+    cfg = tuner_config(params, args.variant, args.geometry, corpus.width, bool(corpus.fingerprint["attention_sink"]))
+    tcfg = train_config(params)
+    cached = TrainingSet(ds, queries, corpus, ds.pairs("train").to_pylist())
+    queries.load(cfg.layers)
+    corpus.load(cfg.layers)
+    batches = _batches([cached], tcfg, 0)[: args.steps]
+    steps_per_epoch = len(_batches([cached], tcfg, 0))
+    torch.manual_seed(0)
+    t_cache = time_steps(Tuner(cfg), cached, batches)
+    model = queries.fingerprint["model"]
+    tpl = Template(**queries.fingerprint["template"])
+    qids, qtexts = texts_of(ds, "queries", tpl)
+    dids, dtexts = texts_of(ds, "corpus", tpl)
+    g = json.loads(args.geometry.read_text())
+    rows = [{"path": "from the cache (stores in memory)", "LLM blocks run": 0, "s/step": round(t_cache, 3),
+             "epoch s": round(t_cache * steps_per_epoch, 1), "ratio": 1.0}]
+    for depth in sorted({max(cfg.layers), args.deep if args.deep is not None else g["num_layers"]}):
+        llm = FrozenLLM(model, max_layer=depth, device="cpu")
+        loop = TrainingSet(ds, LLMInTheLoop(llm, dict(zip(qids, qtexts)), queries.fingerprint["max_length"], depth),
+                           LLMInTheLoop(llm, dict(zip(dids, dtexts)), corpus.fingerprint["max_length"], depth))
+        torch.manual_seed(0)
+        t = time_steps(Tuner(cfg), loop, batches)
+        rows.append({"path": f"LLM in the loop, up to layer {depth}", "LLM blocks run": depth, "s/step": round(t, 3),
+                     "epoch s": round(t * steps_per_epoch, 1), "ratio": round(t / t_cache, 1)})
+    print(f"\n{args.variant} tuner ({Tuner(cfg).num_parameters():,} parameters, layers {cfg.layers}) on {ds.name}, "
+          f"{len(batches)} steps of batch {tcfg.batch_size} + {tcfg.negatives} hard negatives, "
+          f"{torch.get_num_threads()} threads; epoch = {steps_per_epoch} steps\n")
+    print(markdown_table(rows, list(rows[0])))
+
+
+if __name__ == "__main__":
+    main()
