@@ -26,6 +26,7 @@ from .common import friendly_errors, names
 @friendly_errors
 def command(model, data, split, out, max_pairs, seed, query_max_length, passage_max_length, eval_data,
             eval_split) -> None:
+    """Alignment and uniformity of every layer on training pairs; picks the A- and U-layers."""
     datasets = [ensure_prepared(d) for d in names(data)]
     result = analyze(model, datasets, out, split, max_pairs, seed, query_max_length=query_max_length,
                      passage_max_length=passage_max_length,

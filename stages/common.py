@@ -7,15 +7,16 @@ import functools
 import click
 
 from pipeline.data import DataError
+from pipeline.store import StoreError
 
 
 def friendly_errors(fn):
-    """Library errors (bad data, refused stores) become one clear line and exit status 2."""
+    """Library errors (bad data, refused stores, missing files) become one clear line and a non-zero exit."""
     @functools.wraps(fn)
     def wrapper(*args, **kwargs):
         try:
             return fn(*args, **kwargs)
-        except (DataError, FileNotFoundError) as e:
+        except (DataError, StoreError, FileNotFoundError) as e:
             raise click.ClickException(str(e)) from e
     return wrapper
 

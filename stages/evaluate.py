@@ -24,6 +24,7 @@ from .common import friendly_errors, names
               help="Run files go to RUNS/<data>/<split>/<system>.trec.")
 @friendly_errors
 def baselines_command(data, split, stores, systems, runs_dir) -> None:
+    """Write TREC runs of BM25, all-MiniLM-L6-v2 and each stored raw pooled layer."""
     from pipeline import baselines
 
     ds = ensure_prepared(data)

@@ -9,7 +9,6 @@ import click
 
 from pipeline.extract import ExtractSpec, extract
 from pipeline.prepare import ensure_prepared
-from pipeline.store import StoreError
 
 from .common import friendly_errors
 
@@ -56,12 +55,8 @@ def command(model, data, out, layers, geometry, last_layer, kinds, query_max_len
     for kind in kinds:
         spec = ExtractSpec(model, tuple(chosen), kind, query_max_length if kind == "queries" else passage_max_length,
                            dtype=dtype, shard_tokens=shard_tokens, chunk_tokens=chunk_tokens)
-        try:
-            summaries[kind] = extract(ds, spec, out / f"{kind}.zarr", force=force, workers=workers,
-                                      scheduler=scheduler, dry_run=dry_run,
-                                      rebuild_on_mismatch=rebuild_on_mismatch)
-        except StoreError as e:
-            raise click.ClickException(str(e)) from e
+        summaries[kind] = extract(ds, spec, out / f"{kind}.zarr", force=force, workers=workers, scheduler=scheduler,
+                                  dry_run=dry_run, rebuild_on_mismatch=rebuild_on_mismatch)
     if not dry_run:
         (out / "extract.json").write_text(json.dumps(summaries, indent=1))
         for kind, s in summaries.items():

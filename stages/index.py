@@ -25,6 +25,7 @@ from .common import friendly_errors
 @click.option("--run", "run_path", type=click.Path(path_type=Path), required=True, help="TREC run file to write.")
 @friendly_errors
 def index_command(tuner_dir, stores, data, split, kind, system, out, run_path) -> None:
+    """Encode a corpus from its store with a trained tuner; FAISS index and a TREC run of the split."""
     from pipeline.index import index_dataset
 
     ds = ensure_prepared(data)

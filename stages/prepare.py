@@ -23,6 +23,7 @@ from .common import friendly_errors
 @click.option("--md5", help="Expected md5 of a downloaded archive not in the built-in list.")
 @friendly_errors
 def command(data: str, out: Path | None, negatives: int, dev_fraction: float, seed: int, md5: str | None) -> None:
+    """Validate a BEIR set, mine BM25 hard negatives, write Parquet tables and BM25 sanity scores."""
     out = out or prepared_dir(data)
     summary = prepare_dataset(data, out, negatives, dev_fraction, seed, md5)
     for note in summary["warnings"]:

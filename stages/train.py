@@ -8,7 +8,6 @@ import click
 
 from pipeline.params import load_params, open_stores, train_config, tuner_config
 from pipeline.prepare import ensure_prepared
-from pipeline.store import StoreError
 from pipeline.train import TrainingSet, train
 from pipeline.tuner import VARIANTS
 
@@ -28,16 +27,13 @@ from .common import friendly_errors, names
 @click.option("--out", type=click.Path(path_type=Path), required=True)
 @friendly_errors
 def command(stores, data, geometry, variant, params_file, overrides, out) -> None:
+    """Train one tuner variant from the stores (InfoNCE, BM25 hard negatives, dev-selected)."""
     params = load_params(params_file, overrides)
     sets = []
-    try:
-        for name in names(data):
-            ds = ensure_prepared(name)
-            queries, corpus = open_stores(stores, ds.name)
-            dev = ds.qrels.get("dev")
-            sets.append(TrainingSet(ds, queries, corpus, ds.pairs("train").to_pylist(), dev))
-    except StoreError as e:
-        raise click.ClickException(str(e)) from e
+    for name in names(data):
+        ds = ensure_prepared(name)
+        queries, corpus = open_stores(stores, ds.name)
+        sets.append(TrainingSet(ds, queries, corpus, ds.pairs("train").to_pylist(), ds.qrels.get("dev")))
     first = sets[0].corpus
     cfg = tuner_config(params, variant, geometry, first.width, bool(first.fingerprint.get("attention_sink")))
     summary = train(sets, cfg, train_config(params), out)
