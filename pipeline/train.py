@@ -37,7 +37,8 @@ class TrainConfig:
     weight_decay: float = 0.01
     warmup: float = 0.1  # fraction of all steps
     clip: float = 1.0
-    patience: int = 2  # epochs without dev improvement before stopping
+    patience: int = 2  # dev evaluations without improvement before stopping
+    dev_every: int = 1  # epochs between dev evaluations (the last epoch is always evaluated)
     seed: int = 0
     max_steps_per_epoch: int | None = None
 
@@ -60,7 +61,7 @@ def _batches(sets: list[TrainingSet], cfg: TrainConfig, epoch: int):
     for s_i, ts in enumerate(sets):
         rows = [r for r in ts.pairs if r["positive_ids"]]
         perm = torch.randperm(len(rows), generator=g).tolist()
-        for b in range(0, len(perm) - cfg.batch_size + 1 if len(perm) >= cfg.batch_size else 1, cfg.batch_size):
+        for b in range(0, max(1, len(perm) - cfg.batch_size + 1), cfg.batch_size):  # full batches only
             batch = []
             for r in (rows[i] for i in perm[b : b + cfg.batch_size]):
                 pos = r["positive_ids"][int(torch.randint(len(r["positive_ids"]), (1,), generator=g))]
@@ -211,17 +212,19 @@ def train(sets: list[TrainingSet], tuner_cfg: TunerConfig, cfg: TrainConfig, out
             state["losses"].append({"step": state["step"], "loss": float(loss)})
             bar.set_postfix(loss=f"{float(loss):.3f}")
         state["seconds"] += time.time() - t0
-        score = dev_ndcg(tuner, sets)
         state["epoch"] += 1
-        state["dev"].append({"epoch": state["epoch"], "dev_ndcg@10": score})
-        improved = score is None or state["best"] is None or score > state["best"]
-        if improved:
-            state.update(best=score, best_epoch=state["epoch"], bad_epochs=0)
-            save_tuner(tuner, out / "best", {"epoch": state["epoch"], "dev_ndcg@10": score})
+        loss = np.mean([x["loss"] for x in state["losses"][-steps_per_epoch:]])
+        if state["epoch"] % cfg.dev_every == 0 or state["epoch"] == cfg.epochs:
+            score = dev_ndcg(tuner, sets)
+            state["dev"].append({"epoch": state["epoch"], "dev_ndcg@10": score})
+            if score is None or state["best"] is None or score > state["best"]:
+                state.update(best=score, best_epoch=state["epoch"], bad_epochs=0)
+                save_tuner(tuner, out / "best", {"epoch": state["epoch"], "dev_ndcg@10": score})
+            else:
+                state["bad_epochs"] += 1
+            print(f"epoch {state['epoch']}: loss {loss:.4f}, dev nDCG@10 {score if score is None else round(score, 4)}")
         else:
-            state["bad_epochs"] += 1
-        print(f"epoch {state['epoch']}: loss {np.mean([x['loss'] for x in state['losses'][-steps_per_epoch:]]):.4f}, "
-              f"dev nDCG@10 {score if score is None else round(score, 4)}")
+            print(f"epoch {state['epoch']}: loss {loss:.4f}")
         _save_checkpoint(tuner, opt, state, ckpt)
     summary = {"parameters": tuner.num_parameters(), "epochs_run": state["epoch"], "best_epoch": state["best_epoch"],
                "dev_ndcg@10": state["best"], "train_seconds": round(state["seconds"], 1),
