@@ -47,7 +47,9 @@ def read_trec_run(path: Path) -> Run:
 def markdown_table(rows: list[dict], columns: list[str], floatfmt: str = ".3f") -> str:
     """A GitHub Markdown table; floats formatted, missing cells left empty."""
     def cell(v):
-        return format(v, floatfmt) if isinstance(v, float) else ("" if v is None else str(v))
+        if isinstance(v, float):
+            return f"{v:,.0f}" if abs(v) >= 100 else format(v, floatfmt)  # counts and rates need no decimals
+        return "" if v is None else str(v)
     lines = ["| " + " | ".join(columns) + " |", "|" + "|".join("---" for _ in columns) + "|"]
     lines += ["| " + " | ".join(cell(r.get(c)) for c in columns) + " |" for r in rows]
     return "\n".join(lines) + "\n"

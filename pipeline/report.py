@@ -28,7 +28,7 @@ def ablation_rows(metrics: dict, tuners: Path, measure: str = "nDCG@10") -> list
         train = _json(tuners / system / "train.json")
         if train:
             row["parameters"] = f"{train['parameters']:,}"
-            row["train s"] = train["train_seconds"]
+            row["train s"] = f"{train['train_seconds']:.1f}"
             row["dev nDCG@10"] = train["dev_ndcg@10"]
             row["layers"] = f"{train['tuner']['stream_layer']}->{train['tuner']['cross_layer']}" \
                 if train["tuner"]["kind"] == "lmort" else f"pool {train['tuner']['stream_layer']}"
@@ -79,7 +79,7 @@ def build_report(root: Path, out: Path, figures: Path, params: dict | None = Non
             per_tok_layer = s["bytes_on_disk"] / max(1, s["tokens"] * len(s["layers"]))
             eff.append({"store": f"{f.parent.name}/{kind}", "texts": s["texts"], "tokens": s["tokens"],
                         "layers": ",".join(map(str, s["layers"])), "tokens/s": s["tokens_per_second"],
-                        "MB on disk": round(s["bytes_on_disk"] / 1e6, 1), "bytes/token/layer": round(per_tok_layer)})
+                        "MB on disk": f"{s['bytes_on_disk'] / 1e6:,.1f}", "bytes/token/layer": round(per_tok_layer)})
     if eff:
         lines += ["## Efficiency", "", "Stage one (paid once per store; every tuner variant reuses it):", "",
                   markdown_table(eff, ["store", "texts", "tokens", "layers", "tokens/s", "MB on disk",
