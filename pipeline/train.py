@@ -209,8 +209,8 @@ def train(sets: list[TrainingSet], tuner_cfg: TunerConfig, cfg: TrainConfig, out
             torch.nn.utils.clip_grad_norm_(tuner.parameters(), cfg.clip)
             opt.step()
             state["step"] += 1
-            state["losses"].append({"step": state["step"], "loss": float(loss)})
-            bar.set_postfix(loss=f"{float(loss):.3f}")
+            state["losses"].append({"step": state["step"], "loss": float(loss.detach())})
+            bar.set_postfix(loss=f"{float(loss.detach()):.3f}")
         state["seconds"] += time.time() - t0
         state["epoch"] += 1
         loss = np.mean([x["loss"] for x in state["losses"][-steps_per_epoch:]])
