@@ -136,9 +136,12 @@ def plot_geometry(result: dict, path: Path) -> None:
 
 
 def write_analysis(result: dict, out: Path) -> None:
-    """geometry.json, geometry.png and geometry.md in `out`, each written under a temporary name first."""
+    """geometry.json (no timings, so an identical rerun changes nothing downstream), timing.json, geometry.png
+    and geometry.md in `out`, each written under a temporary name first."""
     out.mkdir(parents=True, exist_ok=True)
-    for name, write in (("geometry.json", lambda p: p.write_text(json.dumps(result, indent=1))),
+    stable = {k: v for k, v in result.items() if k != "wall_seconds"}  # what downstream stages depend on
+    for name, write in (("geometry.json", lambda p: p.write_text(json.dumps(stable, indent=1))),
+                        ("timing.json", lambda p: p.write_text(json.dumps({"wall_seconds": result["wall_seconds"]}))),
                         ("geometry.md", lambda p: p.write_text(layer_table(result) + "\n" + result["verdict"] + "\n")),
                         ("geometry.png", lambda p: plot_geometry(result, p))):
         tmp = out / f".tmp.{name}"

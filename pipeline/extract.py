@@ -18,7 +18,7 @@ from tqdm.auto import tqdm
 
 from .data import Prepared
 from .llm import FrozenLLM, Template
-from .store import DTYPES, StoreWriter, store_bytes, write_shard
+from .store import DTYPES, FORMAT_VERSION, StoreWriter, store_bytes, store_lock, write_shard
 
 
 @dataclass(frozen=True)
@@ -63,7 +63,8 @@ def fingerprint(spec: ExtractSpec, llm: FrozenLLM, ids: list[str], texts: list[s
     content = hashlib.sha256("\x1e".join(f"{i}\x1f{t}" for i, t in zip(ids, texts)).encode()).hexdigest()[:16]
     return {"model": spec.model, "weights_sha256": llm.weights_hash, "layers": list(spec.layers),
             "kind": spec.kind, "template": asdict(spec.template), "max_length": spec.max_length,
-            "tokenizer_sha256": tok, "dtype": spec.dtype, "texts_sha256": content, "format_version": 1,
+            "tokenizer_sha256": tok, "dtype": spec.dtype, "texts_sha256": content, "format_version": FORMAT_VERSION,
+            "compute_dtype": str(llm.dtype).removeprefix("torch."),
             "attention_sink": llm.attention_sink, "width": llm.hidden_size}
 
 
@@ -97,35 +98,38 @@ def extract(ds: Prepared, spec: ExtractSpec, out: Path, force: bool = False, wor
     ids, texts = texts_of(ds, spec.kind, spec.template)
     token_ids, truncated = llm.tokenize(texts, spec.max_length)
     fp = fingerprint(spec, llm, ids, texts)
-    writer = StoreWriter(out, fp, ids, token_ids, llm.hidden_size, spec.shard_tokens, spec.chunk_tokens, force,
-                         rebuild_on_mismatch)
-    tokens = sum(map(len, token_ids))
-    itemsize = np.dtype(DTYPES[spec.dtype]).itemsize
-    summary = {"store": str(out), "texts": len(ids), "tokens": tokens, "truncated": truncated,
-               "layers": list(spec.layers), "max_length": spec.max_length,
-               "estimated_bytes": writer.plan.slots * llm.hidden_size * itemsize * len(spec.layers)}
-    pending = writer.pending_shards()
-    ordered = [token_ids[i] for i in writer.plan.order]
-    shard_tokens = {i: ordered[s[0]:s[1]] for i, s in enumerate(writer.plan.shards)}
-    todo_tokens = sum(len(t) for i in pending for t in shard_tokens[i])
-    print(f"{out}: {len(ids)} texts, {tokens:,} tokens ({truncated} truncated at {spec.max_length}), "
-          f"layers {list(spec.layers)}, about {summary['estimated_bytes'] / 1e9:.2f} GB uncompressed; "
-          f"{len(pending)}/{len(writer.plan.shards)} shards to compute ({todo_tokens:,} tokens)")
-    if dry_run:
-        return summary
-    t0 = time.time()
-    with writer.lock():
+    with store_lock(out):
+        writer = StoreWriter(out, fp, ids, token_ids, llm.hidden_size, spec.shard_tokens, spec.chunk_tokens, force,
+                             rebuild_on_mismatch)
+        tokens = sum(map(len, token_ids))
+        itemsize = np.dtype(DTYPES[spec.dtype]).itemsize
+        summary = {"store": str(out), "texts": len(ids), "tokens": tokens, "truncated": truncated,
+                   "layers": list(spec.layers), "max_length": spec.max_length,
+                   "estimated_bytes": writer.plan.slots * llm.hidden_size * itemsize * len(spec.layers)}
+        pending = writer.pending_shards()
+        ordered = [token_ids[i] for i in writer.plan.order]
+        shard_tokens = {i: ordered[s[0]:s[1]] for i, s in enumerate(writer.plan.shards)}
+        todo_tokens = sum(len(t) for i in pending for t in shard_tokens[i])
+        print(f"{out}: {len(ids)} texts, {tokens:,} tokens ({truncated} truncated at {spec.max_length}), "
+              f"layers {list(spec.layers)}, about {summary['estimated_bytes'] / 1e9:.2f} GB uncompressed; "
+              f"{len(pending)}/{len(writer.plan.shards)} shards to compute ({todo_tokens:,} tokens)")
+        if dry_run:
+            return summary
+        t0 = time.time()
         with tqdm(total=todo_tokens, unit="tok", unit_scale=True, desc=f"extract {spec.kind}",
                   disable=not progress) as bar:
-            if workers or scheduler:
+            if pending and (workers or scheduler):
                 _run_dask(str(out), spec, pending, writer.plan.shards, shard_tokens, workers, scheduler, bar)
             else:
                 for i in pending:
                     bar.update(compute_shard(str(out), spec, i, writer.plan.shards[i], shard_tokens[i]))
-        writer.finish()
-    seconds = time.time() - t0
-    summary.update({"seconds": round(seconds, 1), "tokens_per_second": round(todo_tokens / max(seconds, 1e-9), 1),
-                    "bytes_on_disk": store_bytes(out), "shards_computed": len(pending)})
+        seconds = time.time() - t0
+        if pending:  # a run that resumed reports what it computed; a no-op keeps the numbers of the build
+            rate = round(todo_tokens / max(seconds, 1e-9), 1)
+            writer.finish({"seconds": round(seconds, 1), "tokens_per_second": rate, "shards_computed": len(pending)})
+        else:
+            writer.finish()
+    summary.update({**writer.stats, "bytes_on_disk": store_bytes(out), "shards_computed": len(pending)})
     return summary
 
 

@@ -20,7 +20,7 @@ def prepare_dataset(
     folder = resolve_dataset(data, md5=md5)
     beir = load_beir(folder, name=Path(data).name)
     bm25 = BM25(beir.corpus)
-    judged = judged_relevant(beir.qrels)
+    judged = judged_relevant({s: q for s, q in beir.qrels.items() if s in ('train', 'dev')})  # test never read
     extra, summary = {}, {"name": beir.name, "source": str(folder), "warnings": beir.warnings, "bm25": {}}
     if "train" in beir.qrels:
         train = beir.qrels["train"]
@@ -30,7 +30,6 @@ def prepare_dataset(
             summary["dev_carved_from_train"] = {"queries": len(dev), "seed": seed}
         beir.qrels["train"] = train
         extra["pairs-train"] = training_pairs(beir.queries, train, bm25, judged, n_negatives)
-        extra["pairs-dev"] = training_pairs(beir.queries, beir.qrels["dev"], bm25, judged, n_negatives)
     for split, qrels in beir.qrels.items():
         if split == "train":
             continue

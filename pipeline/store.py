@@ -8,7 +8,7 @@ Layout (one store per model, data set, text kind, layers, template, max length):
     token_ids int32 [slots]
     layer_<l> float16 [slots, width], chunks of `chunk_tokens` rows
     _shards/<i>.done     a shard's regions are fully written
-    .lock                held by the one writer
+    ../.<store>.lock     flock held by the one writer
 
 Texts are stored longest first and grouped into shards; each shard owns whole chunks (its region starts on
 a chunk boundary), so shards are written independently, by one process or by many dask workers, and a
@@ -18,10 +18,9 @@ store without it. This module knows nothing about models or training.
 
 from __future__ import annotations
 
-import json
+import fcntl
 import os
 import shutil
-import socket
 from contextlib import contextmanager
 from dataclasses import dataclass
 from pathlib import Path
@@ -200,35 +199,35 @@ class StoreWriter:
     def pending_shards(self) -> list[int]:
         return [i for i in range(len(self.plan.shards)) if not (self.path / "_shards" / f"{i}.done").exists()]
 
-    def finish(self) -> None:
+    def finish(self, stats: dict | None = None) -> None:
+        """Mark the store complete (last), recording how it was built."""
         missing = self.pending_shards()
         if missing:
             raise StoreError(f"{self.path}: {len(missing)} shards still missing; not marking complete")
         if not self.complete:  # never rewrite a finished store (its files may be links into the DVC cache)
-            zarr.open_group(str(self.path), mode="r+").attrs["complete"] = True
+            zarr.open_group(str(self.path), mode="r+").attrs.update({"stats": stats or {}, "complete": True})
 
-    @contextmanager
-    def lock(self):
-        """An exclusive lock file; a stale one (its process gone, same host) is taken over."""
-        lock = self.path / ".lock"
-        me = f"{socket.gethostname()}:{os.getpid()}"
-        for _ in range(2):
-            try:
-                fd = os.open(lock, os.O_CREAT | os.O_EXCL | os.O_WRONLY)
-                os.write(fd, me.encode())
-                os.close(fd)
-                break
-            except FileExistsError:
-                host, _, pid = lock.read_text().partition(":")
-                if host == socket.gethostname() and pid.isdigit() and not _alive(int(pid)):
-                    lock.unlink(missing_ok=True)
-                    continue
-                raise StoreError(f"{self.path}: another writer holds the lock ({host}, pid {pid}); "
-                                 f"remove {lock} if that process is gone") from None
+    @property
+    def stats(self) -> dict:
+        return zarr.open_group(str(self.path), mode="r").attrs.get("stats", {})
+
+
+@contextmanager
+def store_lock(path: Path):
+    """One writer per store: an exclusive flock on `.<store>.lock` beside it, taken before the writer looks at
+    or creates the store. The kernel releases it when the holder dies, so a killed run never leaves it stale."""
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    lock_path = path.with_name(f".{path.name}.lock")
+    fd = os.open(lock_path, os.O_CREAT | os.O_RDWR, 0o644)
+    try:
         try:
-            yield
-        finally:
-            lock.unlink(missing_ok=True)
+            fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+        except BlockingIOError:
+            raise StoreError(f"{path}: another writer holds the lock {lock_path}") from None
+        yield
+    finally:
+        os.close(fd)  # closing releases the lock
 
 
 def write_shard(path: Path, shard: tuple[int, int, int, int], shard_index: int,
@@ -244,19 +243,5 @@ def write_shard(path: Path, shard: tuple[int, int, int, int], shard_index: int,
     os.replace(tmp, marker)
 
 
-def _alive(pid: int) -> bool:
-    try:
-        os.kill(pid, 0)
-    except ProcessLookupError:
-        return False
-    except PermissionError:
-        return True
-    return True
-
-
 def store_bytes(path: Path) -> int:
     return sum(f.stat().st_size for f in Path(path).rglob("*") if f.is_file())
-
-
-def fingerprint_text(fp: dict) -> str:
-    return json.dumps(fp, sort_keys=True)

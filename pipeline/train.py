@@ -7,6 +7,7 @@ from: every epoch seeds its own sampling and dropout, so a resumed run equals an
 
 from __future__ import annotations
 
+import hashlib
 import json
 import os
 import shutil
@@ -111,11 +112,15 @@ def dev_ndcg(tuner: Tuner, sets: list[TrainingSet], progress: bool = False) -> f
 
 
 def _atomic_dir(target: Path, write) -> None:
+    """Write a folder under a temporary name, then swap it in; a kill mid-swap leaves `.<name>.old` behind,
+    which `_existing` falls back to."""
     target.parent.mkdir(parents=True, exist_ok=True)
-    tmp = Path(tempfile.mkdtemp(dir=target.parent, prefix=f".{target.name}."))
+    old = target.with_name(f".{target.name}.old")
+    if old.exists() and target.exists():
+        shutil.rmtree(old)
+    tmp = Path(tempfile.mkdtemp(dir=target.parent, prefix=f".{target.name}.tmp."))
     try:
         write(tmp)
-        old = target.with_name(f".{target.name}.old")
         if target.exists():
             os.replace(target, old)
         os.replace(tmp, target)
@@ -123,6 +128,11 @@ def _atomic_dir(target: Path, write) -> None:
     except BaseException:
         shutil.rmtree(tmp, ignore_errors=True)
         raise
+
+
+def _existing(folder: Path) -> Path:
+    old = folder.with_name(f".{folder.name}.old")
+    return folder if folder.exists() or not old.exists() else old
 
 
 def save_tuner(tuner: Tuner, folder: Path, extra: dict | None = None) -> None:
@@ -177,10 +187,14 @@ def train(sets: list[TrainingSet], tuner_cfg: TunerConfig, cfg: TrainConfig, out
     opt = torch.optim.AdamW(tuner.parameters(), lr=cfg.lr, weight_decay=cfg.weight_decay)
     steps_per_epoch = len(_batches(sets, cfg, 0))
     total = max(1, steps_per_epoch * cfg.epochs)
-    setup = {"tuner": tuner_cfg.to_dict(), "train": asdict(cfg), "data": [ts.data.name for ts in sets]}
+    # what a checkpoint must match to be resumed: settings, the stores' fingerprints, the pairs and dev qrels
+    data = json.dumps([[ts.data.name, ts.pairs, ts.dev_qrels] for ts in sets], sort_keys=True, default=sorted)
+    setup = {"tuner": tuner_cfg.to_dict(), "train": asdict(cfg), "data": [ts.data.name for ts in sets],
+             "stores": [[ts.queries.fingerprint, ts.corpus.fingerprint] for ts in sets],
+             "pairs_sha256": hashlib.sha256(data.encode()).hexdigest()}
     state = {"epoch": 0, "step": 0, "best": None, "best_epoch": None, "bad_epochs": 0, "losses": [], "dev": [],
              "seconds": 0.0, "setup": setup}
-    ckpt = out / "checkpoint"
+    ckpt = _existing(out / "checkpoint")
     if (ckpt / "state.json").exists():
         if json.loads((ckpt / "state.json").read_text()).get("setup") == setup:
             state = _load_checkpoint(tuner, opt, ckpt)
@@ -230,6 +244,7 @@ def train(sets: list[TrainingSet], tuner_cfg: TunerConfig, cfg: TrainConfig, out
                "dev_ndcg@10": state["best"], "train_seconds": round(state["seconds"], 1),
                "steps": state["step"], "tuner": tuner_cfg.to_dict(), "train": asdict(cfg)}
     write_logs(state, summary, out)
+    shutil.rmtree(out / "checkpoint", ignore_errors=True)  # finished: a later run with new inputs starts afresh
     return summary
 
 

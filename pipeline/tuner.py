@@ -20,7 +20,7 @@ import torch
 import torch.nn as nn
 import torch.nn.functional as F
 
-from .geometry import pooling_mask
+from .geometry import mean_pool, pooling_mask
 
 
 @dataclass
@@ -86,10 +86,9 @@ class Tuner(nn.Module):
     def forward(self, states: dict[int, torch.Tensor], mask: torch.Tensor) -> torch.Tensor:
         """states: {layer: [B, T, llm_width]}, mask: [B, T] real tokens -> [B, out_dim] text vectors."""
         keep = pooling_mask(mask, self.cfg.attention_sink)
-        m = keep.unsqueeze(-1).float()
 
         def mean(x):
-            return (x * m).sum(1) / m.sum(1).clamp_min(1.0)
+            return mean_pool(x, keep)
 
         def inp(layer):
             return self.in_norm[str(layer)](states[layer].float())

@@ -83,10 +83,12 @@ def test_killed_training_resumes_to_the_same_weights(world, tmp_path, monkeypatc
     monkeypatch.setattr(tr, "info_nce", real)
     resumed = train([training_set(world)], cfg, tcfg, tmp_path / "b", progress=False)
     assert full["steps"] == resumed["steps"]
-    wa = load_file(tmp_path / "a" / "checkpoint" / "model.safetensors")
-    wb = load_file(tmp_path / "b" / "checkpoint" / "model.safetensors")
+    assert (tmp_path / "a" / "loss.json").read_text() == (tmp_path / "b" / "loss.json").read_text()
+    wa = load_file(tmp_path / "a" / "best" / "model.safetensors")
+    wb = load_file(tmp_path / "b" / "best" / "model.safetensors")
     for k in wa:
         assert torch.equal(wa[k], wb[k]), k
+    assert not (tmp_path / "b" / "checkpoint").exists()  # a finished run leaves no checkpoint to "resume"
 
 
 def test_faiss_equals_brute_force(world):

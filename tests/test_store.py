@@ -1,4 +1,3 @@
-import os
 import signal
 import subprocess
 import sys
@@ -13,7 +12,7 @@ from pipeline.data import load_prepared
 from pipeline.extract import ExtractSpec, extract, texts_of
 from pipeline.llm import FrozenLLM
 from pipeline.prepare import prepare_dataset
-from pipeline.store import ActivationStore, StoreError, StoreWriter
+from pipeline.store import ActivationStore, StoreError, StoreWriter, store_lock
 
 
 @pytest.fixture
@@ -62,7 +61,7 @@ def test_fingerprint_mismatch_refused_and_force_rebuilds(tiny_model, prepared, t
     assert ActivationStore(tmp_path / "c.zarr").fingerprint["max_length"] == 12
 
 
-def test_incomplete_store_refused_and_lock_refused(tiny_model, prepared, tmp_path):
+def test_incomplete_store_refused(tiny_model, prepared, tmp_path):
     llm = FrozenLLM(tiny_model, device="cpu")
     ids, texts = texts_of(prepared, "corpus", spec_for(tiny_model).template)
     tok, _ = llm.tokenize(texts, 16)
@@ -71,13 +70,32 @@ def test_incomplete_store_refused_and_lock_refused(tiny_model, prepared, tmp_pat
         ActivationStore(tmp_path / "c.zarr")
     with pytest.raises(StoreError, match="shards still missing"):
         writer.finish()
-    with writer.lock():
+
+
+def test_second_writer_refused_and_a_dead_writers_lock_is_free(tiny_model, prepared, tmp_path):
+    path = tmp_path / "c.zarr"
+    with store_lock(path):
         with pytest.raises(StoreError, match="another writer holds the lock"):
-            with writer.lock():
-                pass
-    (tmp_path / "c.zarr" / ".lock").write_text(f"{os.uname().nodename}:999999999")  # a dead writer's lock
-    with writer.lock():
+            extract(prepared, spec_for(tiny_model), path, progress=False)
+        assert not path.exists()  # refused before touching anything
+    holder = subprocess.Popen([sys.executable, "-c", LOCK_AND_SLEEP, str(path)], stdout=subprocess.PIPE, text=True)
+    assert holder.stdout.readline().strip() == "locked"
+    with pytest.raises(StoreError, match="another writer"):
+        with store_lock(path):
+            pass
+    holder.send_signal(signal.SIGKILL)
+    holder.wait()
+    with store_lock(path):  # the kernel released the dead writer's lock
         pass
+
+
+LOCK_AND_SLEEP = """
+import sys, time
+from pipeline.store import store_lock
+with store_lock(sys.argv[1]):
+    print("locked", flush=True)
+    time.sleep(60)
+"""
 
 
 KILLABLE = """
@@ -108,9 +126,8 @@ def test_killed_run_resumes_to_an_identical_store(tiny_model, prepared, tmp_path
     assert 2 <= done < len(list((ref / "_shards").glob("*.done"))), "the kill should land mid-run"
     with pytest.raises(StoreError, match="incomplete"):
         ActivationStore(target)
-    summary = extract(prepared, spec_for(tiny_model), target, progress=False)  # stale lock is taken over
-    assert summary["shards_computed"] <= summary["texts"] and summary["shards_computed"] < (
-        len(list((ref / "_shards").glob("*.done"))))
+    summary = extract(prepared, spec_for(tiny_model), target, progress=False)  # the dead writer's lock is free
+    assert summary["shards_computed"] == len(list((ref / "_shards").glob("*.done"))) - done
     ids_a, a = read_all(ref)
     ids_b, b = read_all(target)
     assert ids_a == ids_b
