@@ -59,4 +59,8 @@ def choose_layers(align: list[float], unif: list[float]) -> dict:
     else:
         verdict = (f"The paper's finding does not hold here: alignment and uniformity are both best at "
                    f"layer {a_layer}.")
+    if unif[a_layer] > 0.1 * unif[u_layer]:
+        verdict += (f" Caution: the A-layer's space is nearly collapsed (uniformity {unif[a_layer]:.3f} against "
+                    f"{unif[u_layer]:.3f} at the U-layer), so its low alignment is partly trivial "
+                    "(METHOD.md, pitfalls).")
     return {"a_layer": a_layer, "u_layer": u_layer, "verdict": verdict}

@@ -27,3 +27,5 @@ def test_choose_layers_and_verdict():
     c = choose_layers([0.9, 0.2, 0.5], [-1.0, -0.5, -3.0])
     assert (c["a_layer"], c["u_layer"]) == (1, 2) and "holds" in c["verdict"]
     assert "does not hold" in choose_layers([0.1, 0.5], [-2.0, -1.0])["verdict"]
+    assert "Caution" not in choose_layers([0.9, 0.2, 0.5], [-1.0, -0.5, -3.0])["verdict"]
+    assert "nearly collapsed" in choose_layers([0.5, 0.01], [-1.0, -0.02])["verdict"]
