@@ -69,17 +69,18 @@ def bare(model_name, texts, layers, max_length):
 
 def rss_child(model, data, docs, layers, max_length):
     code = f"""
-import resource, tempfile, json
+import tempfile
 from pathlib import Path
 from pipeline.extract import ExtractSpec, extract
 from pipeline.prepare import ensure_prepared
 ds = ensure_prepared({data!r}); keep = list(ds.corpus)[:{docs}]; ds.corpus = {{k: ds.corpus[k] for k in keep}}
 with tempfile.TemporaryDirectory() as d:
     extract(ds, ExtractSpec({model!r}, {tuple(layers)!r}, "corpus", {max_length}), Path(d) / "s.zarr", progress=False)
-print(json.dumps(resource.getrusage(resource.RUSAGE_SELF).ru_maxrss))
+# VmHWM: this process's own peak (ru_maxrss would carry the parent's peak across fork and exec)
+print(next(x.split()[1] for x in open("/proc/self/status") if x.startswith("VmHWM")))
 """
     out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True).stdout
-    return int(out.strip().splitlines()[-1]) / 1024  # MiB
+    return int(out.strip().splitlines()[-1]) / 1024  # kB -> MiB
 
 
 def main() -> None:
@@ -90,10 +91,11 @@ def main() -> None:
     ap.add_argument("--max-length", type=int, default=256)
     ap.add_argument("--layers", nargs="+", default=["0,2", "0,2,30"])
     ap.add_argument("--rss", action=argparse.BooleanOptionalAction, default=True)
+    ap.add_argument("--speed", action=argparse.BooleanOptionalAction, default=True)
     args = ap.parse_args()
     torch.manual_seed(0)
     rows = []
-    for spec_layers in args.layers:
+    for spec_layers in args.layers if args.speed else []:
         layers = [int(x) for x in spec_layers.split(",")]
         ds = subset(ensure_prepared(args.data), args.docs)
         _, texts = texts_of(ds, "corpus", Template())
@@ -109,9 +111,10 @@ def main() -> None:
                      "(b) bare forward tok/s": round(b), "(c) lmort extract tok/s": round(s["tokens_per_second"]),
                      "c/b": round(s["tokens_per_second"] / b, 2), "c/a": round(s["tokens_per_second"] / a, 2),
                      "bytes/token/layer": round(per_token_layer), "limit (2 x width)": 2 * width})
-    print(f"\n{args.model} on the first {args.docs} {args.data} passages, max length {args.max_length}, "
-          f"{torch.get_num_threads()} threads\n")
-    print(markdown_table(rows, list(rows[0])))
+    if rows:
+        print(f"\n{args.model} on the first {args.docs} {args.data} passages, max length {args.max_length}, "
+              f"{torch.get_num_threads()} threads\n")
+        print(markdown_table(rows, list(rows[0])))
     if args.rss:
         layers = [int(x) for x in args.layers[0].split(",")]
         r1 = rss_child(args.model, args.data, args.docs, layers, args.max_length)

@@ -35,7 +35,7 @@ class LLMInTheLoop:
     def batch(self, ids, layers):
         tok, _ = self.llm.tokenize([self.texts[i] for i in ids], self.max_length)
         states, mask = self.llm.forward(tok, sorted(set(layers) | {self.depth}))
-        return {k: states[k] for k in layers}, mask.bool()
+        return {k: states[k].clone() for k in layers}, mask.bool()  # clone: out of inference mode for autograd
 
 
 def time_steps(tuner, ts, batches, lr=3e-4) -> float:

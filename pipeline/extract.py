@@ -9,6 +9,7 @@ from __future__ import annotations
 import hashlib
 import json
 import time
+from concurrent.futures import ThreadPoolExecutor
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
 
@@ -68,23 +69,34 @@ def fingerprint(spec: ExtractSpec, llm: FrozenLLM, ids: list[str], texts: list[s
             "attention_sink": llm.attention_sink, "width": llm.hidden_size}
 
 
+def shard_states(spec: ExtractSpec, shard: tuple[int, int, int, int], token_ids: list[list[int]]):
+    """Run the LLM over one shard's texts (store order): {layer: [region slots, width]} in the store dtype."""
+    llm = cached_llm(spec.model, max(spec.layers))
+    _, _, s0, s1 = shard
+    starts = np.cumsum([0] + [len(t) for t in token_ids])
+    dtype = DTYPES[spec.dtype]
+    out = {layer: np.zeros((s1 - s0, llm.hidden_size), dtype=dtype) for layer in spec.layers}
+    limit = float(np.finfo(dtype).max)
+    for idx, states, mask in llm.iter_hidden_states(token_ids, list(spec.layers), spec.batch_tokens,
+                                                    progress=False):
+        real = mask.bool().cpu().numpy()
+        rows = np.concatenate([np.arange(starts[i], starts[i] + len(token_ids[i])) for i in idx])
+        for layer in spec.layers:  # one cast per batch and layer; real tokens only, in store order
+            x = states[layer].float().clamp(-limit, limit).cpu().numpy().astype(dtype)
+            out[layer][rows] = x[real]
+    return out, int(starts[-1])
+
+
+def _write(path, shard, shard_index: int, states: dict, tokens: int) -> int:
+    write_shard(Path(path), shard, shard_index, states)
+    return tokens
+
+
 def compute_shard(path: str, spec: ExtractSpec, shard_index: int, shard: tuple[int, int, int, int],
                   token_ids: list[list[int]]) -> int:
-    """Run the LLM over one shard's texts (store order) and write its region; returns its token count."""
-    llm = cached_llm(spec.model, max(spec.layers))
-    first_row, _, s0, s1 = shard
-    starts = np.cumsum([0] + [len(t) for t in token_ids])
-    out = {layer: np.zeros((s1 - s0, llm.hidden_size), dtype=DTYPES[spec.dtype]) for layer in spec.layers}
-    limit = float(np.finfo(DTYPES[spec.dtype]).max)
-    for idx, states, _ in llm.iter_hidden_states(token_ids, list(spec.layers), spec.batch_tokens,
-                                                    progress=False):
-        for b, i in enumerate(idx):
-            n = len(token_ids[i])
-            for layer in spec.layers:
-                x = states[layer][b, :n].float().clamp(-limit, limit).cpu().numpy()
-                out[layer][starts[i] : starts[i] + n] = x
-    write_shard(Path(path), shard, shard_index, out)
-    return int(starts[-1])
+    """Compute and write one shard (what a dask worker runs); returns its token count."""
+    states, tokens = shard_states(spec, shard, token_ids)
+    return _write(path, shard, shard_index, states, tokens)
 
 
 def extract(ds: Prepared, spec: ExtractSpec, out: Path, force: bool = False, workers: int = 0,
@@ -120,9 +132,16 @@ def extract(ds: Prepared, spec: ExtractSpec, out: Path, force: bool = False, wor
                   disable=not progress) as bar:
             if pending and (workers or scheduler):
                 _run_dask(str(out), spec, pending, writer.plan.shards, shard_tokens, workers, scheduler, bar)
-            else:
-                for i in pending:
-                    bar.update(compute_shard(str(out), spec, i, writer.plan.shards[i], shard_tokens[i]))
+            else:  # compute shard i + 1 while a thread compresses and writes shard i
+                with ThreadPoolExecutor(max_workers=1) as io:
+                    writing = None
+                    for i in pending:
+                        states, tokens = shard_states(spec, writer.plan.shards[i], shard_tokens[i])
+                        if writing is not None:
+                            bar.update(writing.result())
+                        writing = io.submit(_write, out, writer.plan.shards[i], i, states, tokens)
+                    if writing is not None:
+                        bar.update(writing.result())
         seconds = time.time() - t0
         if pending:  # a run that resumed reports what it computed; a no-op keeps the numbers of the build
             rate = round(todo_tokens / max(seconds, 1e-9), 1)
