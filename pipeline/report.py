@@ -13,7 +13,9 @@ def _json(path: Path):
     return json.loads(Path(path).read_text()) if Path(path).exists() else None
 
 
-def ablation_rows(metrics: dict, tuners: Path, measure: str = "nDCG@10") -> list[dict]:
+def ablation_rows(metrics: dict, tuners: Path | None = None, measure: str = "nDCG@10") -> list[dict]:
+    """One row per system: the measure per data set, the average over all sets (when the system has every
+    set), and, for trained tuners under `tuners`, parameters, training time and dev score."""
     rows = []
     systems = sorted({s for per in metrics.values() for s in per})
     for system in systems:
@@ -25,7 +27,7 @@ def ablation_rows(metrics: dict, tuners: Path, measure: str = "nDCG@10") -> list
             if v is not None:
                 vals.append(v)
         row["average"] = sum(vals) / len(vals) if len(vals) == len(metrics) else None
-        train = _json(tuners / system / "train.json")
+        train = _json(tuners / system / "train.json") if tuners else None
         if train:
             row["parameters"] = f"{train['parameters']:,}"
             row["train s"] = f"{train['train_seconds']:.1f}"

@@ -6,11 +6,11 @@ import json
 from pathlib import Path
 
 import click
-import numpy as np
 
 from pipeline.metrics import MEASURES, evaluate, markdown_table, read_trec_run, write_trec_run
 from pipeline.params import open_stores
 from pipeline.prepare import ensure_prepared
+from pipeline.report import ablation_rows
 
 from .common import friendly_errors, names
 
@@ -60,15 +60,7 @@ def evaluate_runs(datasets: list[str], split: str, runs_dirs: list[Path]) -> dic
 
 
 def score_table(metrics: dict, measure: str = "nDCG@10") -> str:
-    systems = sorted({s for per in metrics.values() for s in per})
-    rows = []
-    for s in systems:
-        row = {"system": s, **{d: per.get(s, {}).get(measure) for d, per in metrics.items()}}
-        vals = [v for d, v in row.items() if d != "system" and v is not None]
-        row["average"] = float(np.mean(vals)) if len(vals) == len(metrics) else None
-        rows.append(row)
-    rows.sort(key=lambda r: -(r["average"] or 0))
-    return markdown_table(rows, ["system", *metrics, "average"])
+    return markdown_table(ablation_rows(metrics, measure=measure), ["system", *metrics, "average"])
 
 
 @click.command("evaluate")
