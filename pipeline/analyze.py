@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import json
-import os
 import random
 import time
 from pathlib import Path
@@ -11,6 +10,7 @@ from pathlib import Path
 import torch
 import torch.nn.functional as F
 
+from .atomic import atomic_file
 from .data import Prepared
 from .geometry import alignment_per_layer, choose_layers, mean_pool, uniformity_per_layer
 from .llm import FrozenLLM, Template, parameter_count
@@ -144,6 +144,4 @@ def write_analysis(result: dict, out: Path) -> None:
                         ("timing.json", lambda p: p.write_text(json.dumps({"wall_seconds": result["wall_seconds"]}))),
                         ("geometry.md", lambda p: p.write_text(layer_table(result) + "\n" + result["verdict"] + "\n")),
                         ("geometry.png", lambda p: plot_geometry(result, p))):
-        tmp = out / f".tmp.{name}"
-        write(tmp)
-        os.replace(tmp, out / name)
+        atomic_file(out / name, write)

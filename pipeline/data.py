@@ -8,7 +8,6 @@ from __future__ import annotations
 import hashlib
 import json
 import os
-import shutil
 import tempfile
 import urllib.request
 import zipfile
@@ -18,6 +17,8 @@ from pathlib import Path
 import pyarrow as pa
 import pyarrow.parquet as pq
 from tqdm.auto import tqdm
+
+from .atomic import atomic_dir
 
 PROJECT_ROOT = Path(__file__).resolve().parents[1]
 SHARED_BEIR = Path("..") / "shared" / "data" / "beir"  # beside the project root, where our data sets live
@@ -191,10 +192,7 @@ def load_beir(folder: Path, name: str | None = None) -> BeirSet:
 
 def write_tables(beir: BeirSet, out: Path, extra: dict[str, pa.Table] | None = None) -> None:
     """Write corpus/queries/qrels (and any extra tables) to `out` atomically: all or nothing."""
-    out = Path(out)
-    out.parent.mkdir(parents=True, exist_ok=True)
-    tmp = Path(tempfile.mkdtemp(dir=out.parent, prefix=f".{out.name}."))
-    try:
+    def write(tmp: Path) -> None:
         ids = list(beir.corpus)
         pq.write_table(pa.table({"id": ids, "title": [beir.corpus[i]["title"] for i in ids],
                                  "text": [beir.corpus[i]["text"] for i in ids]}), tmp / "corpus.parquet")
@@ -210,12 +208,8 @@ def write_tables(beir: BeirSet, out: Path, extra: dict[str, pa.Table] | None = N
         (tmp / "manifest.json").write_text(json.dumps({
             "name": beir.name, "docs": len(beir.corpus), "queries": len(beir.queries),
             "splits": {s: len(q) for s, q in beir.qrels.items()}, "warnings": beir.warnings}, indent=1))
-        if out.exists():
-            shutil.rmtree(out)
-        os.replace(tmp, out)
-    except BaseException:
-        shutil.rmtree(tmp, ignore_errors=True)
-        raise
+
+    atomic_dir(Path(out), write)
 
 
 @dataclass

@@ -8,6 +8,7 @@ import numpy as np
 import torch
 from tqdm.auto import tqdm
 
+from .atomic import atomic_file
 from .metrics import Run
 from .store import ActivationStore
 from .tuner import Tuner
@@ -88,7 +89,6 @@ def index_dataset(tuner_dir: Path, queries: ActivationStore, corpus: ActivationS
                   out: Path, run_path: Path, system: str, kind: str = "flat", k: int = 100) -> dict:
     """Encode a corpus and its queries from the stores, write vectors + FAISS index + a TREC run file."""
     import json
-    import os
     import time
 
     from .metrics import write_trec_run
@@ -103,8 +103,7 @@ def index_dataset(tuner_dir: Path, queries: ActivationStore, corpus: ActivationS
     run = retrieve(index, list(corpus.ids), qids, encode_store(tuner, queries, qids, progress=False), k)
     out.mkdir(parents=True, exist_ok=True)
     np.save(out / "vectors.npy", vectors)
-    write_index(index, out / ".index.faiss.tmp")
-    os.replace(out / ".index.faiss.tmp", out / "index.faiss")
+    atomic_file(out / "index.faiss", lambda tmp: write_index(index, tmp))
     meta = {"tuner": str(tuner_dir), "system": system, "kind": kind, "ids": list(corpus.ids),
             "model": corpus.fingerprint["model"], "template": queries.fingerprint["template"],
             "query_max_length": queries.fingerprint["max_length"], "encode_seconds": round(encode_seconds, 1),

@@ -2,11 +2,12 @@
 
 from __future__ import annotations
 
-import os
 from pathlib import Path
 
 import ir_measures
 from ir_measures import MRR, R, nDCG
+
+from .atomic import atomic_file
 
 MEASURES = {"nDCG@10": nDCG @ 10, "Recall@100": R @ 100, "MRR@10": MRR @ 10}
 
@@ -25,14 +26,13 @@ def evaluate(run: Run, qrels: Qrels) -> dict[str, float]:
 
 
 def write_trec_run(run: Run, path: Path, tag: str) -> None:
-    path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = path.with_name(path.name + ".tmp")
-    with open(tmp, "w") as f:
-        for qid, docs in run.items():
-            for rank, (did, s) in enumerate(sorted(docs.items(), key=lambda x: -x[1]), 1):
-                f.write(f"{qid} Q0 {did} {rank} {s:.6f} {tag}\n")
-    os.replace(tmp, path)
+    def write(tmp: Path) -> None:
+        with open(tmp, "w") as f:
+            for qid, docs in run.items():
+                for rank, (did, s) in enumerate(sorted(docs.items(), key=lambda x: -x[1]), 1):
+                    f.write(f"{qid} Q0 {did} {rank} {s:.6f} {tag}\n")
+
+    atomic_file(path, write)
 
 
 def read_trec_run(path: Path) -> Run:

@@ -6,6 +6,7 @@ import json
 import shutil
 from pathlib import Path
 
+from .atomic import atomic_file
 from .metrics import MEASURES, markdown_table
 
 
@@ -93,7 +94,5 @@ def build_report(root: Path, out: Path, figures: Path, params: dict | None = Non
             lines += [f"LLM parameters: {geometry['llm_parameters']:,}.", "",
                       markdown_table(rows, ["system", "tuner parameters", "share of the LLM"])]
     text = "\n".join(lines) + "\n"
-    tmp = Path(out).with_name(Path(out).name + ".tmp")
-    tmp.write_text(text)
-    tmp.replace(out)
+    atomic_file(Path(out), lambda tmp: tmp.write_text(text))
     return text

@@ -30,6 +30,8 @@ import torch
 import zarr
 from zarr.codecs import ZstdCodec
 
+from .atomic import atomic_dir, atomic_file
+
 FORMAT_VERSION = 1
 DTYPES = {"float16": np.float16, "float32": np.float32}  # numpy/zarr have no bfloat16
 
@@ -171,26 +173,25 @@ class StoreWriter:
             self._create(token_ids, width, plan_attrs)
 
     def _create(self, token_ids: list[list[int]], width: int, plan_attrs: dict) -> None:
-        tmp = self.path.with_name(f".{self.path.name}.creating")
-        shutil.rmtree(tmp, ignore_errors=True)
-        tmp.parent.mkdir(parents=True, exist_ok=True)
-        g = zarr.open_group(str(tmp), mode="w")
         p = self.plan
         chunk = plan_attrs["chunk_tokens"]
-        g.create_array("starts", data=np.asarray(p.starts, dtype=np.int64))
-        g.create_array("lengths", data=np.asarray(p.lengths, dtype=np.int32))
-        flat = np.zeros(p.slots, dtype=np.int32)
-        for row, idx in enumerate(p.order):
-            flat[p.starts[row] : p.starts[row] + p.lengths[row]] = token_ids[idx]
-        g.create_array("token_ids", data=flat, chunks=(max(chunk * 16, 1),))
-        dtype = self.fingerprint["dtype"]
-        for layer in self.fingerprint["layers"]:
-            g.create_array(f"layer_{layer}", shape=(p.slots, width), chunks=(chunk, width),
-                           dtype=DTYPES[dtype], compressors=ZstdCodec(level=3), fill_value=0)
-        g.attrs.update({"fingerprint": self.fingerprint, "ids": self.ids, "plan": plan_attrs, "complete": False,
-                        "format_version": FORMAT_VERSION})
-        (tmp / "_shards").mkdir()
-        os.replace(tmp, self.path)
+
+        def write(tmp: Path) -> None:
+            g = zarr.open_group(str(tmp), mode="w")
+            g.create_array("starts", data=np.asarray(p.starts, dtype=np.int64))
+            g.create_array("lengths", data=np.asarray(p.lengths, dtype=np.int32))
+            flat = np.zeros(p.slots, dtype=np.int32)
+            for row, idx in enumerate(p.order):
+                flat[p.starts[row] : p.starts[row] + p.lengths[row]] = token_ids[idx]
+            g.create_array("token_ids", data=flat, chunks=(max(chunk * 16, 1),))
+            for layer in self.fingerprint["layers"]:
+                g.create_array(f"layer_{layer}", shape=(p.slots, width), chunks=(chunk, width),
+                               dtype=DTYPES[self.fingerprint["dtype"]], compressors=ZstdCodec(level=3), fill_value=0)
+            g.attrs.update({"fingerprint": self.fingerprint, "ids": self.ids, "plan": plan_attrs, "complete": False,
+                            "format_version": FORMAT_VERSION})
+            (tmp / "_shards").mkdir()
+
+        atomic_dir(self.path, write)
 
     @property
     def complete(self) -> bool:
@@ -238,9 +239,7 @@ def write_shard(path: Path, shard: tuple[int, int, int, int], shard_index: int,
     for layer, arr in states.items():
         g[f"layer_{layer}"][s0:s1] = arr
     marker = Path(path) / "_shards" / f"{shard_index}.done"
-    tmp = marker.with_suffix(".tmp")
-    tmp.write_text("ok")
-    os.replace(tmp, marker)
+    atomic_file(marker, lambda tmp: tmp.write_text("ok"))
 
 
 def store_bytes(path: Path) -> int:

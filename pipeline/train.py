@@ -9,9 +9,7 @@ from __future__ import annotations
 
 import hashlib
 import json
-import os
 import shutil
-import tempfile
 import time
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
@@ -22,6 +20,7 @@ import torch.nn.functional as F
 from safetensors.torch import load_file, save_file
 from tqdm.auto import tqdm
 
+from .atomic import atomic_dir, existing_dir
 from .data import Prepared
 from .index import build_index, encode_store, retrieve
 from .metrics import evaluate
@@ -111,35 +110,11 @@ def dev_ndcg(tuner: Tuner, sets: list[TrainingSet], progress: bool = False) -> f
 # ------------------------------------------------------------------ checkpoints (safetensors + JSON)
 
 
-def _atomic_dir(target: Path, write) -> None:
-    """Write a folder under a temporary name, then swap it in; a kill mid-swap leaves `.<name>.old` behind,
-    which `_existing` falls back to."""
-    target.parent.mkdir(parents=True, exist_ok=True)
-    old = target.with_name(f".{target.name}.old")
-    if old.exists() and target.exists():
-        shutil.rmtree(old)
-    tmp = Path(tempfile.mkdtemp(dir=target.parent, prefix=f".{target.name}.tmp."))
-    try:
-        write(tmp)
-        if target.exists():
-            os.replace(target, old)
-        os.replace(tmp, target)
-        shutil.rmtree(old, ignore_errors=True)
-    except BaseException:
-        shutil.rmtree(tmp, ignore_errors=True)
-        raise
-
-
-def _existing(folder: Path) -> Path:
-    old = folder.with_name(f".{folder.name}.old")
-    return folder if folder.exists() or not old.exists() else old
-
-
 def save_tuner(tuner: Tuner, folder: Path, extra: dict | None = None) -> None:
     def write(tmp: Path):
         save_file({k: v.detach().cpu().contiguous() for k, v in tuner.state_dict().items()}, tmp / "model.safetensors")
         (tmp / "tuner.json").write_text(json.dumps({"config": tuner.cfg.to_dict(), **(extra or {})}, indent=1))
-    _atomic_dir(Path(folder), write)
+    atomic_dir(Path(folder), write)
 
 
 def load_tuner(folder: Path, device: str = "cpu") -> Tuner:
@@ -157,7 +132,7 @@ def _save_checkpoint(tuner, opt, state: dict, folder: Path) -> None:
         save_file({k: v.detach().cpu().contiguous() for k, v in tuner.state_dict().items()}, tmp / "model.safetensors")
         save_file(tensors, tmp / "optimizer.safetensors")
         (tmp / "state.json").write_text(json.dumps({**state, "param_groups": sd["param_groups"]}, indent=1))
-    _atomic_dir(folder, write)
+    atomic_dir(folder, write)
 
 
 def _load_checkpoint(tuner, opt, folder: Path) -> dict:
@@ -194,7 +169,7 @@ def train(sets: list[TrainingSet], tuner_cfg: TunerConfig, cfg: TrainConfig, out
              "pairs_sha256": hashlib.sha256(data.encode()).hexdigest()}
     state = {"epoch": 0, "step": 0, "best": None, "best_epoch": None, "bad_epochs": 0, "losses": [], "dev": [],
              "seconds": 0.0, "setup": setup}
-    ckpt = _existing(out / "checkpoint")
+    ckpt = existing_dir(out / "checkpoint")
     if (ckpt / "state.json").exists():
         if json.loads((ckpt / "state.json").read_text()).get("setup") == setup:
             state = _load_checkpoint(tuner, opt, ckpt)
