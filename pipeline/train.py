@@ -11,6 +11,7 @@ import hashlib
 import json
 import shutil
 import time
+from contextlib import nullcontext
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
 
@@ -178,7 +179,7 @@ def train(sets: list[TrainingSet], tuner_cfg: TunerConfig, cfg: TrainConfig, out
             print(f"{out}: the checkpoint is for other settings; training from scratch")
             for old in (ckpt, out / "best"):
                 shutil.rmtree(old, ignore_errors=True)
-    amp = torch.autocast("cuda", dtype=torch.bfloat16) if device.startswith("cuda") else _null()
+    amp = torch.autocast("cuda", dtype=torch.bfloat16) if device.startswith("cuda") else nullcontext()
     while state["epoch"] < cfg.epochs and state["bad_epochs"] < cfg.patience:
         epoch = state["epoch"]
         torch.manual_seed(cfg.seed * 7919 + epoch)  # dropout of this epoch
@@ -221,14 +222,6 @@ def train(sets: list[TrainingSet], tuner_cfg: TunerConfig, cfg: TrainConfig, out
     write_logs(state, summary, out)
     shutil.rmtree(out / "checkpoint", ignore_errors=True)  # finished: a later run with new inputs starts afresh
     return summary
-
-
-class _null:
-    def __enter__(self):
-        return self
-
-    def __exit__(self, *a):
-        return False
 
 
 def write_logs(state: dict, summary: dict, out: Path) -> None:
