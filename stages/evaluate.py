@@ -3,10 +3,13 @@
 from __future__ import annotations
 
 import json
+from collections.abc import Callable
 from pathlib import Path
 
 import click
+import yaml
 
+from pipeline.atomic import atomic_file
 from pipeline.metrics import MEASURES, evaluate, markdown_table, read_trec_run, write_trec_run
 from pipeline.params import open_stores
 from pipeline.prepare import ensure_prepared
@@ -47,12 +50,24 @@ def baselines_command(data, split, stores, systems, runs_dir) -> None:
         click.echo(f"{name}: nDCG@10 {evaluate(run, ds.qrels[split])['nDCG@10']:.4f}")
 
 
-def evaluate_runs(datasets: list[str], split: str, runs_dirs: list[Path]) -> dict:
-    """{data set: {system: {measure: value}}} for every run file under RUNS/<data>/<split>/."""
+BASELINE_RUNS = {"bm25": "bm25", "minilm": "minilm-l6", "raw": "raw-layer-"}  # --systems name: run-file stem (prefix)
+
+
+def configured_systems(params: dict) -> Callable[[str], bool]:
+    """Which run files a configuration owns: its tuner variants and its baselines. Run files that an earlier
+    configuration left behind (a variant since removed) are not scored."""
+    variants = set(params.get("variants", []))
+    prefixes = tuple(BASELINE_RUNS[b] for b in names((str(params.get("baselines", "")),)) if b in BASELINE_RUNS)
+    return lambda system: system in variants or system.startswith(prefixes)
+
+
+def evaluate_runs(datasets: list[str], split: str, runs_dirs: list[Path],
+                  keep: Callable[[str], bool] = lambda system: True) -> dict:
+    """{data set: {system: {measure: value}}} for every run file under RUNS/<data>/<split>/ that `keep` takes."""
     out = {}
     for name in datasets:
         ds = ensure_prepared(name)
-        files = sorted(f for d in runs_dirs for f in (Path(d) / ds.name / split).glob("*.trec"))
+        files = sorted(f for d in runs_dirs for f in (Path(d) / ds.name / split).glob("*.trec") if keep(f.stem))
         if not files:
             raise click.ClickException(f"no run files for {ds.name}/{split} under {', '.join(map(str, runs_dirs))}")
         out[ds.name] = {f.stem: evaluate(read_trec_run(f), ds.qrels[split]) for f in files}
@@ -69,13 +84,18 @@ def score_table(metrics: dict, measure: str = "nDCG@10") -> str:
 @click.option("--runs", "runs_dirs", type=click.Path(path_type=Path, exists=True), multiple=True, required=True,
               help="Folder(s) of RUNS/<data>/<split>/<system>.trec.")
 @click.option("--out", type=click.Path(path_type=Path), required=True, help="metrics.json (Markdown beside it).")
+@click.option("--params", "params_file", type=click.Path(path_type=Path, exists=True, dir_okay=False),
+              help="Score only this configuration's eval_sets, variants and baselines (else every run file).")
 @friendly_errors
-def evaluate_command(datasets, split, runs_dirs, out) -> None:
-    """Score every run file with ir-measures: nDCG@10, Recall@100, MRR@10, per set and on average."""
+def evaluate_command(datasets, split, runs_dirs, out, params_file) -> None:
+    """Score run files with ir-measures: nDCG@10, Recall@100, MRR@10, per set and on average."""
+    keep = lambda system: True  # noqa: E731
+    if params_file:
+        params = yaml.safe_load(Path(params_file).read_text())
+        keep, datasets = configured_systems(params), datasets or tuple(params.get("eval_sets", ()))
     found = sorted({p.parent.name for d in runs_dirs for p in Path(d).glob(f"*/{split}")})
-    metrics = evaluate_runs(names(datasets) or found, split, list(runs_dirs))
-    out.parent.mkdir(parents=True, exist_ok=True)
-    out.write_text(json.dumps(metrics, indent=1))
+    metrics = evaluate_runs(names(datasets) or found, split, list(runs_dirs), keep)
     md = "".join(f"### {m} ({split})\n\n{score_table(metrics, m)}\n" for m in MEASURES)
-    out.with_suffix(".md").write_text(md)
+    atomic_file(out, lambda tmp: tmp.write_text(json.dumps(metrics, indent=1)))
+    atomic_file(out.with_suffix(".md"), lambda tmp: tmp.write_text(md))
     click.echo(md)

@@ -35,7 +35,7 @@ def test_quick_configuration_under_dvc(tmp_path):
     sh("git init -q && git add -A && git commit -qm clone", clone, env)
     sh("lmort tiny --out cache/tiny", clone, env)
     out = sh("dvc repro", clone, env)
-    report = (clone / "REPORT.md").read_text()
+    report = (clone / "reports" / "quick" / "REPORT.md").read_text()
     for needle in ("Layer geometry", "lmort", "pooled-linear", "bm25", "raw-layer-", "Efficiency"):
         assert needle in report, needle
     assert (clone / "cache" / "quick" / "metrics.json").exists()

@@ -128,3 +128,44 @@ def test_metrics_on_a_hand_computed_run():
     assert m["Recall@100"] == pytest.approx(1.0)
     # a judged query with no results counts as zero
     assert evaluate({"q1": run["q1"]}, qrels)["MRR@10"] == pytest.approx(0.25)
+
+
+def test_evaluate_scores_only_the_configured_systems(world, tmp_path):
+    """A run file left by a variant the configuration no longer names is not scored."""
+    from pipeline.metrics import write_trec_run
+
+    ds = world["ds"]
+    qids = list(ds.qrels["test"])
+    run = {q: {d: 1.0 for d in ds.qrels["test"][q]} for q in qids}  # a perfect run
+    folder = tmp_path / "runs" / ds.name / "test"
+    for system in ("lmort", "old-variant", "bm25", "raw-layer-2", "minilm-l6"):
+        write_trec_run(run, folder / f"{system}.trec", system)
+    params = tmp_path / "params.yaml"
+    params.write_text(f"eval_sets: ['{world['root'] / 'prepared'}']\nvariants: [lmort]\nbaselines: bm25,raw\n")
+    out = tmp_path / "metrics.json"
+    r = CliRunner().invoke(main, ["evaluate", "--runs", str(tmp_path / "runs"), "--params", str(params),
+                                  "--out", str(out)])
+    assert r.exit_code == 0, r.output
+    import json
+
+    scored = json.loads(out.read_text())[ds.name]
+    assert sorted(scored) == ["bm25", "lmort", "raw-layer-2"]
+    assert scored["lmort"]["nDCG@10"] == pytest.approx(1.0)
+    assert "old-variant" not in out.with_suffix(".md").read_text()
+
+
+def test_report_rows_split_in_domain_and_zero_shot_and_check_the_claim():
+    from pipeline.report import ablation_rows, claim_verdict
+
+    metrics = {"a": {"lmort": {"nDCG@10": 0.5}, "a-only": {"nDCG@10": 0.4}, "bm25": {"nDCG@10": 0.9}},
+               "b": {"lmort": {"nDCG@10": 0.1}, "a-only": {"nDCG@10": 0.4}, "bm25": {"nDCG@10": 0.9}}}
+    rows = {r["system"]: r for r in ablation_rows(metrics, in_domain=["a"])}
+    assert rows["lmort"]["average"] == pytest.approx(0.3)
+    assert rows["lmort"]["in-domain"] == pytest.approx(0.5) and rows["lmort"]["zero-shot"] == pytest.approx(0.1)
+    for r in rows.values():  # the verdict compares tuner variants only (rows with a parameter count)
+        r["parameters"] = "1" if r["system"] != "bm25" else None
+    rows["bm25"].pop("parameters")
+    verdict = claim_verdict(list(rows.values()))
+    assert "does not hold" in verdict and "a-only" in verdict and "0.300" in verdict
+    rows["a-only"]["average"] = 0.2
+    assert "claim holds" in claim_verdict(list(rows.values()))
