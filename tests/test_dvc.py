@@ -1,6 +1,7 @@
 """The quick configuration under real DVC in a temporary clone: repro, no-op repro, and an experiment that
 changes only the tuner's depth (extraction must be skipped)."""
 
+import json
 import os
 import shutil
 import subprocess
@@ -39,6 +40,10 @@ def test_quick_configuration_under_dvc(tmp_path):
     for needle in ("Layer geometry", "lmort", "pooled-linear", "bm25", "raw-layer-", "Efficiency"):
         assert needle in report, needle
     assert (clone / "cache" / "quick" / "metrics.json").exists()
+    plots = json.loads(sh("dvc plots show --json", clone, env))["data"]
+    loss = json.dumps(plots["training loss"])
+    assert '"loss"' in loss and "lmort/loss.json" in loss and "pooled-linear/loss.json" in loss
+    assert "dev_ndcg@10" in json.dumps(plots["dev nDCG@10 (model selection)"])
     sh("git add -A && git commit -qm 'ran' -q", clone, env)
     again = sh("dvc repro", clone, env)
     assert "Running stage" not in again, again
