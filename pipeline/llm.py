@@ -181,11 +181,17 @@ class FrozenLLM:
 
     # ------------------------------------------------------------ tokens
 
-    def tokenize(self, texts: list[str], max_length: int) -> tuple[list[list[int]], int]:
-        """Token ids per text (truncated at max_length) and how many texts were truncated."""
-        ids = self.tokenizer(texts, add_special_tokens=True, truncation=False)["input_ids"]
-        truncated = sum(len(x) > max_length for x in ids)
-        return [x[:max_length] or [self.pad_id] for x in ids], truncated
+    def tokenize(self, texts: list[str], max_length: int, chunk: int = 1024) -> tuple[list[list[int]], int]:
+        """Token ids per text (truncated at max_length) and how many texts were truncated. Texts go through the
+        tokenizer `chunk` at a time: its per-token encodings (offsets, strings) of a whole corpus at once
+        would set the extraction's peak memory."""
+        out, truncated = [], 0
+        for start in range(0, len(texts), chunk):
+            ids = self.tokenizer(texts[start : start + chunk], add_special_tokens=True, truncation=False,
+                                 return_attention_mask=False)["input_ids"]
+            truncated += sum(len(x) > max_length for x in ids)
+            out += [x[:max_length] or [self.pad_id] for x in ids]
+        return out, truncated
 
     # ------------------------------------------------------------ forward
 

@@ -29,3 +29,11 @@ def test_blocks_past_max_layer_never_run(tiny_model):
         block.register_forward_hook(lambda *a: calls.append(1))
     llm.forward([[3, 4, 5]], [1])
     assert len(calls) == 1
+
+
+def test_tokenizing_in_chunks_changes_nothing(tiny_model):
+    llm = FrozenLLM(tiny_model, max_layer=1, device="cpu")
+    texts = ["alpha beta gamma delta", "cell gene", "", "gene " * 9, "beta"]
+    whole = llm.tokenize(texts, max_length=4, chunk=len(texts))
+    assert llm.tokenize(texts, max_length=4, chunk=2) == whole
+    assert whole[1] == 1 and whole[0][2] == [llm.pad_id]  # the long text truncated; the empty one padded
