@@ -21,7 +21,7 @@ import torch.nn.functional as F
 from safetensors.torch import load_file, save_file
 from tqdm.auto import tqdm
 
-from .atomic import atomic_dir, existing_dir
+from .atomic import atomic_dir, atomic_file, existing_dir
 from .data import Prepared
 from .index import build_index, encode_store, retrieve
 from .metrics import evaluate
@@ -230,9 +230,8 @@ def write_logs(state: dict, summary: dict, out: Path) -> None:
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
 
-    (out / "loss.json").write_text(json.dumps(state["losses"]))
-    (out / "dev.json").write_text(json.dumps(state["dev"]))
-    (out / "train.json").write_text(json.dumps(summary, indent=1))
+    for name, value in (("loss.json", state["losses"]), ("dev.json", state["dev"]), ("train.json", summary)):
+        atomic_file(out / name, lambda tmp, value=value: tmp.write_text(json.dumps(value, indent=1)))
     fig, (a, b) = plt.subplots(1, 2, figsize=(9, 3.5))
     steps = [x["step"] for x in state["losses"]]
     losses = [x["loss"] for x in state["losses"]]
@@ -244,5 +243,5 @@ def write_logs(state: dict, summary: dict, out: Path) -> None:
     b.plot([x["epoch"] for x in state["dev"]], [x["dev_ndcg@10"] or 0 for x in state["dev"]], "o-")
     b.set(xlabel="epoch", ylabel="dev nDCG@10", title="model selection (dev only)")
     fig.tight_layout()
-    fig.savefig(out / "training.png", dpi=110)
+    atomic_file(out / "training.png", lambda tmp: fig.savefig(tmp, dpi=110))
     plt.close(fig)
