@@ -49,6 +49,8 @@ def markdown_table(rows: list[dict], columns: list[str], floatfmt: str = ".3f") 
     def cell(v):
         if isinstance(v, float):
             return f"{v:,.0f}" if abs(v) >= 100 else format(v, floatfmt)  # counts and rates need no decimals
+        if isinstance(v, int) and not isinstance(v, bool):
+            return f"{v:,}"
         return "" if v is None else str(v)
     lines = ["| " + " | ".join(columns) + " |", "|" + "|".join("---" for _ in columns) + "|"]
     lines += ["| " + " | ".join(cell(r.get(c)) for c in columns) + " |" for r in rows]
