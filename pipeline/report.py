@@ -59,7 +59,7 @@ def claim_verdict(rows: list[dict]) -> str:
     holds = by["lmort"]["average"] > best["average"]
     return (f"The paper's central claim {'holds' if holds else 'does not hold'} here: LMORT averages "
             f"{by['lmort']['average']:.3f} nDCG@10 against {best['average']:.3f} for the best other variant "
-            f"({best['system']}).")
+            f"({best['system']}) of those trained here ({', '.join(sorted(r['system'] for r in rivals))}).")
 
 
 def build_report(root: Path, out: Path, figures: Path, params: dict | None = None) -> str:
