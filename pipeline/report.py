@@ -85,7 +85,8 @@ def build_report(root: Path, out: Path, figures: Path, params: dict | None = Non
                   (root / "analysis" / "geometry.md").read_text().split("\n\n")[0], "", "</details>", ""]
     if metrics:
         trained = [s.strip() for s in str((params or {}).get("train_sets", "")).split(",") if s.strip()]
-        split = [c for c in ("in-domain", "zero-shot") if any((ds in trained) == (c == "in-domain") for ds in metrics)]
+        in_domain = [ds for ds in metrics if ds in trained]
+        split = ["in-domain", "zero-shot"] if 0 < len(in_domain) < len(metrics) else []
         cols = ["system", "layers", *metrics, "average", *split, "parameters", "train s", "dev nDCG@10"]
         rows = ablation_rows(metrics, root / "tuners", in_domain=trained)
         lines += ["## Ablations and baselines (nDCG@10)", "",

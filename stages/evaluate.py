@@ -17,6 +17,8 @@ from pipeline.report import ablation_rows
 
 from .common import friendly_errors, names
 
+BASELINE_RUNS = {"bm25": "bm25", "minilm": "minilm-l6", "raw": "raw-layer-"}  # --systems name: run-file stem (prefix)
+
 
 @click.command("baselines")
 @click.option("--data", required=True)
@@ -36,21 +38,18 @@ def baselines_command(data, split, stores, systems, runs_dir) -> None:
     wanted = systems.split(",")
     runs = {}
     if "bm25" in wanted:
-        runs["bm25"] = baselines.bm25_run(ds, qids)
+        runs[BASELINE_RUNS["bm25"]] = baselines.bm25_run(ds, qids)
     if "minilm" in wanted:
-        runs["minilm-l6"] = baselines.minilm_run(ds, qids)
+        runs[BASELINE_RUNS["minilm"]] = baselines.minilm_run(ds, qids)
     if "raw" in wanted:
         if not stores:
             raise click.UsageError("raw pooled-layer baselines need --stores")
         queries, corpus = open_stores(stores, ds.name)
         for layer, run in baselines.raw_layer_runs(queries, corpus, qids).items():
-            runs[f"raw-layer-{layer}"] = run
+            runs[f"{BASELINE_RUNS['raw']}{layer}"] = run
     for name, run in runs.items():
         write_trec_run(run, folder / f"{name}.trec", name)
         click.echo(f"{name}: nDCG@10 {evaluate(run, ds.qrels[split])['nDCG@10']:.4f}")
-
-
-BASELINE_RUNS = {"bm25": "bm25", "minilm": "minilm-l6", "raw": "raw-layer-"}  # --systems name: run-file stem (prefix)
 
 
 def configured_systems(params: dict) -> Callable[[str], bool]:
@@ -62,12 +61,13 @@ def configured_systems(params: dict) -> Callable[[str], bool]:
 
 
 def evaluate_runs(datasets: list[str], split: str, runs_dirs: list[Path],
-                  keep: Callable[[str], bool] = lambda system: True) -> dict:
-    """{data set: {system: {measure: value}}} for every run file under RUNS/<data>/<split>/ that `keep` takes."""
+                  keep: Callable[[str], bool] | None = None) -> dict:
+    """{data set: {system: {measure: value}}} for every run file under RUNS/<data>/<split>/ (that `keep` takes)."""
     out = {}
     for name in datasets:
         ds = ensure_prepared(name)
-        files = sorted(f for d in runs_dirs for f in (Path(d) / ds.name / split).glob("*.trec") if keep(f.stem))
+        files = sorted(f for d in runs_dirs for f in (Path(d) / ds.name / split).glob("*.trec")
+                       if keep is None or keep(f.stem))
         if not files:
             raise click.ClickException(f"no run files for {ds.name}/{split} under {', '.join(map(str, runs_dirs))}")
         out[ds.name] = {f.stem: evaluate(read_trec_run(f), ds.qrels[split]) for f in files}
@@ -89,7 +89,7 @@ def score_table(metrics: dict, measure: str = "nDCG@10") -> str:
 @friendly_errors
 def evaluate_command(datasets, split, runs_dirs, out, params_file) -> None:
     """Score run files with ir-measures: nDCG@10, Recall@100, MRR@10, per set and on average."""
-    keep = lambda system: True  # noqa: E731
+    keep = None
     if params_file:
         params = yaml.safe_load(Path(params_file).read_text())
         keep, datasets = configured_systems(params), datasets or tuple(params.get("eval_sets", ()))
