@@ -5,7 +5,9 @@ tokenises each batch and runs the truncated LLM up to the deepest layer the tune
 to a deeper layer (as a tuner reading that layer would need), with the tuner still fed the stored layers so
 that only the LLM's cost changes.
 
-    python bench/train_bench.py [--stores cache/default/stores] [--data scifact] [--steps 10]
+    python bench/train_bench.py [--stores cache/default/stores] [--data scifact] [--steps 10] [--device cuda]
+
+On a GPU both paths run there (the LLM in bf16, the tuner under bf16 autocast, as `lmort train` does).
 """
 
 from __future__ import annotations
@@ -13,12 +15,13 @@ from __future__ import annotations
 import argparse
 import json
 import time
+from contextlib import nullcontext
 from pathlib import Path
 
 import torch
 
 from pipeline.extract import texts_of
-from pipeline.llm import FrozenLLM, Template
+from pipeline.llm import FrozenLLM, Template, default_device
 from pipeline.metrics import markdown_table
 from pipeline.params import load_params, open_stores, train_config, tuner_config
 from pipeline.prepare import ensure_prepared
@@ -38,14 +41,19 @@ class LLMInTheLoop:
         return {k: states[k].clone() for k in layers}, mask.bool()  # clone: out of inference mode for autograd
 
 
-def time_steps(tuner, ts, batches, lr=3e-4) -> float:
+def time_steps(tuner, ts, batches, device: str, lr=3e-4) -> float:
+    tuner = tuner.to(device)
     opt = torch.optim.AdamW(tuner.parameters(), lr=lr)
+    amp = torch.autocast("cuda", dtype=torch.bfloat16) if device.startswith("cuda") else nullcontext()
+    sync = torch.cuda.synchronize if device.startswith("cuda") else (lambda: None)
     t0 = time.time()
     for _, batch in batches:
-        loss = info_nce(tuner, ts, batch, "cpu")
+        with amp:
+            loss = info_nce(tuner, ts, batch, device)
         opt.zero_grad()
         loss.backward()
         opt.step()
+    sync()
     return (time.time() - t0) / len(batches)
 
 
@@ -58,6 +66,7 @@ def main() -> None:
     ap.add_argument("--variant", default="lmort")
     ap.add_argument("--steps", type=int, default=10)
     ap.add_argument("--deep", type=int, default=None, help="Also time the LLM run to this layer [last].")
+    ap.add_argument("--device", default=default_device())
     args = ap.parse_args()
     params = load_params(args.params)
     ds = ensure_prepared(args.data)
@@ -70,25 +79,36 @@ def main() -> None:
     batches = _batches([cached], tcfg, 0)[: args.steps]
     steps_per_epoch = len(_batches([cached], tcfg, 0))
     torch.manual_seed(0)
-    t_cache = time_steps(Tuner(cfg), cached, batches)
+    time_steps(Tuner(cfg), cached, batches[:2], args.device)  # warm-up (CUDA kernels, allocator)
+    torch.manual_seed(0)
+    t_cache = time_steps(Tuner(cfg), cached, batches, args.device)
+    rows = [{"path": "from the cache (stores in host memory)", "LLM blocks run": 0, "s/step": round(t_cache, 3),
+             "epoch s": round(t_cache * steps_per_epoch, 1), "ratio": 1.0}]
+    if args.device != "cpu":  # what `lmort train` does on a GPU: the stored layers moved there once
+        queries.load(cfg.layers, args.device)
+        corpus.load(cfg.layers, args.device)
+        torch.manual_seed(0)
+        t_cache = time_steps(Tuner(cfg), cached, batches, args.device)
+        rows.append({"path": f"from the cache (stores in {args.device} memory)", "LLM blocks run": 0,
+                     "s/step": round(t_cache, 3), "epoch s": round(t_cache * steps_per_epoch, 1), "ratio": 1.0})
     model = queries.fingerprint["model"]
     tpl = Template(**queries.fingerprint["template"])
     qids, qtexts = texts_of(ds, "queries", tpl)
     dids, dtexts = texts_of(ds, "corpus", tpl)
     g = json.loads(args.geometry.read_text())
-    rows = [{"path": "from the cache (stores in memory)", "LLM blocks run": 0, "s/step": round(t_cache, 3),
-             "epoch s": round(t_cache * steps_per_epoch, 1), "ratio": 1.0}]
     for depth in sorted({max(cfg.layers), args.deep if args.deep is not None else g["num_layers"]}):
-        llm = FrozenLLM(model, max_layer=depth, device="cpu")
+        llm = FrozenLLM(model, max_layer=depth, device=args.device)
         loop = TrainingSet(ds, LLMInTheLoop(llm, dict(zip(qids, qtexts)), queries.fingerprint["max_length"], depth),
                            LLMInTheLoop(llm, dict(zip(dids, dtexts)), corpus.fingerprint["max_length"], depth))
         torch.manual_seed(0)
-        t = time_steps(Tuner(cfg), loop, batches)
+        t = time_steps(Tuner(cfg), loop, batches, args.device)
         rows.append({"path": f"LLM in the loop, up to layer {depth}", "LLM blocks run": depth, "s/step": round(t, 3),
                      "epoch s": round(t * steps_per_epoch, 1), "ratio": round(t / t_cache, 1)})
+    for row in rows:  # against the path `lmort train` takes on this device (the last cache row)
+        row["ratio"] = round(row["s/step"] / t_cache, 1)
     print(f"\n{args.variant} tuner ({Tuner(cfg).num_parameters():,} parameters, layers {cfg.layers}) on {ds.name}, "
           f"{len(batches)} steps of batch {tcfg.batch_size} + {tcfg.negatives} hard negatives, "
-          f"{torch.get_num_threads()} threads; epoch = {steps_per_epoch} steps\n")
+          f"{torch.get_num_threads()} threads, device {args.device}; epoch = {steps_per_epoch} steps\n")
     print(markdown_table(rows, list(rows[0])))
 
 

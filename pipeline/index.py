@@ -91,11 +91,12 @@ def index_dataset(tuner_dir: Path, queries: ActivationStore, corpus: ActivationS
     import json
     import time
 
+    from .llm import default_device
     from .metrics import write_trec_run
     from .train import load_tuner
 
     t0 = time.time()
-    tuner = load_tuner(tuner_dir)
+    tuner = load_tuner(tuner_dir, default_device())
     corpus.load(tuner.cfg.layers)
     vectors = encode_store(tuner, corpus, desc=f"encode {corpus.path.parent.name}")
     encode_seconds = time.time() - t0
@@ -126,8 +127,10 @@ def encode_online(llm, tuner: Tuner, texts: list[str], template, max_length: int
     fmt = template.format_query if kind == "query" else (lambda t: template.format_passage("", t))
     ids, _ = llm.tokenize([fmt(t) for t in texts], max_length)
     out = np.zeros((len(texts), tuner.cfg.out_dim), dtype=np.float32)
+    device = next(tuner.parameters()).device
     tuner.eval()
     with torch.inference_mode():
         for idx, states, mask in llm.iter_hidden_states(ids, tuner.cfg.layers, progress=False):
-            out[idx] = tuner({k: v.float() for k, v in states.items()}, mask.bool()).cpu().numpy()
+            states = {k: v.to(device, torch.float32) for k, v in states.items()}
+            out[idx] = tuner(states, mask.to(device).bool()).float().cpu().numpy()
     return out

@@ -197,7 +197,8 @@ class FrozenLLM:
 
     @torch.inference_mode()
     def forward(self, batch: list[list[int]], layers: list[int]) -> tuple[dict[int, torch.Tensor], torch.Tensor]:
-        """Hidden states {layer: [B, T, H]} of a right-padded batch, and its [B, T] mask."""
+        """Hidden states {layer: [B, T, H]} of a right-padded batch, and its [B, T] mask (both on the model's
+        device)."""
         if max(layers) > self.max_layer:
             raise ValueError(f"layer {max(layers)} is deeper than the loaded {self.max_layer} blocks")
         width = max(map(len, batch))
@@ -206,6 +207,7 @@ class FrozenLLM:
         for i, x in enumerate(batch):
             ids[i, : len(x)] = torch.tensor(x)
             mask[i, : len(x)] = 1
+        ids, mask = ids.to(self.device), mask.to(self.device)
         captured: dict[int, torch.Tensor] = {}
 
         def keep(layer):
@@ -217,7 +219,7 @@ class FrozenLLM:
         modules = [self.model.get_input_embeddings(), *self.model.layers]
         handles = [m.register_forward_hook(keep(i)) for i, m in enumerate(modules) if i <= max(layers)]
         try:
-            self.model(input_ids=ids.to(self.device), attention_mask=mask.to(self.device), use_cache=False)
+            self.model(input_ids=ids, attention_mask=mask, use_cache=False)
         finally:
             for h in handles:
                 h.remove()

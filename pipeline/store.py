@@ -91,7 +91,7 @@ class ActivationStore:
         self.starts = self.group["starts"][:]
         self.lengths = self.group["lengths"][:]
         self.width = int(self.group[f"layer_{self.layers[0]}"].shape[1])
-        self._memory: dict[int, np.ndarray] = {}
+        self._memory: dict[int, np.ndarray | torch.Tensor] = {}
 
     def __len__(self) -> int:
         return len(self.ids)
@@ -102,11 +102,15 @@ class ActivationStore:
 
         return da.from_zarr(self.group[f"layer_{layer}"])
 
-    def load(self, layers: list[int]) -> None:
-        """Read whole layers into memory once (training reads random texts; chunk reads would repeat)."""
+    def load(self, layers: list[int], device: str | torch.device | None = None) -> None:
+        """Read whole layers into memory once (training reads random texts; chunk reads would repeat).
+        With a CUDA `device` they stay in GPU memory in the store dtype, so a batch is one gather there
+        instead of a host copy per step (on a GPU that copy costs more than the tuner's step)."""
         for layer in layers:
             if layer not in self._memory:
                 self._memory[layer] = self.group[f"layer_{layer}"][:]
+            if device is not None and torch.device(device).type != "cpu":
+                self._memory[layer] = torch.as_tensor(self._memory[layer]).to(device)
 
     def _array(self, layer: int):
         if layer not in self.layers:
@@ -116,7 +120,8 @@ class ActivationStore:
     def states(self, text_id: str, layer: int) -> np.ndarray:
         r = self.row[text_id]
         s = int(self.starts[r])
-        return np.asarray(self._array(layer)[s : s + int(self.lengths[r])])
+        x = self._array(layer)[s : s + int(self.lengths[r])]
+        return x.cpu().numpy() if isinstance(x, torch.Tensor) else np.asarray(x)
 
     def token_ids(self, text_id: str) -> list[int]:
         r = self.row[text_id]
@@ -124,22 +129,31 @@ class ActivationStore:
         return self.group["token_ids"][s : s + int(self.lengths[r])].tolist()
 
     def batch(self, ids: list[str], layers: list[int]) -> tuple[dict[int, torch.Tensor], torch.Tensor]:
-        """Right-padded float32 batches {layer: [B, T, width]} and the [B, T] bool mask."""
-        rows = [self.row[i] for i in ids]
-        lengths = [int(self.lengths[r]) for r in rows]
-        width_t = max(lengths)
-        mask = torch.zeros(len(ids), width_t, dtype=torch.bool)
-        for b, n in enumerate(lengths):
-            mask[b, :n] = True
+        """Right-padded float32 batches {layer: [B, T, width]} and the [B, T] bool mask, on the device the
+        layers were loaded to (CPU unless `load` was given a GPU)."""
+        rows = np.array([self.row[i] for i in ids])
+        lengths = self.lengths[rows].astype(np.int64)
+        positions = np.arange(int(lengths.max()))
+        mask = torch.from_numpy(positions[None, :] < lengths[:, None])
+        slots = self.starts[rows].astype(np.int64)[:, None] + np.minimum(positions[None, :], lengths[:, None] - 1)
         out = {}
         for layer in layers:
             arr = self._array(layer)
-            buf = np.zeros((len(ids), width_t, self.width), dtype=np.float32)
-            for b, r in enumerate(rows):
-                s = int(self.starts[r])
-                buf[b, : lengths[b]] = arr[s : s + lengths[b]]
-            out[layer] = torch.from_numpy(buf)
+            if isinstance(arr, torch.Tensor):  # resident on a GPU: one gather there
+                x = arr[torch.from_numpy(slots).to(arr.device)].float()
+            elif isinstance(arr, np.ndarray):  # in host memory: one gather
+                x = torch.from_numpy(arr[slots].astype(np.float32))
+            else:  # not loaded: read each text's slice from the zarr array
+                x = torch.from_numpy(self._padded(arr, slots[:, 0], lengths))
+            mask = mask.to(x.device)
+            out[layer] = x * mask[..., None]  # pads (copies of a text's last token) become zeros
         return out, mask
+
+    def _padded(self, arr, starts: np.ndarray, lengths: np.ndarray) -> np.ndarray:
+        buf = np.zeros((len(starts), int(lengths.max()), self.width), dtype=np.float32)
+        for b, (s, n) in enumerate(zip(starts, lengths)):
+            buf[b, :n] = arr[s : s + n]
+        return buf
 
 
 # ------------------------------------------------------------------ writing (the cache runner's side)

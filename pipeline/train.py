@@ -155,9 +155,9 @@ def train(sets: list[TrainingSet], tuner_cfg: TunerConfig, cfg: TrainConfig, out
           device: str | None = None, progress: bool = True) -> dict:
     out = Path(out)
     device = device or ("cuda" if torch.cuda.is_available() else "cpu")
-    for ts in sets:
-        ts.queries.load(tuner_cfg.layers)
-        ts.corpus.load(tuner_cfg.layers)
+    for ts in sets:  # on a GPU the stores' layers move there once: a step is then a gather, not a host copy
+        ts.queries.load(tuner_cfg.layers, device)
+        ts.corpus.load(tuner_cfg.layers, device)
     torch.manual_seed(cfg.seed)
     tuner = Tuner(tuner_cfg).to(device)
     opt = torch.optim.AdamW(tuner.parameters(), lr=cfg.lr, weight_decay=cfg.weight_decay)

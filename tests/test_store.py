@@ -49,6 +49,11 @@ def test_round_trip_equals_the_models_hidden_states(tiny_model, prepared, tmp_pa
             assert torch.allclose(batch[layer][b, :n], ref[layer][0], atol=2e-3, rtol=1e-3)
             assert (batch[layer][b, n:] == 0).all()
     assert store.dask(2).shape[1] == 32
+    store.load([0, 3])  # the in-memory gather (training's path) gives the same padded batch
+    loaded, loaded_mask = store.batch(some, [0, 3])
+    assert torch.equal(loaded_mask, mask)
+    for layer in (0, 3):
+        assert loaded[layer].dtype == torch.float32 and torch.equal(loaded[layer], batch[layer])
 
 
 def test_fingerprint_mismatch_refused_and_force_rebuilds(tiny_model, prepared, tmp_path):
