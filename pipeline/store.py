@@ -134,19 +134,21 @@ class ActivationStore:
         rows = np.array([self.row[i] for i in ids])
         lengths = self.lengths[rows].astype(np.int64)
         positions = np.arange(int(lengths.max()))
-        mask = torch.from_numpy(positions[None, :] < lengths[:, None])
+        real = positions[None, :] < lengths[:, None]
         slots = self.starts[rows].astype(np.int64)[:, None] + np.minimum(positions[None, :], lengths[:, None] - 1)
+        mask = torch.from_numpy(real)
         out = {}
         for layer in layers:
             arr = self._array(layer)
-            if isinstance(arr, torch.Tensor):  # resident on a GPU: one gather there
-                x = arr[torch.from_numpy(slots).to(arr.device)].float()
-            elif isinstance(arr, np.ndarray):  # in host memory: one gather
-                x = torch.from_numpy(arr[slots].astype(np.float32))
+            if isinstance(arr, torch.Tensor):  # resident on a GPU: one gather there; pads (copies) become zeros
+                mask = mask.to(arr.device)
+                out[layer] = arr[torch.from_numpy(slots).to(arr.device)].float() * mask[..., None]
+            elif isinstance(arr, np.ndarray):  # in host memory: one pass, real tokens only, cast on assignment
+                x = np.zeros((*slots.shape, self.width), dtype=np.float32)
+                x[real] = arr[slots[real]]
+                out[layer] = torch.from_numpy(x)
             else:  # not loaded: read each text's slice from the zarr array
-                x = torch.from_numpy(self._padded(arr, slots[:, 0], lengths))
-            mask = mask.to(x.device)
-            out[layer] = x * mask[..., None]  # pads (copies of a text's last token) become zeros
+                out[layer] = torch.from_numpy(self._padded(arr, slots[:, 0], lengths))
         return out, mask
 
     def _padded(self, arr, starts: np.ndarray, lengths: np.ndarray) -> np.ndarray:
