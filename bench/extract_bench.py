@@ -5,6 +5,10 @@
     limit); (c) pipeline.extract.extract end to end into a Zarr store. Also bytes on disk per token per layer and
     the peak RSS of (c) at one and four times the sample size (in fresh subprocesses).
 
+(b) and (c) run once per compute dtype (float32, and bfloat16 where the CPU/GPU has native bf16), in the same
+run. The table also gives the machine's measured float32 and bfloat16 matmul peaks and, from the model's config,
+the fraction of the bf16 peak that the bare forward reaches (weight matmuls plus attention, per token).
+
     python bench/extract_bench.py [--model smollm2-135m] [--data scifact] [--docs 200] [--layers 0,2 0,2,30]
 """
 
@@ -25,6 +29,7 @@ import torch
 from pipeline.extract import ExtractSpec, cached_llm, extract, texts_of
 from pipeline.llm import Template
 from pipeline.metrics import markdown_table
+from pipeline.precision import bf16_native
 from pipeline.prepare import ensure_prepared
 from pipeline.store import store_bytes
 
@@ -58,13 +63,45 @@ def naive(model_name, texts, layers, max_length, out_dir, batch_size=8):
     return tokens / (time.time() - t0)
 
 
-def bare(model_name, texts, layers, max_length):
-    llm = cached_llm(model_name, max(layers))
+def bare(model_name, texts, layers, max_length, compute_dtype):
+    llm = cached_llm(model_name, max(layers), compute_dtype)
     ids, _ = llm.tokenize(texts, max_length)
+    for _ in llm.iter_hidden_states(ids[:8], layers, progress=False):  # warm-up (oneDNN kernels)
+        pass
     t0 = time.time()
     for _ in llm.iter_hidden_states(ids, layers, progress=False):
         pass
-    return sum(map(len, ids)) / (time.time() - t0)
+    return sum(map(len, ids)) / (time.time() - t0), ids
+
+
+def matmul_peak(dtype: torch.dtype, n: int = 4096, repeats: int = 5) -> float:
+    """Measured GFLOP/s of an n x n matmul in `dtype` on the CPU (best of `repeats`)."""
+    a, b = torch.randn(n, n).to(dtype), torch.randn(n, n).to(dtype)
+    a @ b
+    best = float("inf")
+    for _ in range(repeats):
+        t0 = time.perf_counter()
+        a @ b
+        best = min(best, time.perf_counter() - t0)
+    return 2 * n**3 / best / 1e9
+
+
+def flops_per_token(model_name: str, blocks: int, ids: list[list[int]]) -> float:
+    """Forward FLOPs per token of `blocks` decoder blocks from the config: 2 x the weight matmuls' parameters,
+    plus causal attention (scores and weighted sum) at each text's mean context of (length + 1) / 2."""
+    from transformers import AutoConfig
+
+    from pipeline.llm import resolve_model
+
+    c = AutoConfig.from_pretrained(resolve_model(model_name)[0])
+    c = getattr(c, "text_config", c)
+    d, heads = c.hidden_size, c.num_attention_heads
+    head_dim = getattr(c, "head_dim", None) or d // heads
+    kv = getattr(c, "num_key_value_heads", heads)
+    weights = d * heads * head_dim * 2 + d * kv * head_dim * 2 + 3 * d * c.intermediate_size
+    tokens = sum(map(len, ids))
+    mean_context = sum(len(x) * (len(x) + 1) / 2 for x in ids) / tokens
+    return blocks * (2 * weights + 4 * heads * head_dim * mean_context)
 
 
 def rss_child(model, data, docs, layers, max_length):
@@ -92,25 +129,43 @@ def main() -> None:
     ap.add_argument("--layers", nargs="+", default=["0,2", "0,2,30"])
     ap.add_argument("--rss", action=argparse.BooleanOptionalAction, default=True)
     ap.add_argument("--speed", action=argparse.BooleanOptionalAction, default=True)
+    ap.add_argument("--naive", action=argparse.BooleanOptionalAction, default=True,
+                    help="Also time (a), the naive float32 extraction (slow: the whole model runs).")
+    ap.add_argument("--compute-dtypes", nargs="+", default=None,
+                    help="Default: float32, plus bfloat16 where the CPU has native bf16.")
     args = ap.parse_args()
     torch.manual_seed(0)
+    dtypes = args.compute_dtypes or (["float32", "bfloat16"] if bf16_native("cpu") else ["float32"])
+    peaks = {name: matmul_peak(getattr(torch, name)) for name in ("float32", "bfloat16")}
     rows = []
     for spec_layers in args.layers if args.speed else []:
         layers = [int(x) for x in spec_layers.split(",")]
         ds = subset(ensure_prepared(args.data), args.docs)
         _, texts = texts_of(ds, "corpus", Template())
-        with tempfile.TemporaryDirectory() as d:
-            a = naive(args.model, texts, layers, args.max_length, Path(d))
-        b = bare(args.model, texts, layers, args.max_length)
-        with tempfile.TemporaryDirectory() as d:
-            s = extract(ds, ExtractSpec(args.model, tuple(layers), "corpus", args.max_length), Path(d) / "s.zarr",
-                        progress=False)
-            per_token_layer = store_bytes(Path(d) / "s.zarr") / (s["tokens"] * len(layers))
-        width = cached_llm(args.model, max(layers)).hidden_size
-        rows.append({"layers": spec_layers, "tokens": s["tokens"], "(a) naive tok/s": round(a),
-                     "(b) bare forward tok/s": round(b), "(c) lmort extract tok/s": round(s["tokens_per_second"]),
-                     "c/b": round(s["tokens_per_second"] / b, 2), "c/a": round(s["tokens_per_second"] / a, 2),
-                     "bytes/token/layer": round(per_token_layer), "limit (2 x width)": 2 * width})
+        a = None
+        if args.naive:
+            with tempfile.TemporaryDirectory() as d:
+                a = naive(args.model, texts, layers, args.max_length, Path(d))
+        for compute_dtype in dtypes:
+            b, ids = bare(args.model, texts, layers, args.max_length, compute_dtype)
+            with tempfile.TemporaryDirectory() as d:
+                s = extract(ds, ExtractSpec(args.model, tuple(layers), "corpus", args.max_length,
+                                            compute_dtype=compute_dtype), Path(d) / "s.zarr", progress=False)
+                per_token_layer = store_bytes(Path(d) / "s.zarr") / (s["tokens"] * len(layers))
+            flops = flops_per_token(args.model, max(layers), ids)
+            rows.append({"layers": spec_layers, "compute": compute_dtype, "tokens": s["tokens"],
+                         "(a) naive f32 tok/s": round(a) if a else "",
+                         "(b) bare forward tok/s": round(b), "(c) lmort extract tok/s": round(s["tokens_per_second"]),
+                         "c/b": round(s["tokens_per_second"] / b, 2),
+                         "(b) GFLOP/s": round(b * flops / 1e9),
+                         "(b) % of bf16 peak": round(100 * b * flops / (peaks["bfloat16"] * 1e9), 1),
+                         "bytes/token/layer": round(per_token_layer)})
+        base = next(r for r in rows if r["layers"] == spec_layers and r["compute"] == "float32")
+        for r in rows:
+            if r["layers"] == spec_layers:
+                r["(c) vs f32"] = round(r["(c) lmort extract tok/s"] / base["(c) lmort extract tok/s"], 2)
+    print(f"\nmatmul peaks on this machine (4096 x 4096, {torch.get_num_threads()} threads): float32 "
+          f"{peaks['float32']:,.0f} GFLOP/s, bfloat16 {peaks['bfloat16']:,.0f} GFLOP/s")
     if rows:
         print(f"\n{args.model} on the first {args.docs} {args.data} passages, max length {args.max_length}, "
               f"{torch.get_num_threads()} threads\n")

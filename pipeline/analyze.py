@@ -13,8 +13,9 @@ import torch.nn.functional as F
 from .atomic import atomic_file
 from .data import Prepared
 from .geometry import alignment_per_layer, choose_layers, mean_pool, uniformity_per_layer
-from .llm import FrozenLLM, Template, parameter_count
+from .llm import FrozenLLM, Template, default_device, parameter_count
 from .metrics import evaluate, markdown_table
+from .precision import dtype_name, resolve_compute_dtype
 
 
 def sample_pairs(datasets: list[Prepared], split: str, max_pairs: int, seed: int) -> list[tuple[str, str, str]]:
@@ -45,9 +46,10 @@ def analyze(
     model: str, datasets: list[Prepared], out: Path, split: str = "train", max_pairs: int = 5000,
     seed: int = 0, template: Template = Template(), query_max_length: int = 64,
     passage_max_length: int = 256, eval_dataset: Prepared | None = None, eval_split: str = "test",
+    compute_dtype: str = "auto",
 ) -> dict:
     t0 = time.time()
-    llm = FrozenLLM(model)
+    llm = FrozenLLM(model, dtype=resolve_compute_dtype(compute_dtype, default_device()))
     pairs = sample_pairs(datasets, split, max_pairs, seed)
     by_name = {d.name: d for d in datasets}
     qkeys = sorted({(n, q) for n, q, _ in pairs})
@@ -70,7 +72,8 @@ def analyze(
         "llm_parameters": parameter_count(llm.path),
         "datasets": [d.name for d in datasets], "split": split, "pairs": len(pairs),
         "settings": {"max_pairs": max_pairs, "seed": seed, "template": template.__dict__,
-                     "query_max_length": query_max_length, "passage_max_length": passage_max_length},
+                     "query_max_length": query_max_length, "passage_max_length": passage_max_length,
+                     "compute_dtype": dtype_name(llm.dtype)},
         "truncated": {"queries": q_trunc, "passages": d_trunc, "of_queries": len(qtexts),
                       "of_passages": len(dtexts)},
         "alignment": align, "uniformity": unif, **choose_layers(align, unif),

@@ -10,7 +10,7 @@ import hashlib
 import json
 import time
 from concurrent.futures import ThreadPoolExecutor
-from dataclasses import asdict, dataclass, field
+from dataclasses import asdict, dataclass, field, replace
 from pathlib import Path
 
 import numpy as np
@@ -18,7 +18,8 @@ import torch
 from tqdm.auto import tqdm
 
 from .data import Prepared
-from .llm import FrozenLLM, Template
+from .llm import FrozenLLM, Template, default_device
+from .precision import dtype_name, resolve_compute_dtype
 from .store import DTYPES, FORMAT_VERSION, StoreWriter, store_bytes, store_lock, write_shard
 
 
@@ -31,21 +32,23 @@ class ExtractSpec:
     kind: str  # "corpus" or "queries"
     max_length: int
     template: Template = field(default_factory=Template)
-    dtype: str = "float16"
+    dtype: str = "float16"  # how states are stored
+    compute_dtype: str = "auto"  # how the LLM computes them; resolved to float32 or bfloat16 before any work
     shard_tokens: int = 32768
     chunk_tokens: int = 1024
     batch_tokens: int = 8192
 
 
-_MODELS: dict[tuple[str, int], FrozenLLM] = {}
+_MODELS: dict[tuple[str, int, str], FrozenLLM] = {}
 
 
-def cached_llm(model: str, max_layer: int) -> FrozenLLM:
+def cached_llm(model: str, max_layer: int, compute_dtype: str = "auto") -> FrozenLLM:
     """One truncated model per process (a dask worker loads it once and keeps it)."""
-    key = (model, max_layer)
+    dtype = resolve_compute_dtype(compute_dtype, default_device())
+    key = (model, max_layer, dtype_name(dtype))
     if key not in _MODELS:
         _MODELS.clear()
-        _MODELS[key] = FrozenLLM(model, max_layer=max_layer)
+        _MODELS[key] = FrozenLLM(model, max_layer=max_layer, dtype=dtype)
     return _MODELS[key]
 
 
@@ -65,13 +68,13 @@ def fingerprint(spec: ExtractSpec, llm: FrozenLLM, ids: list[str], texts: list[s
     return {"model": spec.model, "weights_sha256": llm.weights_hash, "layers": list(spec.layers),
             "kind": spec.kind, "template": asdict(spec.template), "max_length": spec.max_length,
             "tokenizer_sha256": tok, "dtype": spec.dtype, "texts_sha256": content, "format_version": FORMAT_VERSION,
-            "compute_dtype": str(llm.dtype).removeprefix("torch."),
+            "compute_dtype": dtype_name(llm.dtype),
             "attention_sink": llm.attention_sink, "width": llm.hidden_size}
 
 
 def shard_states(spec: ExtractSpec, shard: tuple[int, int, int, int], token_ids: list[list[int]]):
     """Run the LLM over one shard's texts (store order): {layer: [region slots, width]} in the store dtype."""
-    llm = cached_llm(spec.model, max(spec.layers))
+    llm = cached_llm(spec.model, max(spec.layers), spec.compute_dtype)
     _, _, s0, s1 = shard
     starts = np.cumsum([0] + [len(t) for t in token_ids])
     dtype = DTYPES[spec.dtype]
@@ -105,8 +108,10 @@ def extract(ds: Prepared, spec: ExtractSpec, out: Path, force: bool = False, wor
     """Build (or resume) the store for one data set and text kind. Returns a summary with timings.
 
     A store with another fingerprint is refused, unless `force` or `rebuild_on_mismatch` (what DVC uses:
-    a changed parameter rebuilds, an interrupted run with the same parameters resumes)."""
-    llm = cached_llm(spec.model, max(spec.layers))
+    a changed parameter rebuilds, an interrupted run with the same parameters resumes). The compute dtype is
+    resolved here, once, so every shard (and every dask worker) computes in the same one."""
+    spec = replace(spec, compute_dtype=dtype_name(resolve_compute_dtype(spec.compute_dtype, default_device())))
+    llm = cached_llm(spec.model, max(spec.layers), spec.compute_dtype)
     ids, texts = texts_of(ds, spec.kind, spec.template)
     token_ids, truncated = llm.tokenize(texts, spec.max_length)
     fp = fingerprint(spec, llm, ids, texts)
@@ -116,14 +121,15 @@ def extract(ds: Prepared, spec: ExtractSpec, out: Path, force: bool = False, wor
         tokens = sum(map(len, token_ids))
         itemsize = np.dtype(DTYPES[spec.dtype]).itemsize
         summary = {"store": str(out), "texts": len(ids), "tokens": tokens, "truncated": truncated,
-                   "layers": list(spec.layers), "max_length": spec.max_length,
+                   "layers": list(spec.layers), "max_length": spec.max_length, "compute_dtype": spec.compute_dtype,
                    "estimated_bytes": writer.plan.slots * llm.hidden_size * itemsize * len(spec.layers)}
         pending = writer.pending_shards()
         ordered = [token_ids[i] for i in writer.plan.order]
         shard_tokens = {i: ordered[s[0]:s[1]] for i, s in enumerate(writer.plan.shards)}
         todo_tokens = sum(len(t) for i in pending for t in shard_tokens[i])
         print(f"{out}: {len(ids)} texts, {tokens:,} tokens ({truncated} truncated at {spec.max_length}), "
-              f"layers {list(spec.layers)}, about {summary['estimated_bytes'] / 1e9:.2f} GB uncompressed; "
+              f"layers {list(spec.layers)} computed in {spec.compute_dtype}, "
+              f"about {summary['estimated_bytes'] / 1e9:.2f} GB uncompressed; "
               f"{len(pending)}/{len(writer.plan.shards)} shards to compute ({todo_tokens:,} tokens)")
         if dry_run:
             return summary

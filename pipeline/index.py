@@ -10,14 +10,16 @@ from tqdm.auto import tqdm
 
 from .atomic import atomic_file
 from .metrics import Run
+from .precision import autocast
 from .store import ActivationStore
 from .tuner import Tuner
 
 
 @torch.inference_mode()
 def encode_store(tuner: Tuner, store: ActivationStore, ids: list[str] | None = None, batch_tokens: int = 16384,
-                 desc: str = "encode", progress: bool = True) -> np.ndarray:
-    """[N, out_dim] float32 vectors for `ids` (default: every text of the store), in the order given."""
+                 desc: str = "encode", progress: bool = True, bf16: bool = True) -> np.ndarray:
+    """[N, out_dim] float32 vectors for `ids` (default: every text of the store), in the order given; the tuner
+    runs under bf16 autocast where the device has native bfloat16 (unless `bf16` is False)."""
     ids = list(store.ids) if ids is None else ids
     device = next(tuner.parameters()).device
     was_training = tuner.training
@@ -30,7 +32,8 @@ def encode_store(tuner: Tuner, store: ActivationStore, ids: list[str] | None = N
             size = max(1, batch_tokens // int(store.lengths[store.row[ids[order[start]]]]))
             idx = order[start : start + size]
             states, mask = store.batch([ids[i] for i in idx], tuner.cfg.layers)
-            vec = tuner({k: v.to(device) for k, v in states.items()}, mask.to(device))
+            with autocast(device, bf16):
+                vec = tuner({k: v.to(device) for k, v in states.items()}, mask.to(device))
             out[idx] = vec.float().cpu().numpy()
             bar.update(len(idx))
             start += size
@@ -86,7 +89,7 @@ def write_index(index, path) -> None:
 
 
 def index_dataset(tuner_dir: Path, queries: ActivationStore, corpus: ActivationStore, qids: list[str],
-                  out: Path, run_path: Path, system: str, kind: str = "flat", k: int = 100) -> dict:
+                  out: Path, run_path: Path, system: str, kind: str = "flat", k: int = 100, bf16: bool = True) -> dict:
     """Encode a corpus and its queries from the stores, write vectors + FAISS index + a TREC run file."""
     import json
     import time
@@ -98,17 +101,19 @@ def index_dataset(tuner_dir: Path, queries: ActivationStore, corpus: ActivationS
     t0 = time.time()
     tuner = load_tuner(tuner_dir, default_device())
     corpus.load(tuner.cfg.layers)
-    vectors = encode_store(tuner, corpus, desc=f"encode {corpus.path.parent.name}")
+    vectors = encode_store(tuner, corpus, desc=f"encode {corpus.path.parent.name}", bf16=bf16)
     encode_seconds = time.time() - t0
     index = build_index(vectors, kind)
-    run = retrieve(index, list(corpus.ids), qids, encode_store(tuner, queries, qids, progress=False), k)
+    run = retrieve(index, list(corpus.ids), qids, encode_store(tuner, queries, qids, progress=False, bf16=bf16), k)
     out.mkdir(parents=True, exist_ok=True)
     np.save(out / "vectors.npy", vectors)
     atomic_file(out / "index.faiss", lambda tmp: write_index(index, tmp))
     meta = {"tuner": str(tuner_dir), "system": system, "kind": kind, "ids": list(corpus.ids),
             "model": corpus.fingerprint["model"], "template": queries.fingerprint["template"],
-            "query_max_length": queries.fingerprint["max_length"], "encode_seconds": round(encode_seconds, 1),
-            "dim": int(vectors.shape[1]), "texts": len(vectors)}
+            "query_max_length": queries.fingerprint["max_length"],
+            "compute_dtype": queries.fingerprint.get("compute_dtype", "float32"),
+            "encode_seconds": round(encode_seconds, 1),
+            "dim": int(vectors.shape[1]), "texts": len(vectors), "bf16": bf16}
     (out / "meta.json").write_text(json.dumps(meta))
     write_trec_run(run, run_path, system)
     return meta
@@ -122,7 +127,8 @@ def load_index(folder: Path):
     return faiss.read_index(str(Path(folder) / "index.faiss")), json.loads((Path(folder) / "meta.json").read_text())
 
 
-def encode_online(llm, tuner: Tuner, texts: list[str], template, max_length: int, kind: str = "query") -> np.ndarray:
+def encode_online(llm, tuner: Tuner, texts: list[str], template, max_length: int, kind: str = "query",
+                  bf16: bool = True) -> np.ndarray:
     """The memory path: new text -> truncated frozen LLM -> tuner, with no store in between."""
     fmt = template.format_query if kind == "query" else (lambda t: template.format_passage("", t))
     ids, _ = llm.tokenize([fmt(t) for t in texts], max_length)
@@ -132,5 +138,6 @@ def encode_online(llm, tuner: Tuner, texts: list[str], template, max_length: int
     with torch.inference_mode():
         for idx, states, mask in llm.iter_hidden_states(ids, tuner.cfg.layers, progress=False):
             states = {k: v.to(device, torch.float32) for k, v in states.items()}
-            out[idx] = tuner(states, mask.to(device).bool()).float().cpu().numpy()
+            with autocast(device, bf16):
+                out[idx] = tuner(states, mask.to(device).bool()).float().cpu().numpy()
     return out

@@ -18,6 +18,7 @@ from tqdm.auto import tqdm
 
 from .atomic import atomic_dir
 from .data import cache_root
+from .precision import resolve_compute_dtype
 
 
 @dataclass(frozen=True)
@@ -156,7 +157,9 @@ class FrozenLLM:
         self.name = name
         self.path, self.attention_sink = resolve_model(name)
         self.device = device or default_device()
-        self.dtype = dtype or (torch.bfloat16 if self.device.startswith("cuda") else torch.float32)
+        # "auto": bfloat16 weights and activations where the device computes bf16 natively (a GPU, or a CPU with
+        # AVX-512 BF16 / AMX), float32 elsewhere
+        self.dtype = dtype or resolve_compute_dtype("auto", self.device)
         config = AutoConfig.from_pretrained(self.path)
         config = getattr(config, "text_config", config)
         self.num_layers: int = config.num_hidden_layers

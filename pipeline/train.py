@@ -11,7 +11,6 @@ import hashlib
 import json
 import shutil
 import time
-from contextlib import nullcontext
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
 
@@ -25,6 +24,7 @@ from .atomic import atomic_dir, atomic_file, existing_dir
 from .data import Prepared
 from .index import build_index, encode_store, retrieve
 from .metrics import evaluate
+from .precision import autocast
 from .store import ActivationStore
 from .tuner import Tuner, TunerConfig
 
@@ -42,6 +42,7 @@ class TrainConfig:
     dev_every: int = 1  # epochs between dev evaluations (the last epoch is always evaluated)
     seed: int = 0
     max_steps_per_epoch: int | None = None
+    bf16: bool = True  # bf16 autocast (training, dev scoring) where the device computes bfloat16 natively
 
 
 @dataclass
@@ -94,16 +95,17 @@ def info_nce(tuner: Tuner, ts: TrainingSet, batch, device) -> torch.Tensor:
     return F.cross_entropy(scores, torch.tensor(targets, device=device))
 
 
-def dev_ndcg(tuner: Tuner, sets: list[TrainingSet], progress: bool = False) -> float | None:
+def dev_ndcg(tuner: Tuner, sets: list[TrainingSet], progress: bool = False, bf16: bool = True) -> float | None:
     """Mean dev nDCG@10 over the sets with a dev split (full corpus, exact search)."""
     scores = []
     for ts in sets:
         if not ts.dev_qrels:
             continue
         qids = list(ts.dev_qrels)
-        corpus = encode_store(tuner, ts.corpus, desc="dev corpus", progress=progress)
+        corpus = encode_store(tuner, ts.corpus, desc="dev corpus", progress=progress, bf16=bf16)
         index = build_index(corpus, use_gpu=False)
-        run = retrieve(index, list(ts.corpus.ids), qids, encode_store(tuner, ts.queries, qids, progress=False))
+        run = retrieve(index, list(ts.corpus.ids), qids, encode_store(tuner, ts.queries, qids, progress=False,
+                                                                      bf16=bf16))
         scores.append(evaluate(run, ts.dev_qrels)["nDCG@10"])
     return float(np.mean(scores)) if scores else None
 
@@ -179,7 +181,7 @@ def train(sets: list[TrainingSet], tuner_cfg: TunerConfig, cfg: TrainConfig, out
             print(f"{out}: the checkpoint is for other settings; training from scratch")
             for old in (ckpt, out / "best"):
                 shutil.rmtree(old, ignore_errors=True)
-    amp = torch.autocast("cuda", dtype=torch.bfloat16) if device.startswith("cuda") else nullcontext()
+    amp = autocast(device, cfg.bf16)
     while state["epoch"] < cfg.epochs and state["bad_epochs"] < cfg.patience:
         epoch = state["epoch"]
         torch.manual_seed(cfg.seed * 7919 + epoch)  # dropout of this epoch
@@ -205,7 +207,7 @@ def train(sets: list[TrainingSet], tuner_cfg: TunerConfig, cfg: TrainConfig, out
         state["epoch"] += 1
         loss = np.mean([x["loss"] for x in state["losses"][-steps_per_epoch:]])
         if state["epoch"] % cfg.dev_every == 0 or state["epoch"] == cfg.epochs:
-            score = dev_ndcg(tuner, sets)
+            score = dev_ndcg(tuner, sets, bf16=cfg.bf16)
             state["dev"].append({"epoch": state["epoch"], "dev_ndcg@10": score})
             if score is None or state["best"] is None or score > state["best"]:
                 state.update(best=score, best_epoch=state["epoch"], bad_epochs=0)

@@ -23,14 +23,17 @@ from .common import friendly_errors
 @click.option("--system", required=True, help="Name of this system in run files and tables.")
 @click.option("--out", type=click.Path(path_type=Path), required=True, help="Folder for vectors and index.")
 @click.option("--run", "run_path", type=click.Path(path_type=Path), required=True, help="TREC run file to write.")
+@click.option("--bf16", type=bool, default=True, show_default=True,
+              help="Encode under bf16 autocast where the device has native bfloat16.")
 @friendly_errors
-def index_command(tuner_dir, stores, data, split, kind, system, out, run_path) -> None:
+def index_command(tuner_dir, stores, data, split, kind, system, out, run_path, bf16) -> None:
     """Encode a corpus from its store with a trained tuner; FAISS index and a TREC run of the split."""
     from pipeline.index import index_dataset
 
     ds = ensure_prepared(data)
     queries, corpus = open_stores(stores, ds.name)
-    meta = index_dataset(tuner_dir, queries, corpus, list(ds.qrels[split]), out, run_path, system, kind)
+    meta = index_dataset(tuner_dir, queries, corpus, list(ds.qrels[split]), out, run_path, system, kind,
+                         bf16=bf16)
     click.echo(f"{system} on {ds.name}: {meta['texts']} vectors of {meta['dim']} dims in {meta['encode_seconds']} s; "
                f"wrote {out} and {run_path}")
 
@@ -39,17 +42,23 @@ def index_command(tuner_dir, stores, data, split, kind, system, out, run_path) -
 @click.option("--index", "index_dir", type=click.Path(path_type=Path, exists=True), required=True)
 @click.option("-k", default=10, show_default=True)
 @click.option("--data", help="Data set to show titles from.")
+@click.option("--bf16", type=bool, default=True, show_default=True,
+              help="Run the tuner under bf16 autocast where the device has native bf16 (the LLM computes in the "
+                   "dtype its stores were built with).")
 @click.argument("text", nargs=-1, required=True)
 @friendly_errors
-def search_command(index_dir, k, data, text) -> None:
+def search_command(index_dir, k, data, text, bf16) -> None:
     """Encode TEXT with the frozen LLM + tuner (no store) and search the index."""
-    from pipeline.llm import FrozenLLM, Template
+    from pipeline.llm import FrozenLLM, Template, default_device
+    from pipeline.precision import resolve_compute_dtype
     from pipeline.train import load_tuner
 
     index, meta = load_index(index_dir)
     tuner = load_tuner(Path(meta["tuner"]))
-    llm = FrozenLLM(meta["model"], max_layer=max(tuner.cfg.layers))
-    vec = encode_online(llm, tuner, [" ".join(text)], Template(**meta["template"]), meta["query_max_length"])
+    llm = FrozenLLM(meta["model"], max_layer=max(tuner.cfg.layers),
+                    dtype=resolve_compute_dtype(meta.get("compute_dtype", "float32"), default_device()))
+    vec = encode_online(llm, tuner, [" ".join(text)], Template(**meta["template"]), meta["query_max_length"],
+                        bf16=bf16)
     scores, idx = search(index, vec, k)
     ds = ensure_prepared(data) if data else None
     for rank, (s, j) in enumerate(zip(scores[0], idx[0]), 1):

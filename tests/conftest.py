@@ -17,3 +17,10 @@ def tiny_model(tmp_path_factory) -> str:
 @pytest.fixture
 def tiny_beir(tmp_path) -> Path:
     return write_beir(tmp_path / "tiny")
+
+
+@pytest.fixture(autouse=True)
+def float32_unless_asked(monkeypatch):
+    """Unit tests compute in float32 on every machine (their tolerances are float32's); the bfloat16 tests
+    lift this and skip where the CPU has no native bf16."""
+    monkeypatch.setenv("LMORT_BF16", "0")

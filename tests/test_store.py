@@ -22,7 +22,8 @@ def prepared(tiny_beir, tmp_path):
 
 
 def spec_for(model, **kw):
-    base = ExtractSpec(model, (0, 2, 3), "corpus", 16, shard_tokens=48, chunk_tokens=8, batch_tokens=64)
+    base = ExtractSpec(model, (0, 2, 3), "corpus", 16, compute_dtype="float32", shard_tokens=48, chunk_tokens=8,
+                       batch_tokens=64)
     return replace(base, **kw)
 
 
@@ -148,3 +149,49 @@ def test_dask_two_workers_equal_single_process(tiny_model, prepared, tmp_path):
     assert ids_a == ids_b
     for layer in a:
         np.testing.assert_array_equal(a[layer], b[layer])
+
+
+def test_compute_dtype_is_in_the_fingerprint_and_a_mismatch_is_refused(tiny_model, prepared, tmp_path):
+    """States computed in float32 and in bfloat16 never share a store (explicit bfloat16 runs on any CPU)."""
+    summary = extract(prepared, spec_for(tiny_model, compute_dtype="auto"), tmp_path / "c.zarr", progress=False)
+    assert summary["compute_dtype"] == "float32"  # auto, with native bf16 switched off (conftest)
+    assert ActivationStore(tmp_path / "c.zarr").fingerprint["compute_dtype"] == "float32"
+    with pytest.raises(StoreError, match=r"compute_dtype: store has 'float32', asked 'bfloat16'"):
+        extract(prepared, spec_for(tiny_model, compute_dtype="bfloat16"), tmp_path / "c.zarr", progress=False)
+
+
+def test_auto_falls_back_to_float32_without_native_bf16(monkeypatch):
+    from pipeline.precision import autocast, resolve_compute_dtype
+
+    monkeypatch.setenv("LMORT_BF16", "0")
+    assert resolve_compute_dtype("auto", "cpu") == torch.float32
+    assert resolve_compute_dtype("bfloat16", "cpu") == torch.bfloat16  # asked for explicitly: taken as asked
+    with autocast("cpu"):
+        assert not torch.is_autocast_enabled("cpu")
+    with pytest.raises(ValueError, match="compute dtype must be one of"):
+        resolve_compute_dtype("float8", "cpu")
+
+
+def test_bfloat16_extraction_round_trip(tiny_model, prepared, tmp_path, monkeypatch):
+    """On a CPU with native bf16, auto computes in bfloat16, and the stored states stay within bfloat16's
+    tolerance of the model's own float32 states."""
+    from pipeline.precision import bf16_native
+
+    monkeypatch.delenv("LMORT_BF16")
+    if not bf16_native("cpu"):
+        pytest.skip("this CPU has no native bfloat16 (AVX-512 BF16 or AMX): auto computes in float32 here")
+    extract(prepared, spec_for(tiny_model, compute_dtype="auto"), tmp_path / "c.zarr", progress=False)
+    store = ActivationStore(tmp_path / "c.zarr")
+    assert store.fingerprint["compute_dtype"] == "bfloat16"
+    llm = FrozenLLM(tiny_model, device="cpu", dtype=torch.float32)
+    ids, texts = texts_of(prepared, "corpus", spec_for(tiny_model).template)
+    batch, mask = store.batch(ids[:12], [0, 3])
+    for b, i in enumerate(ids[:12]):
+        tok, _ = llm.tokenize([texts[ids.index(i)]], 16)
+        ref, _ = llm.forward(tok, [0, 3])
+        n = len(tok[0])
+        for layer in (0, 3):
+            got, want = batch[layer][b, :n], ref[layer][0]
+            assert not torch.equal(got, want.half().float())  # really computed in another precision
+            assert torch.nn.functional.cosine_similarity(got, want, dim=-1).min() > 0.99
+            assert torch.allclose(got, want, atol=0.05 * float(want.abs().max()), rtol=2e-2)
