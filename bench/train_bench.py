@@ -25,7 +25,7 @@ from pipeline.metrics import markdown_table
 from pipeline.params import load_params, open_stores, train_config, tuner_config
 from pipeline.precision import autocast, bf16_native
 from pipeline.prepare import ensure_prepared
-from pipeline.train import TrainingSet, _batches, info_nce
+from pipeline.train import TrainingSet, _batches, info_nce, prefetched
 from pipeline.tuner import Tuner
 
 
@@ -41,15 +41,16 @@ class LLMInTheLoop:
         return {k: states[k].clone() for k in layers}, mask.bool()  # clone: out of inference mode for autograd
 
 
-def time_steps(tuner, ts, batches, device: str, lr=3e-4, bf16: bool = True) -> float:
+def time_steps(tuner, ts, batches, device: str, lr=3e-4, bf16: bool = True, prefetch: int = 0) -> float:
+    """Seconds per step, reading each batch's states as `lmort train` does (with `prefetch` batches ahead)."""
     tuner = tuner.to(device)
     opt = torch.optim.AdamW(tuner.parameters(), lr=lr)
     amp = autocast(device, bf16)
     sync = torch.cuda.synchronize if device.startswith("cuda") else (lambda: None)
     t0 = time.time()
-    for _, batch in batches:
+    for states in prefetched(batches, [ts], tuner.cfg.layers, prefetch):
         with amp:
-            loss = info_nce(tuner, ts, batch, device)
+            loss = info_nce(tuner, states, device)
         opt.zero_grad()
         loss.backward()
         opt.step()
@@ -69,6 +70,8 @@ def main() -> None:
     ap.add_argument("--device", default=default_device())
     ap.add_argument("--loop", action=argparse.BooleanOptionalAction, default=True,
                     help="Also time the same steps with the LLM in the loop.")
+    ap.add_argument("--stream", action=argparse.BooleanOptionalAction, default=True,
+                    help="Also time the streamed path: stores read from Zarr each step, prefetched.")
     ap.add_argument("--set", dest="overrides", action="append", default=[],
                     help="Override a parameter, e.g. --set tuner.width=null (the paper-size tuner).")
     args = ap.parse_args()
@@ -78,6 +81,7 @@ def main() -> None:
     cfg = tuner_config(params, args.variant, args.geometry, corpus.width, bool(corpus.fingerprint["attention_sink"]))
     tcfg = train_config(params)
     cached = TrainingSet(ds, queries, corpus, ds.pairs("train").to_pylist())
+    streamed = TrainingSet(ds, *open_stores(args.stores, ds.name), ds.pairs("train").to_pylist())  # never loaded
     queries.load(cfg.layers)
     corpus.load(cfg.layers)
     batches = _batches([cached], tcfg, 0)[: args.steps]
@@ -88,11 +92,17 @@ def main() -> None:
         torch.manual_seed(0)
         time_steps(Tuner(cfg), cached, batches[:2], args.device, bf16=bf16)  # warm-up (kernels, allocator)
         torch.manual_seed(0)
-        t = time_steps(Tuner(cfg), cached, batches, args.device, bf16=bf16)
+        t = time_steps(Tuner(cfg), cached, batches, args.device, bf16=bf16, prefetch=tcfg.prefetch)
         rows.append({"path": f"from the cache (stores in host memory), {'bf16 autocast' if bf16 else 'float32'}",
                      "LLM blocks run": 0, "s/step": round(t, 3), "epoch s": round(t * steps_per_epoch, 1),
                      "ratio": 1.0})
     t_cache = rows[-1]["s/step"]  # the path `lmort train` takes on this device
+    if args.stream:  # what `lmort train` does with stores over its memory budget
+        for depth in (0, tcfg.prefetch):
+            torch.manual_seed(0)
+            t = time_steps(Tuner(cfg), streamed, batches, args.device, bf16=precisions[-1], prefetch=depth)
+            rows.append({"path": f"streamed from Zarr, prefetch {depth}", "LLM blocks run": 0, "s/step": round(t, 3),
+                         "epoch s": round(t * steps_per_epoch, 1), "ratio": 1.0})
     if args.device != "cpu":  # what `lmort train` does on a GPU: the stored layers moved there once
         queries.load(cfg.layers, args.device)
         corpus.load(cfg.layers, args.device)
@@ -114,12 +124,15 @@ def main() -> None:
         t = time_steps(Tuner(cfg), loop, batches, args.device)
         rows.append({"path": f"LLM in the loop, up to layer {depth}", "LLM blocks run": depth, "s/step": round(t, 3),
                      "epoch s": round(t * steps_per_epoch, 1), "ratio": round(t / t_cache, 1)})
-    for row in rows:  # against the path `lmort train` takes on this device (the last cache row)
-        row["ratio"] = round(row["s/step"] / t_cache, 1)
+    for row in rows:  # against the path `lmort train` takes on this device (the last in-memory row)
+        row["ratio"] = round(row["s/step"] / t_cache, 2)
     print(f"\n{args.variant} tuner ({Tuner(cfg).num_parameters():,} parameters, layers {cfg.layers}) on {ds.name}, "
           f"{len(batches)} steps of batch {tcfg.batch_size} + {tcfg.negatives} hard negatives, "
           f"{torch.get_num_threads()} threads, device {args.device}; epoch = {steps_per_epoch} steps\n")
     print(markdown_table(rows, list(rows[0])))
+    if args.stream:
+        share = t_cache / rows[len(precisions) + 1]["s/step"]
+        print(f"\nstreamed (prefetch {tcfg.prefetch}) against in memory: {share:.0%} of the in-memory steps/s")
     if len(precisions) == 2:
         print(f"\nbf16 autocast against float32, from the cache: {rows[0]['s/step'] / rows[1]['s/step']:.2f}x faster")
 

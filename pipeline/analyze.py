@@ -31,7 +31,7 @@ def sample_pairs(datasets: list[Prepared], split: str, max_pairs: int, seed: int
 
 
 def pooled_all_layers(llm: FrozenLLM, texts: list[str], max_length: int, desc: str,
-                      batch_tokens: int = 8192) -> tuple[torch.Tensor, int]:
+                      batch_tokens: int | None = None) -> tuple[torch.Tensor, int]:
     """[N, L+1, H] mean-pooled states of every layer (float32), and the number of truncated texts."""
     layers = list(range(llm.max_layer + 1))
     ids, truncated = llm.tokenize(texts, max_length)

@@ -36,7 +36,7 @@ class ExtractSpec:
     compute_dtype: str = "auto"  # how the LLM computes them; resolved to float32 or bfloat16 before any work
     shard_tokens: int = 32768
     chunk_tokens: int = 1024
-    batch_tokens: int = 8192
+    batch_tokens: int | None = None  # None: FrozenLLM's default for its device
 
 
 _MODELS: dict[tuple[str, int, str], FrozenLLM] = {}

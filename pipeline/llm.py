@@ -36,22 +36,39 @@ PRESETS = {
 }
 
 
+CASES = ("keep", "lower")
+
+
 @dataclass(frozen=True)
 class Template:
-    """How a text is written before tokenisation; part of every store's fingerprint."""
+    """How a text is written before tokenisation; part of every store's fingerprint, and what online encoding
+    applies too, so stored and online vectors see the same text.
+
+    case="lower" lower-cases every text first. The layers LMORT reads (0-2 on SmolLM2) are still lexical and
+    cased: "CELL" and "cell" are different tokens, so an upper-case query shares no input with a lower-case
+    passage. Normalising the input is exact for every word, costs nothing, and is what BM25 and MiniLM do;
+    augmentation in training could only teach the cased forms it happens to see."""
 
     query: str = "{text}"
     passage: str = "{title}\n{text}"
+    case: str = "keep"
+
+    def __post_init__(self):
+        if self.case not in CASES:
+            raise ValueError(f"template case must be one of {', '.join(CASES)}, not {self.case!r}")
+
+    def _cased(self, text: str) -> str:
+        return text.lower() if self.case == "lower" else text
 
     def format_query(self, text: str) -> str:
-        return self.query.format(text=text)
+        return self._cased(self.query.format(text=text))
 
     def format_passage(self, title: str, text: str) -> str:
         if not title.strip():
-            return text
+            return self._cased(text)
         if not text.strip():
-            return title
-        return self.passage.format(title=title, text=text)
+            return self._cased(title)
+        return self._cased(self.passage.format(title=title, text=text))
 
 
 def models_cache() -> Path:
@@ -204,7 +221,9 @@ class FrozenLLM:
         device)."""
         if max(layers) > self.max_layer:
             raise ValueError(f"layer {max(layers)} is deeper than the loaded {self.max_layer} blocks")
-        width = max(map(len, batch))
+        # widths rounded up to a multiple of 16: few distinct shapes, so oneDNN reuses its compiled bf16 kernels
+        # instead of building new ones for every batch (right padding never changes a real token's state)
+        width = -(-max(map(len, batch)) // 16) * 16
         ids = torch.full((len(batch), width), self.pad_id, dtype=torch.long)
         mask = torch.zeros((len(batch), width), dtype=torch.long)
         for i, x in enumerate(batch):
@@ -229,10 +248,14 @@ class FrozenLLM:
         return {layer: captured[layer] for layer in layers}, mask
 
     def iter_hidden_states(
-        self, token_ids: list[list[int]], layers: list[int], batch_tokens: int = 8192, desc: str = "LLM",
+        self, token_ids: list[list[int]], layers: list[int], batch_tokens: int | None = None, desc: str = "LLM",
         progress: bool = True,
     ) -> Iterator[tuple[list[int], dict[int, torch.Tensor], torch.Tensor]]:
-        """Length-bucketed batches: yields (indices into token_ids, states, mask), longest first."""
+        """Length-bucketed batches: yields (indices into token_ids, states, mask), longest first. Default batch
+        size: 2,048 tokens on a CPU (small batches keep bf16's elementwise ops in cache: SmolLM2's 30 blocks run
+        at about 3.7k tok/s against 2.9k with 8,192), 16,384 on a GPU."""
+        if batch_tokens is None:
+            batch_tokens = 16384 if self.device.startswith("cuda") else 2048
         order = sorted(range(len(token_ids)), key=lambda i: -len(token_ids[i]))
         total = sum(len(token_ids[i]) for i in order)
         with tqdm(total=total, unit="tok", unit_scale=True, desc=desc, disable=not progress) as bar:

@@ -147,15 +147,17 @@ class ActivationStore:
                 x = np.zeros((*slots.shape, self.width), dtype=np.float32)
                 x[real] = arr[slots[real]]
                 out[layer] = torch.from_numpy(x)
-            else:  # not loaded: read each text's slice from the zarr array
-                out[layer] = torch.from_numpy(self._padded(arr, slots[:, 0], lengths))
+            else:  # streamed: one read of the batch's token rows (zarr fetches and decodes each chunk once)
+                needed, where = np.unique(slots[real], return_inverse=True)
+                x = np.zeros((*slots.shape, self.width), dtype=np.float32)
+                x[real] = arr.oindex[needed, :][where.ravel()]
+                out[layer] = torch.from_numpy(x)
         return out, mask
 
-    def _padded(self, arr, starts: np.ndarray, lengths: np.ndarray) -> np.ndarray:
-        buf = np.zeros((len(starts), int(lengths.max()), self.width), dtype=np.float32)
-        for b, (s, n) in enumerate(zip(starts, lengths)):
-            buf[b, :n] = arr[s : s + n]
-        return buf
+    def nbytes(self, layers: list[int]) -> int:
+        """Bytes the given layers take in memory once loaded (what `load` would cost)."""
+        arrays = [self.group[f"layer_{layer}"] for layer in layers]
+        return sum(int(np.prod(a.shape)) * a.dtype.itemsize for a in arrays)
 
 
 # ------------------------------------------------------------------ writing (the cache runner's side)

@@ -11,6 +11,8 @@ import hashlib
 import json
 import shutil
 import time
+from collections import deque
+from concurrent.futures import ThreadPoolExecutor
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
 
@@ -42,6 +44,9 @@ class TrainConfig:
     dev_every: int = 1  # epochs between dev evaluations (the last epoch is always evaluated)
     seed: int = 0
     max_steps_per_epoch: int | None = None
+    mix_alpha: float = 1.0  # batches per training set proportional to (queries)^mix_alpha; see set_quotas
+    memory_gb: float = 8.0  # stores' layers up to this size are loaded into memory; larger ones are streamed
+    prefetch: int = 4  # batches read ahead by a background thread
     bf16: bool = True  # bf16 autocast (training, dev scoring) where the device computes bfloat16 natively
 
 
@@ -56,43 +61,99 @@ class TrainingSet:
     dev_qrels: dict | None = None
 
 
+def set_quotas(sizes: list[int], batch_size: int, alpha: float) -> list[int]:
+    """Batches per training set in one epoch. An epoch has as many batches as the sets' queries fill; set i gets
+    a share proportional to (its queries)^alpha: 1 = proportional to size (each query once an epoch, the
+    original rule), 0 = uniform over sets, 0.5 = square-root (a set 60x larger gets about 8x the batches, so
+    squad does not drown scifact; the small sets repeat their queries, the large ones show a fresh sample)."""
+    natural = [max(1, n // batch_size) for n in sizes]
+    if alpha == 1.0:
+        return natural
+    weights = [n**alpha for n in sizes]
+    return [max(1, round(sum(natural) * w / sum(weights))) for w in weights]
+
+
 def _batches(sets: list[TrainingSet], cfg: TrainConfig, epoch: int):
-    """Seeded per epoch: a list of (set index, [(qid, pos, negs, all positives)])."""
+    """Seeded per epoch: a list of (set index, [(qid, pos, negs, all positives)]). Every batch comes from one set,
+    so its in-batch negatives share a corpus; how many batches each set gets is `set_quotas`."""
     g = torch.Generator().manual_seed(cfg.seed * 100003 + epoch)
+    rows_of = [[r for r in ts.pairs if r["positive_ids"]] for ts in sets]
+    quotas = set_quotas([len(rows) for rows in rows_of], cfg.batch_size, cfg.mix_alpha)
     out = []
-    for s_i, ts in enumerate(sets):
-        rows = [r for r in ts.pairs if r["positive_ids"]]
-        perm = torch.randperm(len(rows), generator=g).tolist()
-        for b in range(0, max(1, len(perm) - cfg.batch_size + 1), cfg.batch_size):  # full batches only
-            batch = []
-            for r in (rows[i] for i in perm[b : b + cfg.batch_size]):
-                pos = r["positive_ids"][int(torch.randint(len(r["positive_ids"]), (1,), generator=g))]
-                negs = r["negative_ids"]
-                pick = torch.randperm(len(negs), generator=g)[: cfg.negatives].tolist() if negs else []
-                batch.append((r["query_id"], pos, [negs[i] for i in pick], set(r["positive_ids"])))
-            out.append((s_i, batch))
+    for s_i, (rows, quota) in enumerate(zip(rows_of, quotas)):
+        made = 0
+        while made < quota:  # one permutation after another; no query twice within a batch
+            perm = torch.randperm(len(rows), generator=g).tolist()
+            for b in range(0, max(1, len(perm) - cfg.batch_size + 1), cfg.batch_size):  # full batches only
+                if made == quota:
+                    break
+                batch = []
+                for r in (rows[i] for i in perm[b : b + cfg.batch_size]):
+                    pos = r["positive_ids"][int(torch.randint(len(r["positive_ids"]), (1,), generator=g))]
+                    negs = r["negative_ids"]
+                    pick = torch.randperm(len(negs), generator=g)[: cfg.negatives].tolist() if negs else []
+                    batch.append((r["query_id"], pos, [negs[i] for i in pick], set(r["positive_ids"])))
+                out.append((s_i, batch))
+                made += 1
     order = torch.randperm(len(out), generator=g).tolist()
     out = [out[i] for i in order]
     return out[: cfg.max_steps_per_epoch] if cfg.max_steps_per_epoch else out
 
 
-def info_nce(tuner: Tuner, ts: TrainingSet, batch, device) -> torch.Tensor:
+def read_batch(ts: TrainingSet, batch, layers: list[int]) -> dict:
+    """The states a batch needs, read from the stores (memory or Zarr): what the prefetcher runs ahead."""
     qids = [b[0] for b in batch]
     docs, targets = [], []
     for _, pos, negs, _ in batch:
         targets.append(len(docs))
         docs += [pos, *negs]
-    layers = tuner.cfg.layers
     qs, qm = ts.queries.batch(qids, layers)
     ds, dm = ts.corpus.batch(docs, layers)
+    # another query's document that is also judged relevant to this query is not a negative
+    false_neg = torch.tensor([[docs[j] in b[3] and j != targets[i] for j in range(len(docs))]
+                              for i, b in enumerate(batch)])
+    return {"q": (qs, qm), "d": (ds, dm), "targets": torch.tensor(targets), "false_neg": false_neg}
+
+
+def info_nce(tuner: Tuner, states: dict, device) -> torch.Tensor:
+    """InfoNCE of a batch's queries against its positives, hard negatives and the other queries' documents."""
+    (qs, qm), (ds, dm) = states["q"], states["d"]
     q = tuner({k: v.to(device) for k, v in qs.items()}, qm.to(device))
     d = tuner({k: v.to(device) for k, v in ds.items()}, dm.to(device))
     scores = (q @ d.T).float() * tuner.score_scale()
-    # another query's document that is also judged relevant to this query is not a negative
-    false_neg = torch.tensor([[docs[j] in b[3] and j != targets[i] for j in range(len(docs))]
-                              for i, b in enumerate(batch)], device=device)
-    scores = scores.masked_fill(false_neg, float("-inf"))
-    return F.cross_entropy(scores, torch.tensor(targets, device=device))
+    scores = scores.masked_fill(states["false_neg"].to(device), float("-inf"))
+    return F.cross_entropy(scores, states["targets"].to(device))
+
+
+def prefetched(batches, sets: list[TrainingSet], layers: list[int], depth: int):
+    """Yields each batch's states, with the next `depth` batches read by a background thread while the tuner
+    computes: streamed stores hide their reads behind the step (NumPy and Zarr's decoding release the GIL)."""
+    if depth <= 0:
+        for s_i, batch in batches:
+            yield read_batch(sets[s_i], batch, layers)
+        return
+    with ThreadPoolExecutor(max_workers=1) as pool:
+        queue = deque()
+        for s_i, batch in batches:
+            queue.append(pool.submit(read_batch, sets[s_i], batch, layers))
+            if len(queue) > depth:
+                yield queue.popleft().result()
+        while queue:
+            yield queue.popleft().result()
+
+
+def load_within_budget(sets: list[TrainingSet], layers: list[int], budget_gb: float, device: str) -> list[str]:
+    """Load stores' layers into memory, smallest first, while they fit in `budget_gb`; the rest are streamed
+    from Zarr batch by batch. Returns the streamed stores' paths."""
+    stores = sorted({id(s): s for ts in sets for s in (ts.queries, ts.corpus)}.values(), key=lambda s: s.nbytes(layers))
+    left, streamed = budget_gb * 1e9, []
+    for store in stores:
+        if store.nbytes(layers) <= left:
+            store.load(layers, device)
+            left -= store.nbytes(layers)
+        else:
+            streamed.append(str(store.path))
+    return streamed
 
 
 def dev_ndcg(tuner: Tuner, sets: list[TrainingSet], progress: bool = False, bf16: bool = True) -> float | None:
@@ -157,9 +218,11 @@ def train(sets: list[TrainingSet], tuner_cfg: TunerConfig, cfg: TrainConfig, out
           device: str | None = None, progress: bool = True) -> dict:
     out = Path(out)
     device = device or ("cuda" if torch.cuda.is_available() else "cpu")
-    for ts in sets:  # on a GPU the stores' layers move there once: a step is then a gather, not a host copy
-        ts.queries.load(tuner_cfg.layers, device)
-        ts.corpus.load(tuner_cfg.layers, device)
+    # stores that fit the memory budget are loaded (on a GPU they move there once: a step is then a gather there);
+    # the others are streamed from Zarr, with the next batches read ahead
+    streamed = load_within_budget(sets, tuner_cfg.layers, cfg.memory_gb, device)
+    if streamed:
+        print(f"streaming {len(streamed)} store(s) larger than the {cfg.memory_gb} GB budget: {', '.join(streamed)}")
     torch.manual_seed(cfg.seed)
     tuner = Tuner(tuner_cfg).to(device)
     opt = torch.optim.AdamW(tuner.parameters(), lr=cfg.lr, weight_decay=cfg.weight_decay)
@@ -187,15 +250,16 @@ def train(sets: list[TrainingSet], tuner_cfg: TunerConfig, cfg: TrainConfig, out
         torch.manual_seed(cfg.seed * 7919 + epoch)  # dropout of this epoch
         t0 = time.time()
         tuner.train()
-        bar = tqdm(_batches(sets, cfg, epoch), desc=f"epoch {epoch + 1}/{cfg.epochs}", unit="step",
-                   disable=not progress)
-        for s_i, batch in bar:
+        batches = _batches(sets, cfg, epoch)
+        bar = tqdm(prefetched(batches, sets, tuner_cfg.layers, cfg.prefetch), total=len(batches),
+                   desc=f"epoch {epoch + 1}/{cfg.epochs}", unit="step", disable=not progress)
+        for states in bar:
             lr = cfg.lr * min((state["step"] + 1) / max(1, cfg.warmup * total),
                               max(0.0, (total - state["step"]) / max(1, total * (1 - cfg.warmup))))
             for group in opt.param_groups:
                 group["lr"] = lr
             with amp:
-                loss = info_nce(tuner, sets[s_i], batch, device)
+                loss = info_nce(tuner, states, device)
             opt.zero_grad(set_to_none=True)
             loss.backward()
             torch.nn.utils.clip_grad_norm_(tuner.parameters(), cfg.clip)

@@ -7,6 +7,7 @@ from pathlib import Path
 import click
 
 from pipeline.analyze import analyze, layer_table
+from pipeline.llm import CASES, Template
 from pipeline.precision import COMPUTE_DTYPES
 from pipeline.prepare import ensure_prepared
 
@@ -24,15 +25,18 @@ from .common import friendly_errors, names
 @click.option("--passage-max-length", default=256, show_default=True)
 @click.option("--compute-dtype", type=click.Choice(COMPUTE_DTYPES), default="auto", show_default=True,
               help="auto = bfloat16 where the CPU/GPU has native bf16, else float32.")
+@click.option("--case", type=click.Choice(CASES), default="keep", show_default=True,
+              help="lower: lower-case every text first (as `lmort extract --case lower`).")
 @click.option("--eval-data", help="Also report each raw layer's nDCG@10 on this set (reporting only).")
 @click.option("--eval-split", default="test", show_default=True)
 @friendly_errors
 def command(model, data, split, out, max_pairs, seed, query_max_length, passage_max_length, compute_dtype,
-            eval_data, eval_split) -> None:
+            case, eval_data, eval_split) -> None:
     """Alignment and uniformity of every layer on training pairs; picks the A- and U-layers."""
     datasets = [ensure_prepared(d) for d in names(data)]
     result = analyze(model, datasets, out, split, max_pairs, seed, query_max_length=query_max_length,
                      passage_max_length=passage_max_length, compute_dtype=compute_dtype,
+                     template=Template(case=case),
                      eval_dataset=ensure_prepared(eval_data) if eval_data else None, eval_split=eval_split)
     click.echo(layer_table(result))
     click.echo(result["verdict"])

@@ -8,6 +8,7 @@ from pathlib import Path
 import click
 
 from pipeline.extract import ExtractSpec, extract
+from pipeline.llm import CASES, Template
 from pipeline.precision import COMPUTE_DTYPES
 from pipeline.prepare import ensure_prepared
 
@@ -36,6 +37,9 @@ def default_layers(geometry: Path, last_layer: bool = True) -> list[int]:
               help="How the states are stored.")
 @click.option("--compute-dtype", type=click.Choice(COMPUTE_DTYPES), default="auto", show_default=True,
               help="How the LLM computes them; auto = bfloat16 where the CPU/GPU has native bf16, else float32.")
+@click.option("--case", type=click.Choice(CASES), default="keep", show_default=True,
+              help="lower: lower-case every text before tokenising (recorded in the fingerprint; online search "
+                   "applies it too).")
 @click.option("--shard-tokens", default=32768, show_default=True)
 @click.option("--chunk-tokens", default=1024, show_default=True)
 @click.option("--workers", default=0, help="Start a dask LocalCluster with N worker processes.")
@@ -46,7 +50,7 @@ def default_layers(geometry: Path, last_layer: bool = True) -> list[int]:
 @click.option("--dry-run", is_flag=True, help="Print the cost and stop.")
 @friendly_errors
 def command(model, data, out, layers, geometry, last_layer, kinds, query_max_length, passage_max_length, dtype,
-            compute_dtype,
+            compute_dtype, case,
             shard_tokens, chunk_tokens, workers, scheduler, force, rebuild_on_mismatch, dry_run) -> None:
     """Run the frozen LLM once over a data set's corpus and queries; store the chosen layers."""
     if layers:
@@ -59,7 +63,8 @@ def command(model, data, out, layers, geometry, last_layer, kinds, query_max_len
     summaries = {}
     for kind in kinds:
         spec = ExtractSpec(model, tuple(chosen), kind, query_max_length if kind == "queries" else passage_max_length,
-                           dtype=dtype, compute_dtype=compute_dtype, shard_tokens=shard_tokens,
+                           template=Template(case=case), dtype=dtype, compute_dtype=compute_dtype,
+                           shard_tokens=shard_tokens,
                            chunk_tokens=chunk_tokens)
         summaries[kind] = extract(ds, spec, out / f"{kind}.zarr", force=force, workers=workers, scheduler=scheduler,
                                   dry_run=dry_run, rebuild_on_mismatch=rebuild_on_mismatch)

@@ -15,11 +15,11 @@ def test_truncated_model_runs_only_needed_blocks_and_matches_full(tiny_model):
     with torch.no_grad():
         ref = full(input_ids=torch.tensor([ids[0]]), output_hidden_states=True).hidden_states
     for layer in (0, 1, 2):
-        assert torch.allclose(states[layer][0], ref[layer][0], atol=1e-5)
+        assert torch.allclose(states[layer][0, :3], ref[layer][0], atol=1e-5)
     # right padding never changes a real token's state
     alone, _ = llm.forward([ids[1]], [2])
-    assert torch.allclose(states[2][1, :2], alone[2][0], atol=1e-5)
-    assert mask.tolist() == [[1, 1, 1], [1, 1, 0]]
+    assert torch.allclose(states[2][1, :2], alone[2][0, :2], atol=1e-5)
+    assert mask[:, :3].tolist() == [[1, 1, 1], [1, 1, 0]] and not mask[:, 3:].any()  # padded to 16: few shapes
 
 
 def test_blocks_past_max_layer_never_run(tiny_model):

@@ -167,3 +167,39 @@ def test_report_rows_split_in_domain_and_zero_shot_and_check_the_claim():
     assert "does not hold" in verdict and "a-only" in verdict and "0.300" in verdict
     rows["a-only"]["average"] = 0.2
     assert "claim holds" in claim_verdict(list(rows.values()))
+
+
+def test_streamed_stores_train_to_the_same_weights_as_loaded_ones(world, tmp_path):
+    """A memory budget of 0 streams every store from Zarr (read ahead by a thread): same batches, same weights."""
+    cfg = TunerConfig(llm_width=32, stream_layer=2, cross_layer=1, **TUNER)
+    loaded = train([training_set(world)], cfg, TrainConfig(epochs=1, batch_size=8), tmp_path / "a", progress=False)
+    streamed_set = training_set(world)
+    streamed = train([streamed_set], cfg, TrainConfig(epochs=1, batch_size=8, memory_gb=0, prefetch=3),
+                     tmp_path / "b", progress=False)
+    assert not streamed_set.corpus._memory and not streamed_set.queries._memory  # really read from Zarr
+    assert loaded["steps"] == streamed["steps"] > 1
+    assert (tmp_path / "a" / "loss.json").read_text() == (tmp_path / "b" / "loss.json").read_text()
+    wa = load_file(tmp_path / "a" / "best" / "model.safetensors")
+    wb = load_file(tmp_path / "b" / "best" / "model.safetensors")
+    assert all(torch.equal(wa[k], wb[k]) for k in wa)
+
+
+def test_set_mixing_rule():
+    from pipeline.train import set_quotas
+
+    assert set_quotas([1600, 160], 16, alpha=1.0) == [100, 10]  # proportional: each query once an epoch
+    assert set_quotas([1600, 160], 16, alpha=0.0) == [55, 55]  # uniform over sets, same epoch length
+    big, small = set_quotas([1600, 160], 16, alpha=0.5)  # square root: 10x the queries, about 3.2x the batches
+    assert big + small == 110 and big / small == pytest.approx(10**0.5, rel=0.05)
+
+
+def test_a_small_set_repeats_its_queries_but_never_within_a_batch(world):
+    from pipeline.train import _batches
+
+    ts = training_set(world)
+    n = len([r for r in ts.pairs if r["positive_ids"]])
+    other = TrainingSet(ts.data, ts.queries, ts.corpus, ts.pairs * 20)  # a set 20x larger
+    batches = _batches([ts, other], TrainConfig(batch_size=8, mix_alpha=0.0), epoch=0)
+    mine = [b for s_i, b in batches if s_i == 0]
+    assert len(mine) == len(batches) // 2 > n // 8  # uniform: half the batches, more than one pass over its queries
+    assert all(len({q for q, *_ in b}) == len(b) == 8 for b in mine)
