@@ -1,7 +1,9 @@
-"""Does the query case explain a set's score? Online-encode its test queries as given and lower-cased, search
-the configuration's index and score both (vaswani_npl's queries are upper-case, its corpus lower-case).
+"""Does the query case explain a set's score? Online-encode its test queries as given, lower-cased and
+upper-cased, search the configuration's index and score all three (vaswani_npl's queries are upper-case, its
+corpus lower-case). With a `case: lower` template the three columns must agree.
 
     python bench/query_case.py --name full --data vaswani_npl lmort pooled-linear
+    python bench/query_case.py --name default --data scifact lmort pooled-linear
 """
 
 import argparse
@@ -9,8 +11,9 @@ from pathlib import Path
 
 from pipeline.data import cache_root
 from pipeline.index import encode_online, load_index, retrieve
-from pipeline.llm import FrozenLLM, Template
+from pipeline.llm import FrozenLLM, Template, default_device
 from pipeline.metrics import evaluate, markdown_table
+from pipeline.precision import resolve_compute_dtype
 from pipeline.prepare import ensure_prepared
 from pipeline.train import load_tuner
 
@@ -27,12 +30,14 @@ rows = []
 for system in args.systems:
     index, meta = load_index(cache_root() / args.name / "index" / system / args.data)
     tuner = load_tuner(Path(meta["tuner"]))
-    llm = FrozenLLM(meta["model"], max_layer=max(tuner.cfg.layers))
-    row = {"system": system}
-    for case, f in (("as given", str), ("lower-cased", str.lower)):
+    llm = FrozenLLM(meta["model"], max_layer=max(tuner.cfg.layers),
+                    dtype=resolve_compute_dtype(meta.get("compute_dtype", "float32"), default_device()))
+    row = {"system": system, "template case": meta["template"].get("case", "keep")}
+    for case, f in (("as given", str), ("lower-cased", str.lower), ("upper-cased", str.upper)):
         vec = encode_online(llm, tuner, [f(ds.queries[q]) for q in qids], Template(**meta["template"]),
                             meta["query_max_length"])
         row[case] = evaluate(retrieve(index, meta["ids"], qids, vec), ds.qrels[args.split])["nDCG@10"]
     rows.append(row)
-print(f"{args.data} {args.split}, nDCG@10 of queries as given and lower-cased ({args.name} configuration):\n")
-print(markdown_table(rows, ["system", "as given", "lower-cased"]))
+print(f"{args.data} {args.split}, nDCG@10 of queries as given, lower-cased and upper-cased "
+      f"({args.name} configuration):\n")
+print(markdown_table(rows, ["system", "template case", "as given", "lower-cased", "upper-cased"]))

@@ -40,9 +40,11 @@ def train_config(params: dict) -> TrainConfig:
 
 def tuner_config(params: dict, variant: str, geometry: Path, llm_width: int, attention_sink: bool) -> TunerConfig:
     g = json.loads(Path(geometry).read_text())
-    knobs = _pick(TunerConfig, params.get("tuner", {}))
+    section = dict(params.get("tuner", {}))
+    size = section.pop("size", None)
+    knobs = _pick(TunerConfig, section)
     knobs["attention_sink"] = attention_sink
-    return variant_config(variant, g["a_layer"], g["u_layer"], g["num_layers"], llm_width, **knobs)
+    return variant_config(variant, g["a_layer"], g["u_layer"], g["num_layers"], llm_width, size, **knobs)
 
 
 def open_stores(stores: Path, dataset: str) -> tuple[ActivationStore, ActivationStore]:

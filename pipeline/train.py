@@ -13,7 +13,7 @@ import shutil
 import time
 from collections import deque
 from concurrent.futures import ThreadPoolExecutor
-from dataclasses import asdict, dataclass, field
+from dataclasses import asdict, dataclass, field, replace
 from pathlib import Path
 
 import numpy as np
@@ -44,6 +44,7 @@ class TrainConfig:
     dev_every: int = 1  # epochs between dev evaluations (the last epoch is always evaluated)
     seed: int = 0
     max_steps_per_epoch: int | None = None
+    max_queries: int | None = None  # a seeded sample of this many training queries over all sets (scaling curve)
     mix_alpha: float = 1.0  # batches per training set proportional to (queries)^mix_alpha; see set_quotas
     memory_gb: float = 8.0  # stores' layers up to this size are loaded into memory; larger ones are streamed
     prefetch: int = 4  # batches read ahead by a background thread
@@ -61,16 +62,32 @@ class TrainingSet:
     dev_qrels: dict | None = None
 
 
+def sample_queries(sets: list[TrainingSet], max_queries: int | None, seed: int) -> list[TrainingSet]:
+    """A seeded uniform sample of `max_queries` training queries pooled over all sets (each set keeps its share),
+    from the same stores: the data-scaling curve's points differ only in this number. Smaller samples are
+    subsets of larger ones (one permutation), so the curve adds queries rather than redrawing them."""
+    if max_queries is None:
+        return sets
+    pooled = [(s_i, r) for s_i, ts in enumerate(sets) for r in range(len(ts.pairs))]
+    keep = torch.randperm(len(pooled), generator=torch.Generator().manual_seed(seed))[:max_queries].tolist()
+    chosen: dict[int, list[int]] = {}
+    for i in sorted(keep):
+        s_i, r = pooled[i]
+        chosen.setdefault(s_i, []).append(r)
+    # every set stays (with its dev split, so dev scores compare across the curve), even with no queries drawn
+    return [replace(ts, pairs=[ts.pairs[r] for r in chosen.get(s_i, [])]) for s_i, ts in enumerate(sets)]
+
+
 def set_quotas(sizes: list[int], batch_size: int, alpha: float) -> list[int]:
     """Batches per training set in one epoch. An epoch has as many batches as the sets' queries fill; set i gets
     a share proportional to (its queries)^alpha: 1 = proportional to size (each query once an epoch, the
     original rule), 0 = uniform over sets, 0.5 = square-root (a set 60x larger gets about 8x the batches, so
     squad does not drown scifact; the small sets repeat their queries, the large ones show a fresh sample)."""
-    natural = [max(1, n // batch_size) for n in sizes]
+    natural = [max(1, n // batch_size) if n else 0 for n in sizes]
     if alpha == 1.0:
         return natural
     weights = [n**alpha for n in sizes]
-    return [max(1, round(sum(natural) * w / sum(weights))) for w in weights]
+    return [max(1, round(sum(natural) * w / sum(weights))) if n else 0 for n, w in zip(sizes, weights)]
 
 
 def _batches(sets: list[TrainingSet], cfg: TrainConfig, epoch: int):
@@ -217,6 +234,7 @@ def _load_checkpoint(tuner, opt, folder: Path) -> dict:
 def train(sets: list[TrainingSet], tuner_cfg: TunerConfig, cfg: TrainConfig, out: Path,
           device: str | None = None, progress: bool = True) -> dict:
     out = Path(out)
+    sets = sample_queries(sets, cfg.max_queries, cfg.seed)
     device = device or ("cuda" if torch.cuda.is_available() else "cpu")
     # stores that fit the memory budget are loaded (on a GPU they move there once: a step is then a gather there);
     # the others are streamed from Zarr, with the next batches read ahead

@@ -31,7 +31,7 @@ class TunerConfig:
     kind: str = "lmort"  # "lmort" (blocks) or "pooled-linear"
     width: int | None = 256  # model width after the input projection; None = the LLM's width, no projection
     blocks: int = 2
-    heads: int = 4
+    heads: int | None = 4  # None: width // 64
     ff_ratio: int = 4
     out_dim: int = 256
     dropout: float = 0.1
@@ -75,7 +75,8 @@ class Tuner(nn.Module):
         elif cfg.kind == "lmort":
             self.proj = nn.ModuleDict({str(layer): nn.Linear(cfg.llm_width, d) if cfg.width else nn.Identity()
                                        for layer in cfg.layers})
-            self.blocks = nn.ModuleList(Block(d, cfg.heads, cfg.ff_ratio, cfg.dropout) for _ in range(cfg.blocks))
+            heads = cfg.heads or max(1, d // 64)
+            self.blocks = nn.ModuleList(Block(d, heads, cfg.ff_ratio, cfg.dropout) for _ in range(cfg.blocks))
             self.out = nn.Linear(d, cfg.out_dim)
         else:
             raise ValueError(f"unknown tuner kind {cfg.kind!r}")
@@ -107,12 +108,30 @@ class Tuner(nn.Module):
         return 1.0 / self.cfg.temperature if self.cfg.similarity == "cosine" else 1.0
 
 
+# Tuner sizes (`tuner.size` in the params): the block stack's shape. On SmolLM2-135M (width 576):
+#   small    width 128, 2 blocks, FFN 2x:   0.56M parameters, 0.4% of the LLM (the first configurations)
+#   reduced  width 224, 3 blocks, FFN 4x:   2.7M, about 2% (the paper's dimension-reduced variant: 0.13B on GPT-j)
+#   paper    the LLM's width (no projection), 3 blocks, FFN 4x: 16M, about 12% (the paper: 0.8B on GPT-j-6B)
+SIZES = {
+    "small": dict(width=128, blocks=2, heads=4, ff_ratio=2),
+    "reduced": dict(width=224, blocks=3, heads=7, ff_ratio=4),
+    "paper": dict(width=None, blocks=3, heads=None, ff_ratio=4),  # heads of 64 dimensions, as in the LLM
+}
+
 VARIANTS = ("lmort", "swapped", "a-only", "u-only", "emb-only", "last-only", "pooled-linear")
 
 
 def variant_config(variant: str, a_layer: int, u_layer: int, last_layer: int, llm_width: int,
-                   **knobs) -> TunerConfig:
-    """The ablations of METHOD.md as configs of one module."""
+                   size: str | None = None, **knobs) -> TunerConfig:
+    """The ablations of METHOD.md as configs of one module; `size` (a key of SIZES) sets the block stack's
+    shape, and then width, blocks, heads and ff_ratio must not be given as well."""
+    if size is not None:
+        if size not in SIZES:
+            raise ValueError(f"unknown tuner size {size!r}; choose from {', '.join(SIZES)}")
+        both = sorted(set(SIZES[size]) & set(knobs))
+        if both:
+            raise ValueError(f"tuner size {size!r} sets {', '.join(both)}; give either the size or those knobs")
+        knobs = {**SIZES[size], **knobs}
     wiring = {"lmort": (u_layer, a_layer), "swapped": (a_layer, u_layer), "a-only": (a_layer, a_layer),
               "u-only": (u_layer, u_layer), "emb-only": (0, 0), "last-only": (last_layer, last_layer),
               "pooled-linear": (a_layer, a_layer)}

@@ -203,3 +203,16 @@ def test_a_small_set_repeats_its_queries_but_never_within_a_batch(world):
     mine = [b for s_i, b in batches if s_i == 0]
     assert len(mine) == len(batches) // 2 > n // 8  # uniform: half the batches, more than one pass over its queries
     assert all(len({q for q, *_ in b}) == len(b) == 8 for b in mine)
+
+
+def test_query_samples_are_nested_and_keep_every_dev_split(world):
+    from pipeline.train import sample_queries
+
+    ts = training_set(world)
+    other = TrainingSet(ts.data, ts.queries, ts.corpus, ts.pairs[:6], {"q": {"d": 1}})
+    small, large = (sample_queries([ts, other], n, seed=0) for n in (5, 20))
+    assert sum(len(s.pairs) for s in small) == 5 and sum(len(s.pairs) for s in large) == 20
+    for s, b in zip(small, large):  # the smaller sample is part of the larger one
+        assert {r["query_id"] for r in s.pairs} <= {r["query_id"] for r in b.pairs}
+    assert len(small) == 2 and small[1].dev_qrels == {"q": {"d": 1}}
+    assert sample_queries([ts], None, 0)[0] is ts

@@ -67,3 +67,13 @@ def test_loss_falls_on_a_learnable_toy_task():
         opt.step()
         losses.append(float(loss.detach()))
     assert sum(losses[-10:]) / 10 < 0.6 * sum(losses[:10]) / 10
+
+
+def test_tuner_sizes_and_their_guard():
+    counts = {size: Tuner(variant_config("lmort", 2, 0, 3, 576, size, out_dim=16)).num_parameters()
+              for size in ("small", "reduced", "paper")}
+    assert counts["small"] < counts["reduced"] < counts["paper"]
+    paper = variant_config("lmort", 2, 0, 3, 64, "paper")
+    assert paper.width is None and paper.blocks == 3 and paper.ff_ratio == 4  # the LLM's width, no projection
+    with pytest.raises(ValueError, match="sets blocks"):
+        variant_config("lmort", 2, 0, 3, 64, "paper", blocks=2)
