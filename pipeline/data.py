@@ -27,6 +27,7 @@ SHARED_BEIR = Path("..") / "shared" / "data" / "beir"  # beside the project root
 def cache_root() -> Path:
     """Where artifacts land: $LMORT_CACHE, else cache/ under the current directory (the project root)."""
     return Path(os.environ.get("LMORT_CACHE", "cache"))
+DOWNLOAD_TIMEOUT = 30  # seconds without data before a download gives up
 BEIR_ARCHIVE = "https://public.ukp.informatik.tu-darmstadt.de/thakur/BEIR/datasets"
 # md5 of the archive's zips, as published in the BEIR README (an unknown name needs --md5).
 BEIR_MD5 = {
@@ -82,13 +83,18 @@ def download_beir(name: str, dest: Path, base_url: str = BEIR_ARCHIVE, md5: str 
     with tempfile.TemporaryDirectory(dir=dest) as tmp:
         zpath = Path(tmp) / f"{name}.zip"
         digest = hashlib.md5()
-        with urllib.request.urlopen(url) as resp, open(zpath, "wb") as out:
-            total = int(resp.headers.get("Content-Length") or 0) or None
-            with tqdm(total=total, unit="B", unit_scale=True, desc=f"download {name}") as bar:
-                while chunk := resp.read(1 << 20):
-                    digest.update(chunk)
-                    out.write(chunk)
-                    bar.update(len(chunk))
+        try:
+            with urllib.request.urlopen(url, timeout=DOWNLOAD_TIMEOUT) as resp, open(zpath, "wb") as out:
+                total = int(resp.headers.get("Content-Length") or 0) or None
+                with tqdm(total=total, unit="B", unit_scale=True, desc=f"download {name}") as bar:
+                    while chunk := resp.read(1 << 20):
+                        digest.update(chunk)
+                        out.write(chunk)
+                        bar.update(len(chunk))
+        except (OSError, ValueError) as e:  # URLError, HTTPError, timeouts and resets are all OSErrors
+            reason = getattr(e, "reason", None) or e
+            raise DataError(f"{url}: download failed ({reason}); without a network, put the set's folder "
+                            f"(corpus.jsonl, queries.jsonl, qrels/) under $LMORT_DATA/{name}") from None
         if digest.hexdigest() != expected:
             raise DataError(f"{url}: md5 {digest.hexdigest()} does not match the expected {expected}")
         with zipfile.ZipFile(zpath) as zf:

@@ -124,3 +124,29 @@ def test_download_over_loopback_checks_md5(tiny_beir, tmp_path, loopback):
     got = download_beir("tinyset", dest, base_url=url, md5=hashlib.md5(blob).hexdigest())
     assert json.loads((got / "corpus.jsonl").read_text().splitlines()[0])["_id"] == "d0"
     assert len(load_beir(got).corpus) == 40
+
+
+def test_unreachable_archive_is_one_clear_line(tmp_path, loopback, monkeypatch):
+    """No network (a closed port) or a missing file: a DataError naming the URL and $LMORT_DATA, no traceback,
+    nothing half-written; a server that stalls is cut off by the timeout."""
+    import socket
+
+    import pipeline.data as data_module
+
+    with socket.socket() as s:  # a port nobody listens on
+        s.bind(("127.0.0.1", 0))
+        closed = f"http://127.0.0.1:{s.getsockname()[1]}"
+    for base in (closed, loopback[1]):  # refused; 404
+        with pytest.raises(DataError, match=r"tinyset\.zip: download failed .*\$LMORT_DATA/tinyset"):
+            download_beir("tinyset", tmp_path / "cache", base_url=base, md5="0" * 32)
+    assert not list((tmp_path / "cache").iterdir())
+    stalled = socket.socket()
+    stalled.bind(("127.0.0.1", 0))
+    stalled.listen()  # accepts the connection, never answers
+    monkeypatch.setattr(data_module, "DOWNLOAD_TIMEOUT", 0.5)
+    try:
+        with pytest.raises(DataError, match="timed out"):
+            download_beir("tinyset", tmp_path / "cache", base_url=f"http://127.0.0.1:{stalled.getsockname()[1]}",
+                          md5="0" * 32)
+    finally:
+        stalled.close()
