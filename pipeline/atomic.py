@@ -31,6 +31,9 @@ def atomic_dir(target: Path, write: Callable[[Path], object]) -> None:
     if old.exists() and target.exists():
         shutil.rmtree(old)
     tmp = Path(tempfile.mkdtemp(dir=target.parent, prefix=f".{target.name}.tmp."))
+    umask = os.umask(0)
+    os.umask(umask)
+    os.chmod(tmp, 0o777 & ~umask)  # mkdtemp makes 0700; the folder should get the mode a plain mkdir would
     try:
         write(tmp)
         if target.exists():

@@ -114,7 +114,7 @@ def index_dataset(tuner_dir: Path, queries: ActivationStore, corpus: ActivationS
             "compute_dtype": queries.fingerprint.get("compute_dtype", "float32"),
             "encode_seconds": round(encode_seconds, 1),
             "dim": int(vectors.shape[1]), "texts": len(vectors), "bf16": bf16}
-    (out / "meta.json").write_text(json.dumps(meta))
+    atomic_file(out / "meta.json", lambda tmp: tmp.write_text(json.dumps(meta)))
     write_trec_run(run, run_path, system)
     return meta
 

@@ -7,6 +7,7 @@ from pathlib import Path
 
 import click
 
+from pipeline.atomic import atomic_file
 from pipeline.extract import ExtractSpec, extract
 from pipeline.llm import CASES, Template
 from pipeline.precision import COMPUTE_DTYPES
@@ -69,7 +70,7 @@ def command(model, data, out, layers, geometry, last_layer, kinds, query_max_len
         summaries[kind] = extract(ds, spec, out / f"{kind}.zarr", force=force, workers=workers, scheduler=scheduler,
                                   dry_run=dry_run, rebuild_on_mismatch=rebuild_on_mismatch)
     if not dry_run:
-        (out / "extract.json").write_text(json.dumps(summaries, indent=1))
+        atomic_file(out / "extract.json", lambda tmp: tmp.write_text(json.dumps(summaries, indent=1)))
         for kind, s in summaries.items():
             click.echo(f"{kind}: {s['texts']} texts, {s['tokens']:,} tokens, {s['seconds']} s, "
                        f"{s['tokens_per_second']} tok/s, {s['bytes_on_disk'] / 1e6:.1f} MB on disk")

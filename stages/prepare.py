@@ -7,6 +7,7 @@ from pathlib import Path
 
 import click
 
+from pipeline.atomic import atomic_file
 from pipeline.metrics import markdown_table
 from pipeline.prepare import prepare_dataset, prepared_dir
 
@@ -31,5 +32,5 @@ def command(data: str, out: Path | None, negatives: int, dev_fraction: float, se
     rows = [{"split": s, **m} for s, m in summary["bm25"].items()]
     click.echo(f"{summary['name']}: BM25 (bm25s) sanity scores")
     click.echo(markdown_table(rows, ["split", "nDCG@10", "Recall@100", "MRR@10"]))
-    (out / "bm25.json").write_text(json.dumps(summary, indent=1))
+    atomic_file(out / "bm25.json", lambda tmp: tmp.write_text(json.dumps(summary, indent=1)))
     click.echo(f"wrote {out}")

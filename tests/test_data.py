@@ -150,3 +150,13 @@ def test_unreachable_archive_is_one_clear_line(tmp_path, loopback, monkeypatch):
                           md5="0" * 32)
     finally:
         stalled.close()
+
+
+def test_atomic_folders_get_the_mode_of_a_plain_mkdir(tmp_path):
+    import os
+
+    from pipeline.atomic import atomic_dir
+
+    atomic_dir(tmp_path / "made", lambda tmp: (tmp / "f").write_text("x"))
+    (tmp_path / "plain").mkdir()
+    assert os.stat(tmp_path / "made").st_mode == os.stat(tmp_path / "plain").st_mode
