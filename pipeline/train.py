@@ -304,7 +304,8 @@ def train(sets: list[TrainingSet], tuner_cfg: TunerConfig, cfg: TrainConfig, out
                "dev_ndcg@10": state["best"], "train_seconds": round(state["seconds"], 1),
                "steps": state["step"], "tuner": tuner_cfg.to_dict(), "train": asdict(cfg)}
     write_logs(state, summary, out)
-    shutil.rmtree(out / "checkpoint", ignore_errors=True)  # finished: a later run with new inputs starts afresh
+    for done in (out / "checkpoint", out / ".checkpoint.old"):  # finished: a later run starts afresh, never from
+        shutil.rmtree(done, ignore_errors=True)  # what a kill during a checkpoint swap left behind
     return summary
 
 

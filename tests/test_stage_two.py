@@ -82,6 +82,7 @@ def test_killed_training_resumes_to_the_same_weights(world, tmp_path, monkeypatc
     with pytest.raises(KeyboardInterrupt):
         train([training_set(world)], cfg, tcfg, tmp_path / "b", progress=False)
     monkeypatch.setattr(tr, "info_nce", real)
+    (tmp_path / "b" / ".checkpoint.old").mkdir()  # as a kill during a checkpoint swap leaves it
     resumed = train([training_set(world)], cfg, tcfg, tmp_path / "b", progress=False)
     assert full["steps"] == resumed["steps"]
     assert (tmp_path / "a" / "loss.json").read_text() == (tmp_path / "b" / "loss.json").read_text()
@@ -90,6 +91,7 @@ def test_killed_training_resumes_to_the_same_weights(world, tmp_path, monkeypatc
     for k in wa:
         assert torch.equal(wa[k], wb[k]), k
     assert not (tmp_path / "b" / "checkpoint").exists()  # a finished run leaves no checkpoint to "resume"
+    assert not (tmp_path / "b" / ".checkpoint.old").exists()
 
 
 def test_faiss_equals_brute_force(world):
