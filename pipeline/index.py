@@ -96,11 +96,14 @@ def index_dataset(tuner_dir: Path, queries: ActivationStore, corpus: ActivationS
 
     from .llm import default_device
     from .metrics import write_trec_run
-    from .train import load_tuner
+    from .store import check_compatible
+    from .train import load_tuner, trained_on
 
+    check_compatible([queries, corpus], trained_on(tuner_dir), what=f"the stores {tuner_dir} was trained on")
     t0 = time.time()
     tuner = load_tuner(tuner_dir, default_device())
-    corpus.load(tuner.cfg.layers)
+    if corpus.nbytes(tuner.cfg.layers) <= 4e9:  # larger corpora stream in store order (contiguous reads)
+        corpus.load(tuner.cfg.layers)
     vectors = encode_store(tuner, corpus, desc=f"encode {corpus.path.parent.name}", bf16=bf16)
     encode_seconds = time.time() - t0
     index = build_index(vectors, kind)

@@ -65,9 +65,33 @@ class Plan:
         return cls(order, [lengths[i] for i in order], starts, shards, slot)
 
 
-def describe_difference(old: dict, new: dict) -> str:
+def describe_difference(old: dict, new: dict, labels: tuple[str, str] = ("store has", "asked")) -> str:
     keys = sorted(set(old) | set(new))
-    return "; ".join(f"{k}: store has {old.get(k)!r}, asked {new.get(k)!r}" for k in keys if old.get(k) != new.get(k))
+    return "; ".join(f"{k}: {labels[0]} {old.get(k)!r}, {labels[1]} {new.get(k)!r}"
+                     for k in keys if old.get(k) != new.get(k))
+
+
+# What every store a tuner reads must share: the same model, weights, layers, text template, dtypes. (Kind, length
+# and texts differ between a corpus store and a queries store by design.)
+SHARED_FIELDS = ("model", "weights_sha256", "tokenizer_sha256", "layers", "template", "dtype", "compute_dtype",
+                 "attention_sink", "width", "format_version")
+
+
+def shared_fingerprint(fingerprint: dict) -> dict:
+    return {k: fingerprint.get(k) for k in SHARED_FIELDS}
+
+
+def check_compatible(stores: list[ActivationStore], reference: dict | None = None, what: str = "") -> dict:
+    """Refuse stores that were not built alike (another model, weights, layers, template or dtype), or that differ
+    from `reference` (the shared fingerprint a tuner was trained on). Returns the shared fingerprint."""
+    base = reference if reference is not None else shared_fingerprint(stores[0].fingerprint)
+    for store in stores:
+        mine = shared_fingerprint(store.fingerprint)
+        if mine != base:
+            other = what or str(stores[0].path)
+            raise StoreError(f"{store.path} was not built like {other}: "
+                             f"{describe_difference(base, mine, ('expected', 'this store has'))}")
+    return base
 
 
 class ActivationStore:

@@ -27,7 +27,7 @@ from .data import Prepared
 from .index import build_index, encode_store, retrieve
 from .metrics import evaluate
 from .precision import autocast
-from .store import ActivationStore
+from .store import ActivationStore, check_compatible
 from .tuner import Tuner, TunerConfig
 
 
@@ -198,6 +198,12 @@ def save_tuner(tuner: Tuner, folder: Path, extra: dict | None = None) -> None:
     atomic_dir(Path(folder), write)
 
 
+def trained_on(folder: Path) -> dict | None:
+    """The shared fingerprint of the stores a saved tuner was trained on (None for tuners saved before it was
+    recorded)."""
+    return json.loads((Path(folder) / "tuner.json").read_text()).get("stores")
+
+
 def load_tuner(folder: Path, device: str = "cpu") -> Tuner:
     meta = json.loads((Path(folder) / "tuner.json").read_text())
     tuner = Tuner(TunerConfig(**meta["config"]))
@@ -235,6 +241,7 @@ def train(sets: list[TrainingSet], tuner_cfg: TunerConfig, cfg: TrainConfig, out
           device: str | None = None, progress: bool = True) -> dict:
     out = Path(out)
     sets = sample_queries(sets, cfg.max_queries, cfg.seed)
+    stores_fp = check_compatible([s for ts in sets for s in (ts.queries, ts.corpus)])  # one model, layers, template
     device = device or ("cuda" if torch.cuda.is_available() else "cpu")
     # stores that fit the memory budget are loaded (on a GPU they move there once: a step is then a gather there);
     # the others are streamed from Zarr, with the next batches read ahead
@@ -293,7 +300,7 @@ def train(sets: list[TrainingSet], tuner_cfg: TunerConfig, cfg: TrainConfig, out
             state["dev"].append({"epoch": state["epoch"], "dev_ndcg@10": score})
             if score is None or state["best"] is None or score > state["best"]:
                 state.update(best=score, best_epoch=state["epoch"], bad_epochs=0)
-                save_tuner(tuner, out / "best", {"epoch": state["epoch"], "dev_ndcg@10": score})
+                save_tuner(tuner, out / "best", {"epoch": state["epoch"], "dev_ndcg@10": score, "stores": stores_fp})
             else:
                 state["bad_epochs"] += 1
             print(f"epoch {state['epoch']}: loss {loss:.4f}, dev nDCG@10 {score if score is None else round(score, 4)}")

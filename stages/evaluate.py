@@ -14,6 +14,7 @@ from pipeline.metrics import MEASURES, evaluate, markdown_table, read_trec_run, 
 from pipeline.params import open_stores
 from pipeline.prepare import ensure_prepared
 from pipeline.report import ablation_rows
+from pipeline.store import check_compatible
 
 from .common import friendly_errors, names
 
@@ -45,6 +46,7 @@ def baselines_command(data, split, stores, systems, runs_dir) -> None:
         if not stores:
             raise click.UsageError("raw pooled-layer baselines need --stores")
         queries, corpus = open_stores(stores, ds.name)
+        check_compatible([queries, corpus])
         for layer, run in baselines.raw_layer_runs(queries, corpus, qids).items():
             runs[f"{BASELINE_RUNS['raw']}{layer}"] = run
     for name, run in runs.items():

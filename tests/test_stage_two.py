@@ -33,7 +33,7 @@ def world(tmp_path_factory):
     prepare_dataset(str(root / "tiny"), root / "prepared", n_negatives=4)
     ds = load_prepared(root / "prepared")
     for kind, length in (("corpus", 24), ("queries", 8)):
-        spec = ExtractSpec(model, (0, 1, 2), kind, length, shard_tokens=256, chunk_tokens=16)
+        spec = ExtractSpec(model, (0, 1, 2), kind, length, compute_dtype="float32", shard_tokens=256, chunk_tokens=16)
         extract(ds, spec, root / "stores" / "tiny" / f"{kind}.zarr", progress=False)
     return {"root": root, "model": model, "ds": ds, "stores": root / "stores"}
 
@@ -218,3 +218,25 @@ def test_query_samples_are_nested_and_keep_every_dev_split(world):
         assert {r["query_id"] for r in s.pairs} <= {r["query_id"] for r in b.pairs}
     assert len(small) == 2 and small[1].dev_qrels == {"q": {"d": 1}}
     assert sample_queries([ts], None, 0)[0] is ts
+
+
+def test_stores_built_unlike_each_other_or_the_tuner_are_refused(world, tmp_path):
+    """A queries store computed in bfloat16 beside a float32 corpus store: train refuses and names the field; a tuner
+    trained on float32 stores refuses to index bfloat16 ones."""
+    from pipeline.index import index_dataset
+    from pipeline.store import StoreError
+
+    spec = ExtractSpec(world["model"], (0, 1, 2), "queries", 8, compute_dtype="bfloat16", shard_tokens=256,
+                       chunk_tokens=16)
+    extract(world["ds"], spec, tmp_path / "bf16-queries.zarr", progress=False)
+    other = ActivationStore(tmp_path / "bf16-queries.zarr")
+    ts = training_set(world)
+    cfg = TunerConfig(llm_width=32, stream_layer=2, cross_layer=1, **TUNER)
+    mixed = TrainingSet(ts.data, other, ts.corpus, ts.pairs, ts.dev_qrels)
+    with pytest.raises(StoreError, match=r"compute_dtype: expected 'bfloat16', this store has 'float32'"):
+        train([mixed], cfg, TrainConfig(epochs=1, batch_size=8), tmp_path / "mixed", progress=False)
+    train([ts], cfg, TrainConfig(epochs=1, batch_size=8), tmp_path / "run", progress=False)
+    with pytest.raises(StoreError, match=r"trained on: compute_dtype: expected 'float32', this store has 'bfloat16'"):
+        index_dataset(tmp_path / "run" / "best", other, ts.corpus, list(world["ds"].qrels["test"]),
+                      tmp_path / "index", tmp_path / "run.trec", "lmort")
+    assert not (tmp_path / "index").exists()
