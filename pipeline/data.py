@@ -7,6 +7,7 @@ from __future__ import annotations
 
 import hashlib
 import json
+import math
 import os
 import tempfile
 import urllib.request
@@ -109,7 +110,25 @@ def download_beir(name: str, dest: Path, base_url: str = BEIR_ARCHIVE, md5: str 
 # ---------------------------------------------------------------- reading and validation
 
 
+def _require_file(path: Path) -> None:
+    if not path.exists():
+        raise DataError(f"{path}: file not found")
+    if not path.is_file():
+        raise DataError(f"{path}: not a regular file")
+
+
+def _text_field(path: Path, lineno: int, obj: dict, key: str) -> str:
+    """A text field as a string: a JSON string, or null/absent for "" (a number or an object is an error)."""
+    value = obj.get(key)
+    if value is None:
+        return ""
+    if not isinstance(value, str):
+        raise DataError(f"{path}:{lineno}: field '{key}' must be a string, got {type(value).__name__}")
+    return value
+
+
 def _read_jsonl(path: Path, required: tuple[str, ...]) -> list[tuple[int, dict]]:
+    _require_file(path)
     rows = []
     with open(path, "rb") as f:
         for lineno, raw in enumerate(f, 1):
@@ -128,6 +147,9 @@ def _read_jsonl(path: Path, required: tuple[str, ...]) -> list[tuple[int, dict]]
             for key in required:
                 if key not in obj:
                     raise DataError(f"{path}:{lineno}: missing field '{key}'")
+            if isinstance(obj["_id"], bool) or not isinstance(obj["_id"], (str, int)) or not str(obj["_id"]).strip():
+                raise DataError(f"{path}:{lineno}: field '_id' must be a non-empty string or an integer, "
+                                f"got {obj['_id']!r}")
             obj["_id"] = str(obj["_id"])
             rows.append((lineno, obj))
     return rows
@@ -146,13 +168,12 @@ def load_beir(folder: Path, name: str | None = None) -> BeirSet:
     folder = Path(folder)
     cpath, qpath = folder / "corpus.jsonl", folder / "queries.jsonl"
     for p in (cpath, qpath):
-        if not p.exists():
-            raise DataError(f"{p}: file not found")
+        _require_file(p)
     crow = _read_jsonl(cpath, ("_id", "text"))
     _check_unique(cpath, crow)
     corpus, notes, empty = {}, [], []
     for lineno, o in crow:
-        title, text = str(o.get("title") or ""), str(o["text"] or "")
+        title, text = _text_field(cpath, lineno, o, "title"), _text_field(cpath, lineno, o, "text")
         if not (title.strip() or text.strip()):
             empty.append(f"{lineno} ('{o['_id']}')")  # nothing to encode: skip it, count it, say where
             continue
@@ -160,37 +181,64 @@ def load_beir(folder: Path, name: str | None = None) -> BeirSet:
     if empty:
         notes.append(f"{cpath}: skipped {len(empty)} empty documents (fields 'title' and 'text' empty) "
                      f"on lines {', '.join(empty[:10])}{' ...' if len(empty) > 10 else ''}")
+    if not corpus:
+        raise DataError(f"{cpath}: no documents with text")
     qrow = _read_jsonl(qpath, ("_id", "text"))
     _check_unique(qpath, qrow)
     queries = {}
     for lineno, o in qrow:
-        if not str(o["text"] or "").strip():
+        text = _text_field(qpath, lineno, o, "text")
+        if not text.strip():
             raise DataError(f"{qpath}:{lineno}: empty field 'text' in query '{o['_id']}'")
-        queries[o["_id"]] = str(o["text"])
+        queries[o["_id"]] = text
+    if not queries:
+        raise DataError(f"{qpath}: no queries")
     qrels = {}
     qdir = folder / "qrels"
     for tsv in sorted(qdir.glob("*.tsv")) if qdir.exists() else []:
-        split, unknown = tsv.stem, 0
+        split, unknown, judged = tsv.stem, 0, 0
         qrels[split] = {}
-        with open(tsv, encoding="utf-8") as f:
-            for lineno, line in enumerate(f, 1):
-                parts = line.rstrip("\n").split("\t")
+        _require_file(tsv)
+        with open(tsv, "rb") as f:
+            for lineno, raw in enumerate(f, 1):
+                try:
+                    line = raw.decode("utf-8")
+                except UnicodeDecodeError as e:
+                    raise DataError(f"{tsv}:{lineno}: not valid UTF-8 ({e.reason} at byte {e.start})") from None
+                if lineno == 1:
+                    line = line.removeprefix("\ufeff")  # a byte-order mark is not part of the header
+                if not line.strip():
+                    continue
+                parts = line.rstrip("\r\n").split("\t")
                 if lineno == 1 and parts[0] == "query-id":
                     continue
                 if len(parts) != 3:
                     raise DataError(f"{tsv}:{lineno}: expected 3 tab-separated fields, got {len(parts)}")
                 qid, did, score = parts
-                try:
-                    grade = int(float(score))
-                except ValueError:
-                    raise DataError(f"{tsv}:{lineno}: field 'score' is not a number: {score!r}") from None
+                grade = _grade(tsv, lineno, score)
+                judged += 1
                 if qid not in queries or did not in corpus:
                     unknown += 1
                     continue
                 qrels[split].setdefault(qid, {})[did] = grade
+        if judged and unknown == judged:
+            raise DataError(f"{tsv}: none of its {judged} judgements names a known query and document "
+                            f"(ids from {qpath.name} and {cpath.name})")
         if unknown:
             notes.append(f"{tsv}: skipped {unknown} judgements naming unknown query or document ids")
     return BeirSet(name or folder.name, corpus, queries, qrels, notes)
+
+
+def _grade(tsv: Path, lineno: int, score: str) -> int:
+    """A relevance grade: an integer (written as 2 or 2.0). Fractions, inf and NaN are refused: rounding 0.9 to 0
+    would silently turn a judged document into a non-relevant one."""
+    try:
+        value = float(score)
+    except ValueError:
+        raise DataError(f"{tsv}:{lineno}: field 'score' is not a number: {score!r}") from None
+    if not math.isfinite(value) or value != int(value):
+        raise DataError(f"{tsv}:{lineno}: field 'score' must be an integer relevance grade, got {score!r}")
+    return int(value)
 
 
 # ---------------------------------------------------------------- normalised tables

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import math
 from pathlib import Path
 
 import ir_measures
@@ -36,11 +37,25 @@ def write_trec_run(run: Run, path: Path, tag: str) -> None:
 
 
 def read_trec_run(path: Path) -> Run:
+    """A TREC run file (qid Q0 docid rank score tag); a malformed line is a DataError naming file and line."""
+    from .data import DataError
+
     run: Run = {}
     with open(path) as f:
-        for line in f:
-            qid, _, did, _, score, _ = line.split()
-            run.setdefault(qid, {})[did] = float(score)
+        for lineno, line in enumerate(f, 1):
+            parts = line.split()
+            if not parts:
+                continue
+            if len(parts) != 6:
+                raise DataError(f"{path}:{lineno}: expected 6 fields (qid Q0 docid rank score tag), got {len(parts)}")
+            qid, _, did, _, score, _ = parts
+            try:
+                value = float(score)
+            except ValueError:
+                raise DataError(f"{path}:{lineno}: field 'score' is not a number: {score!r}") from None
+            if not math.isfinite(value):
+                raise DataError(f"{path}:{lineno}: field 'score' must be finite, got {score!r}")
+            run.setdefault(qid, {})[did] = value
     return run
 
 

@@ -2,6 +2,7 @@ import hashlib
 import http.server
 import io
 import json
+import re
 import threading
 import zipfile
 from functools import partial
@@ -24,6 +25,11 @@ def _lines(path):
     (lambda ls: ls[:1] + ['{"title": "t", "text": "cell"}\n'] + ls[1:], "corpus.jsonl:2: missing field '_id'"),
     (lambda ls: ls[:1] + ['{"_id": "z", "title": "t"}\n'] + ls[1:], "corpus.jsonl:2: missing field 'text'"),
     (lambda ls: ls + [ls[0]], "duplicate _id 'd0'"),
+    (lambda ls: ls[:1] + ['{"_id": null, "text": "cell"}\n'] + ls[1:], "corpus.jsonl:2: field '_id' must be"),
+    (lambda ls: ls[:1] + ['{"_id": "", "text": "cell"}\n'] + ls[1:], "corpus.jsonl:2: field '_id' must be"),
+    (lambda ls: ls[:1] + ['{"_id": "o", "text": {"a": 1}}\n'] + ls[1:],
+     "corpus.jsonl:2: field 'text' must be a string, got dict"),
+    (lambda ls: [], "corpus.jsonl: no documents with text"),
 ])
 def test_bad_corpus_lines_name_file_and_line(tiny_beir, tmp_path, corrupt, message):
     path = tiny_beir / "corpus.jsonl"
@@ -63,11 +69,63 @@ def test_qrels_to_unknown_ids_are_counted_and_skipped(tiny_beir):
     assert any("skipped 2 judgements" in w for w in beir.warnings)
 
 
-def test_bad_qrels_score(tiny_beir):
+@pytest.mark.parametrize("score", ["high", "inf", "nan", "0.9", "-1e400x"])
+def test_bad_qrels_score(tiny_beir, score):
     t = tiny_beir / "qrels" / "test.tsv"
-    t.write_text(t.read_text() + "q0\td0\thigh\n")
+    t.write_text(t.read_text() + f"q0\td0\t{score}\n")
     with pytest.raises(DataError, match=r"test.tsv:8: field 'score'"):
         load_beir(tiny_beir)
+
+
+def test_qrels_bom_whole_numbers_and_crlf_are_read(tiny_beir):
+    t = tiny_beir / "qrels" / "test.tsv"
+    t.write_bytes(b"\xef\xbb\xbf" + t.read_bytes().replace(b"\n", b"\r\n") + b"q0\td0\t2.0\r\n")
+    assert load_beir(tiny_beir).qrels["test"]["q0"]["d0"] == 2
+
+
+@pytest.mark.parametrize("case, message", [
+    ("qrels bad utf-8", r"train.tsv:2: not valid UTF-8"),
+    ("qrels all unknown", r"train.tsv: none of its 2 judgements names a known query and document"),
+    ("qrels a directory", r"test.tsv: not a regular file"),
+    ("corpus a directory", r"corpus.jsonl: not a regular file"),
+    ("no queries", r"queries.jsonl: no queries"),
+])
+def test_bad_files_are_one_clear_line(tiny_beir, tmp_path, case, message):
+    import shutil
+
+    train, test = tiny_beir / "qrels" / "train.tsv", tiny_beir / "qrels" / "test.tsv"
+    if case == "qrels bad utf-8":
+        train.write_bytes(b"query-id\tcorpus-id\tscore\nq\xe9\td0\t1\n")
+    elif case == "qrels all unknown":
+        train.write_text("query-id\tcorpus-id\tscore\nghost\td0\t1\nq0\tnope\t1\n")
+    elif case == "qrels a directory":
+        test.unlink()
+        test.mkdir()
+    elif case == "corpus a directory":
+        (tiny_beir / "corpus.jsonl").unlink()
+        (tiny_beir / "corpus.jsonl").mkdir()
+    elif case == "no queries":
+        (tiny_beir / "queries.jsonl").write_text("")
+        shutil.rmtree(tiny_beir / "qrels")
+    out = tmp_path / "out"
+    result = CliRunner().invoke(main, ["prepare", "--data", str(tiny_beir), "--out", str(out)])
+    assert result.exit_code == 1 and isinstance(result.exception, SystemExit)  # a ClickException, no traceback
+    assert re.search(message, result.output), result.output
+    assert "Traceback" not in result.output and not out.exists()
+
+
+@pytest.mark.parametrize("line, message", [
+    ("q0 Q0 d0 1 0.5\n", "run.trec:2: expected 6 fields"),
+    ("q0 Q0 d0 1 nan lmort\n", "run.trec:2: field 'score' must be finite"),
+    ("q0 Q0 d0 1 x lmort\n", "run.trec:2: field 'score' is not a number"),
+])
+def test_bad_run_lines_are_refused(tmp_path, line, message):
+    from pipeline.metrics import read_trec_run
+
+    path = tmp_path / "run.trec"
+    path.write_text("q0 Q0 d1 1 0.9 lmort\n" + line)
+    with pytest.raises(DataError, match=message):
+        read_trec_run(path)
 
 
 def test_prepare_writes_tables_pairs_and_dev(tiny_beir, tmp_path):
