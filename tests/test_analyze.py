@@ -23,8 +23,9 @@ def test_analyze_writes_curves_choice_and_verdict(tiny_model, prepared, tmp_path
     assert saved["a_layer"] == min(range(4), key=saved["alignment"].__getitem__)
     assert saved["u_layer"] == min(range(4), key=saved["uniformity"].__getitem__)
     assert saved["verdict"] and (out / "geometry.png").stat().st_size > 5000
-    assert len(result["zero_shot_ndcg10"]["per_layer"]) == 4
-    assert "never used to choose" in result["zero_shot_ndcg10"]["note"]
+    per_layer = result["zero_shot_ndcg10"]["per_layer"]
+    assert len(per_layer) == 4 and all(0.0 <= x <= 1.0 for x in per_layer)
+    assert saved["a_layer"] == result["a_layer"]  # the eval scores (reporting only) never move the choice
     assert "| layer | alignment | uniformity | chosen | raw nDCG@10 |" in (out / "geometry.md").read_text()
 
 

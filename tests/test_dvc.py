@@ -36,6 +36,8 @@ def test_quick_configuration_under_dvc(tmp_path):
     sh("git init -q && git add -A && git commit -qm clone", clone, env)
     sh("lmort tiny --out cache/tiny", clone, env)
     out = sh("dvc repro", clone, env)
+    for stage in ("prepare@tiny", "analyze", "extract@tiny", "train@lmort", "index@lmort-tiny", "evaluate", "report"):
+        assert f"Running stage '{stage}'" in out, stage
     report = (clone / "reports" / "quick" / "REPORT.md").read_text()
     for needle in ("Layer geometry", "lmort", "pooled-linear", "bm25", "raw-layer-", "Efficiency"):
         assert needle in report, needle
@@ -51,4 +53,3 @@ def test_quick_configuration_under_dvc(tmp_path):
     assert "Running stage 'train@" in exp, exp
     assert "Running stage 'extract@" not in exp and "Running stage 'analyze'" not in exp, exp
     assert "extract@tiny" in exp  # reported as unchanged, skipped
-    assert out

@@ -17,8 +17,8 @@ from pipeline.metrics import evaluate
 from pipeline.prepare import prepare_dataset
 from pipeline.store import ActivationStore
 from pipeline.tiny import make_tiny_model, write_beir
-from pipeline.train import TrainConfig, TrainingSet, load_tuner, train
-from pipeline.tuner import TunerConfig
+from pipeline.train import TrainConfig, TrainingSet, info_nce, load_tuner, train
+from pipeline.tuner import Tuner, TunerConfig
 from stages.cli import main
 
 TUNER = dict(width=16, blocks=1, heads=2, out_dim=16, dropout=0.1, temperature=0.1)
@@ -94,7 +94,7 @@ def test_killed_training_resumes_to_the_same_weights(world, tmp_path, monkeypatc
     assert not (tmp_path / "b" / ".checkpoint.old").exists()
 
 
-def test_faiss_equals_brute_force(world):
+def test_faiss_equals_brute_force():
     rng = np.random.default_rng(0)
     docs = rng.standard_normal((300, 16)).astype(np.float32)
     queries = rng.standard_normal((20, 16)).astype(np.float32)
@@ -240,3 +240,23 @@ def test_stores_built_unlike_each_other_or_the_tuner_are_refused(world, tmp_path
         index_dataset(tmp_path / "run" / "best", other, ts.corpus, list(world["ds"].qrels["test"]),
                       tmp_path / "index", tmp_path / "run.trec", "lmort")
     assert not (tmp_path / "index").exists()
+
+
+def test_a_document_judged_relevant_to_two_queries_is_never_a_negative(world):
+    """In-batch negatives: query i's positive is a negative for query j unless j is also judged relevant to it."""
+    from pipeline.train import read_batch
+
+    ts = training_set(world)
+    rows = [r for r in ts.pairs if r["positive_ids"]][:3]
+    shared = rows[0]["positive_ids"][0]
+    batch = [(rows[0]["query_id"], shared, [], {shared}),
+             (rows[1]["query_id"], rows[1]["positive_ids"][0], [], {rows[1]["positive_ids"][0], shared}),
+             (rows[2]["query_id"], rows[2]["positive_ids"][0], [], set(rows[2]["positive_ids"]))]
+    states = read_batch(ts, batch, [1, 2])
+    assert states["targets"].tolist() == [0, 1, 2]
+    # query 1 is judged relevant to query 0's positive: masked; nobody else's document is masked
+    assert states["false_neg"].tolist() == [[False, False, False], [True, False, False], [False, False, False]]
+    tuner = Tuner(TunerConfig(llm_width=32, stream_layer=2, cross_layer=1, **TUNER)).eval()
+    loss = info_nce(tuner, states, "cpu")
+    unmasked = info_nce(tuner, {**states, "false_neg": torch.zeros(3, 3, dtype=torch.bool)}, "cpu")
+    assert torch.isfinite(loss) and loss < unmasked  # a masked negative only removes competition

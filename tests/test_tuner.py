@@ -21,8 +21,7 @@ def test_shapes_and_padding_never_changes_a_vector(kind, sink):
     x = states()
     mask = torch.tensor([[1] * 7, [1] * 4 + [0] * 3, [1] * 1 + [0] * 6]).bool()
     v = tuner(x, mask)
-    assert v.shape == (3, 8)
-    assert torch.allclose(v.norm(dim=-1), torch.ones(3), atol=1e-5)
+    assert v.shape == (3, 8) and torch.isfinite(v).all()
     # the same texts, padded differently (garbage in the padding), give the same vectors
     wide = {k: torch.cat([s, 1e3 * torch.randn(3, 5, 24)], 1) for k, s in x.items()}
     wide_mask = torch.cat([mask, torch.zeros(3, 5, dtype=torch.bool)], 1)
