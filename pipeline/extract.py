@@ -80,13 +80,13 @@ def shard_states(spec: ExtractSpec, shard: tuple[int, int, int, int], token_ids:
     dtype = DTYPES[spec.dtype]
     out = {layer: np.zeros((s1 - s0, llm.hidden_size), dtype=dtype) for layer in spec.layers}
     limit = float(np.finfo(dtype).max)
+    cast = {np.float16: torch.float16, np.float32: torch.float32}[dtype]
     for idx, states, mask in llm.iter_hidden_states(token_ids, list(spec.layers), spec.batch_tokens,
                                                     progress=False):
-        real = mask.bool().cpu().numpy()
+        real = mask.bool()
         rows = np.concatenate([np.arange(starts[i], starts[i] + len(token_ids[i])) for i in idx])
-        for layer in spec.layers:  # one cast per batch and layer; real tokens only, in store order
-            x = states[layer].float().clamp(-limit, limit).cpu().numpy().astype(dtype)
-            out[layer][rows] = x[real]
+        for layer in spec.layers:  # real tokens only, in store order; clamped and cast once, in torch
+            out[layer][rows] = states[layer][real].float().clamp_(-limit, limit).to(cast).cpu().numpy()
     return out, int(starts[-1])
 
 
