@@ -127,31 +127,39 @@ def _text_field(path: Path, lineno: int, obj: dict, key: str) -> str:
     return value
 
 
-def _read_jsonl(path: Path, required: tuple[str, ...]) -> list[tuple[int, dict]]:
+def _lines(path: Path):
+    """(line number, text) of a UTF-8 file's non-blank lines, a byte-order mark dropped; bad bytes are a DataError
+    naming the line."""
     _require_file(path)
-    rows = []
     with open(path, "rb") as f:
         for lineno, raw in enumerate(f, 1):
             try:
                 line = raw.decode("utf-8")
             except UnicodeDecodeError as e:
                 raise DataError(f"{path}:{lineno}: not valid UTF-8 ({e.reason} at byte {e.start})") from None
-            if not line.strip():
-                continue
-            try:
-                obj = json.loads(line)
-            except json.JSONDecodeError as e:
-                raise DataError(f"{path}:{lineno}: malformed JSON ({e.msg}, column {e.colno})") from None
-            if not isinstance(obj, dict):
-                raise DataError(f"{path}:{lineno}: expected a JSON object")
-            for key in required:
-                if key not in obj:
-                    raise DataError(f"{path}:{lineno}: missing field '{key}'")
-            if isinstance(obj["_id"], bool) or not isinstance(obj["_id"], (str, int)) or not str(obj["_id"]).strip():
-                raise DataError(f"{path}:{lineno}: field '_id' must be a non-empty string or an integer, "
-                                f"got {obj['_id']!r}")
-            obj["_id"] = str(obj["_id"])
-            rows.append((lineno, obj))
+            if lineno == 1:
+                line = line.removeprefix("\ufeff")
+            if line.strip():
+                yield lineno, line
+
+
+def _read_jsonl(path: Path, required: tuple[str, ...]) -> list[tuple[int, dict]]:
+    rows = []
+    for lineno, line in _lines(path):
+        try:
+            obj = json.loads(line)
+        except json.JSONDecodeError as e:
+            raise DataError(f"{path}:{lineno}: malformed JSON ({e.msg}, column {e.colno})") from None
+        if not isinstance(obj, dict):
+            raise DataError(f"{path}:{lineno}: expected a JSON object")
+        for key in required:
+            if key not in obj:
+                raise DataError(f"{path}:{lineno}: missing field '{key}'")
+        if isinstance(obj["_id"], bool) or not isinstance(obj["_id"], (str, int)) or not str(obj["_id"]).strip():
+            raise DataError(f"{path}:{lineno}: field '_id' must be a non-empty string or an integer, "
+                            f"got {obj['_id']!r}")
+        obj["_id"] = str(obj["_id"])
+        rows.append((lineno, obj))
     return rows
 
 
@@ -198,29 +206,19 @@ def load_beir(folder: Path, name: str | None = None) -> BeirSet:
     for tsv in sorted(qdir.glob("*.tsv")) if qdir.exists() else []:
         split, unknown, judged = tsv.stem, 0, 0
         qrels[split] = {}
-        _require_file(tsv)
-        with open(tsv, "rb") as f:
-            for lineno, raw in enumerate(f, 1):
-                try:
-                    line = raw.decode("utf-8")
-                except UnicodeDecodeError as e:
-                    raise DataError(f"{tsv}:{lineno}: not valid UTF-8 ({e.reason} at byte {e.start})") from None
-                if lineno == 1:
-                    line = line.removeprefix("\ufeff")  # a byte-order mark is not part of the header
-                if not line.strip():
-                    continue
-                parts = line.rstrip("\r\n").split("\t")
-                if lineno == 1 and parts[0] == "query-id":
-                    continue
-                if len(parts) != 3:
-                    raise DataError(f"{tsv}:{lineno}: expected 3 tab-separated fields, got {len(parts)}")
-                qid, did, score = parts
-                grade = _grade(tsv, lineno, score)
-                judged += 1
-                if qid not in queries or did not in corpus:
-                    unknown += 1
-                    continue
-                qrels[split].setdefault(qid, {})[did] = grade
+        for lineno, line in _lines(tsv):
+            parts = line.rstrip("\r\n").split("\t")
+            if lineno == 1 and parts[0] == "query-id":
+                continue
+            if len(parts) != 3:
+                raise DataError(f"{tsv}:{lineno}: expected 3 tab-separated fields, got {len(parts)}")
+            qid, did, score = parts
+            grade = _grade(tsv, lineno, score)
+            judged += 1
+            if qid not in queries or did not in corpus:
+                unknown += 1
+                continue
+            qrels[split].setdefault(qid, {})[did] = grade
         if judged and unknown == judged:
             raise DataError(f"{tsv}: none of its {judged} judgements names a known query and document "
                             f"(ids from {qpath.name} and {cpath.name})")

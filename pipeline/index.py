@@ -89,8 +89,10 @@ def write_index(index, path) -> None:
 
 
 def index_dataset(tuner_dir: Path, queries: ActivationStore, corpus: ActivationStore, qids: list[str],
-                  out: Path, run_path: Path, system: str, kind: str = "flat", k: int = 100, bf16: bool = True) -> dict:
-    """Encode a corpus and its queries from the stores, write vectors + FAISS index + a TREC run file."""
+                  out: Path, run_path: Path, system: str, kind: str = "flat", k: int = 100, bf16: bool = True,
+                  memory_gb: float = 4.0) -> dict:
+    """Encode a corpus and its queries from the stores, write vectors + FAISS index + a TREC run file. A corpus
+    whose layers fit in `memory_gb` is loaded first; a larger one is read in store order (contiguous chunks)."""
     import json
     import time
 
@@ -102,7 +104,7 @@ def index_dataset(tuner_dir: Path, queries: ActivationStore, corpus: ActivationS
     check_compatible([queries, corpus], trained_on(tuner_dir), what=f"the stores {tuner_dir} was trained on")
     t0 = time.time()
     tuner = load_tuner(tuner_dir, default_device())
-    if corpus.nbytes(tuner.cfg.layers) <= 4e9:  # larger corpora stream in store order (contiguous reads)
+    if corpus.nbytes(tuner.cfg.layers) <= memory_gb * 1e9:
         corpus.load(tuner.cfg.layers)
     vectors = encode_store(tuner, corpus, desc=f"encode {corpus.path.parent.name}", bf16=bf16)
     encode_seconds = time.time() - t0
