@@ -25,7 +25,7 @@ from pipeline.metrics import markdown_table
 from pipeline.params import load_params, open_stores, train_config, tuner_config
 from pipeline.precision import autocast, bf16_native
 from pipeline.prepare import ensure_prepared
-from pipeline.train import TrainingSet, _batches, info_nce, prefetched
+from pipeline.train import TrainingSet, epoch_batches, info_nce, prefetched
 from pipeline.tuner import Tuner
 
 
@@ -84,8 +84,8 @@ def main() -> None:
     streamed = TrainingSet(ds, *open_stores(args.stores, ds.name), ds.pairs("train").to_pylist())  # never loaded
     queries.load(cfg.layers)
     corpus.load(cfg.layers)
-    batches = _batches([cached], tcfg, 0)[: args.steps]
-    steps_per_epoch = len(_batches([cached], tcfg, 0))
+    batches = epoch_batches([cached], tcfg, 0)[: args.steps]
+    steps_per_epoch = len(epoch_batches([cached], tcfg, 0))
     precisions = [False, True] if bf16_native(args.device) else [False]
     rows = []
     for bf16 in precisions:  # float32, then bf16 autocast: the same batches from the same stores

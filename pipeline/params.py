@@ -9,7 +9,7 @@ from pathlib import Path
 import yaml
 
 from .store import ActivationStore
-from .train import TrainConfig
+from .train import TrainConfig, TrainingSet
 from .tuner import TunerConfig, variant_config
 
 
@@ -51,3 +51,16 @@ def open_stores(stores: Path, dataset: str) -> tuple[ActivationStore, Activation
     """(queries, corpus) stores of one data set under a stores folder written by `lmort extract`."""
     root = Path(stores) / Path(dataset).name
     return ActivationStore(root / "queries.zarr"), ActivationStore(root / "corpus.zarr")
+
+
+def open_training_sets(stores: Path, names: list[str], pairs: bool = True) -> list[TrainingSet]:
+    """Each named set's prepared data with its two stores, its training pairs (when `pairs`) and its dev qrels."""
+    from .prepare import ensure_prepared
+
+    sets = []
+    for name in names:
+        ds = ensure_prepared(name)
+        queries, corpus = open_stores(stores, ds.name)
+        sets.append(TrainingSet(ds, queries, corpus, ds.pairs("train").to_pylist() if pairs else [],
+                                ds.qrels.get("dev")))
+    return sets

@@ -90,7 +90,7 @@ def set_quotas(sizes: list[int], batch_size: int, alpha: float) -> list[int]:
     return [max(1, round(sum(natural) * w / sum(weights))) if n else 0 for n, w in zip(sizes, weights)]
 
 
-def _batches(sets: list[TrainingSet], cfg: TrainConfig, epoch: int):
+def epoch_batches(sets: list[TrainingSet], cfg: TrainConfig, epoch: int):
     """Seeded per epoch: a list of (set index, [(qid, pos, negs, all positives)]). Every batch comes from one set,
     so its in-batch negatives share a corpus; how many batches each set gets is `set_quotas`."""
     g = torch.Generator().manual_seed(cfg.seed * 100003 + epoch)
@@ -251,7 +251,7 @@ def train(sets: list[TrainingSet], tuner_cfg: TunerConfig, cfg: TrainConfig, out
     torch.manual_seed(cfg.seed)
     tuner = Tuner(tuner_cfg).to(device)
     opt = torch.optim.AdamW(tuner.parameters(), lr=cfg.lr, weight_decay=cfg.weight_decay)
-    steps_per_epoch = len(_batches(sets, cfg, 0))
+    steps_per_epoch = len(epoch_batches(sets, cfg, 0))
     total = max(1, steps_per_epoch * cfg.epochs)
     # what a checkpoint must match to be resumed: settings, the stores' fingerprints, the pairs and dev qrels
     data = json.dumps([[ts.data.name, ts.pairs, ts.dev_qrels] for ts in sets], sort_keys=True, default=sorted)
@@ -275,7 +275,7 @@ def train(sets: list[TrainingSet], tuner_cfg: TunerConfig, cfg: TrainConfig, out
         torch.manual_seed(cfg.seed * 7919 + epoch)  # dropout of this epoch
         t0 = time.time()
         tuner.train()
-        batches = _batches(sets, cfg, epoch)
+        batches = epoch_batches(sets, cfg, epoch)
         bar = tqdm(prefetched(batches, sets, tuner_cfg.layers, cfg.prefetch), total=len(batches),
                    desc=f"epoch {epoch + 1}/{cfg.epochs}", unit="step", disable=not progress)
         for states in bar:

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import click
 
-from . import analyze, evaluate, extract, index, prepare, report, tiny, train
+from . import analyze, evaluate, extract, index, prepare, report, scale, tiny, train
 
 
 @click.group()
@@ -14,5 +14,5 @@ def main() -> None:
 
 for command in (prepare.command, analyze.command, extract.command, train.command, index.index_command,
                 index.search_command, evaluate.baselines_command, evaluate.evaluate_command, report.command,
-                tiny.command):
+                scale.command, tiny.command):
     main.add_command(command)

@@ -6,9 +6,8 @@ from pathlib import Path
 
 import click
 
-from pipeline.params import load_params, open_stores, train_config, tuner_config
-from pipeline.prepare import ensure_prepared
-from pipeline.train import TrainingSet, train
+from pipeline.params import load_params, open_training_sets, train_config, tuner_config
+from pipeline.train import train
 from pipeline.tuner import VARIANTS
 
 from .common import friendly_errors, names
@@ -29,11 +28,7 @@ from .common import friendly_errors, names
 def command(stores, data, geometry, variant, params_file, overrides, out) -> None:
     """Train one tuner variant from the stores (InfoNCE, BM25 hard negatives, dev-selected)."""
     params = load_params(params_file, overrides)
-    sets = []
-    for name in names(data):
-        ds = ensure_prepared(name)
-        queries, corpus = open_stores(stores, ds.name)
-        sets.append(TrainingSet(ds, queries, corpus, ds.pairs("train").to_pylist(), ds.qrels.get("dev")))
+    sets = open_training_sets(stores, names(data))
     first = sets[0].corpus
     cfg = tuner_config(params, variant, geometry, first.width, bool(first.fingerprint.get("attention_sink")))
     summary = train(sets, cfg, train_config(params), out)

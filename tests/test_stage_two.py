@@ -196,12 +196,12 @@ def test_set_mixing_rule():
 
 
 def test_a_small_set_repeats_its_queries_but_never_within_a_batch(world):
-    from pipeline.train import _batches
+    from pipeline.train import epoch_batches
 
     ts = training_set(world)
     n = len([r for r in ts.pairs if r["positive_ids"]])
     other = TrainingSet(ts.data, ts.queries, ts.corpus, ts.pairs * 20)  # a set 20x larger
-    batches = _batches([ts, other], TrainConfig(batch_size=8, mix_alpha=0.0), epoch=0)
+    batches = epoch_batches([ts, other], TrainConfig(batch_size=8, mix_alpha=0.0), epoch=0)
     mine = [b for s_i, b in batches if s_i == 0]
     assert len(mine) == len(batches) // 2 > n // 8  # uniform: half the batches, more than one pass over its queries
     assert all(len({q for q, *_ in b}) == len(b) == 8 for b in mine)
@@ -260,3 +260,32 @@ def test_a_document_judged_relevant_to_two_queries_is_never_a_negative(world):
     loss = info_nce(tuner, states, "cpu")
     unmasked = info_nce(tuner, {**states, "false_neg": torch.zeros(3, 3, dtype=torch.bool)}, "cpu")
     assert torch.isfinite(loss) and loss < unmasked  # a masked negative only removes competition
+
+
+def test_scaling_curve_trains_each_point_once_from_the_stores(world, tmp_path, monkeypatch):
+    """`lmort scale`: nested query samples, at least min_steps each, scored on dev and zero-shot; a rerun trains
+    nothing, and the LLM is never loaded."""
+    import pipeline.scaling as sc
+
+    monkeypatch.setattr(FrozenLLM, "__init__", lambda *a, **k: pytest.fail("stage two loaded the LLM"))
+    geometry = tmp_path / "geometry.json"
+    geometry.write_text('{"a_layer": 1, "u_layer": 2, "num_layers": 2}')
+    params = tmp_path / "p.yaml"
+    params.write_text("tuner: {width: 16, blocks: 1, heads: 2, out_dim: 16}\ntrain: {batch_size: 8, epochs: 1}\n"
+                      "scaling: {variants: [lmort, pooled-linear], sizes: [null], queries: [16, all], min_steps: 6}\n")
+    args = ["scale", "--stores", str(world["stores"]), "--data", str(world["ds"].folder), "--zero-shot",
+            str(world["ds"].folder), "--geometry", str(geometry), "--params", str(params), "--out", str(tmp_path / "s")]
+    result = CliRunner().invoke(main, args)
+    assert result.exit_code == 0, result.output
+    points = sc.collect(tmp_path / "s")
+    assert [(p["variant"], p["queries"]) for p in points] == [
+        ("lmort", 16), ("lmort", len(world["ds"].pairs("train"))), ("pooled-linear", 16),
+        ("pooled-linear", len(world["ds"].pairs("train")))]
+    assert all(p["steps"] >= 6 for p in points)
+    small = points[0]
+    assert small["epochs_run"] > 1 and small["train"]["max_queries"] == 16  # 16 queries = 2 batches an epoch
+    assert set(small["zero_shot"]) == {world["ds"].name} and 0 <= small["zero_shot_mean"] <= 1
+    assert (tmp_path / "s" / "scaling.png").stat().st_size > 0
+    assert "dev" in json.loads((tmp_path / "s" / "reference.json").read_text())
+    monkeypatch.setattr(sc, "train", lambda *a, **k: pytest.fail("a finished point was trained again"))
+    assert CliRunner().invoke(main, args).exit_code == 0

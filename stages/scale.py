@@ -1,0 +1,79 @@
+"""`lmort scale`: the data-scaling curve (stage two only): the same recipe on nested samples of the training
+queries, for each tuner size and variant, from the same stores; dev and zero-shot nDCG@10, a PNG and a table."""
+
+from __future__ import annotations
+
+import json
+import os
+from pathlib import Path
+
+import click
+import torch
+from tqdm.auto import tqdm
+
+from pipeline.atomic import atomic_file
+from pipeline.llm import default_device
+from pipeline.params import load_params, open_training_sets, train_config, tuner_config
+from pipeline.scaling import collect, curve_table, plot_curve, point_name, reference_scores, run_point
+
+from .common import friendly_errors, names
+
+
+def device_name() -> str:
+    if default_device() == "cuda":
+        return torch.cuda.get_device_name()
+    return f"cpu ({os.cpu_count()} cores)"
+
+
+@click.command("scale")
+@click.option("--stores", type=click.Path(path_type=Path, exists=True), required=True)
+@click.option("--data", "data", multiple=True, required=True, help="Training set(s), as for `lmort train`.")
+@click.option("--zero-shot", "zero_shot", multiple=True, help="Sets scored on their test split (never chosen on).")
+@click.option("--geometry", type=click.Path(path_type=Path, exists=True), required=True)
+@click.option("--params", "params_file", type=click.Path(path_type=Path, exists=True), default="params.yaml",
+              show_default=True, help="YAML with `tuner:`, `train:` (the recipe) and `scaling:` sections.")
+@click.option("--set", "overrides", multiple=True,
+              help="Override a parameter, e.g. --set 'scaling.sizes=[paper]' (values parsed as YAML).")
+@click.option("--metrics", type=click.Path(path_type=Path), default=None,
+              help="The configuration's metrics.json, for the BM25 and raw-layer zero-shot lines.")
+@click.option("--out", type=click.Path(path_type=Path), required=True, help="Folder of points + curve.")
+@friendly_errors
+def command(stores, data, zero_shot, geometry, params_file, overrides, metrics, out) -> None:
+    """Train every (variant, size, queries) point of `scaling:` that is not done yet, then draw the curve."""
+    params = load_params(params_file, overrides)
+    scaling = params.get("scaling") or {}
+    sets = open_training_sets(stores, names(data))
+    evals = open_training_sets(stores, names(zero_shot), pairs=False)
+    first = sets[0].corpus
+    sink = bool(first.fingerprint.get("attention_sink"))
+    cfg = train_config(params)
+    todo = [(v, s if v != "pooled-linear" else None, None if q == "all" else int(q))
+            for v in scaling.get("variants", []) for s in scaling.get("sizes", [None])
+            for q in scaling.get("queries", [])]
+    todo = list(dict.fromkeys(todo))  # pooled-linear has no size: one line
+    device = device_name()
+    for variant, size, queries in tqdm(todo, desc="scaling points", unit="point"):
+        tuner_cfg = tuner_config({**params, "tuner": {**params.get("tuner", {}), "size": size}}, variant, geometry,
+                                 first.width, sink)
+        label = {"variant": variant, "size": size, "device": device}
+        point = run_point(sets, evals, tuner_cfg, cfg, queries, int(scaling.get("min_steps", 500)),
+                          out / point_name(variant, size, queries), label)
+        click.echo(f"{point_name(variant, size, queries)}: dev {point['dev_ndcg@10']}, zero-shot "
+                   f"{point['zero_shot_mean']} ({point['steps']} steps, {point['train_seconds']} s)")
+    points = collect(out)
+    if not points:  # a configuration without a scaling section
+        out.mkdir(parents=True, exist_ok=True)
+        atomic_file(out / "scaling.md", lambda tmp: tmp.write_text("No scaling points configured (`scaling:`).\n"))
+        click.echo(f"no scaling points configured; wrote {out / 'scaling.md'}")
+        return
+    ref_path = out / "reference.json"
+    if not ref_path.exists():
+        ref = reference_scores(sets, evals, json.loads(Path(metrics).read_text()) if metrics and
+                               Path(metrics).exists() else None)
+        atomic_file(ref_path, lambda tmp: tmp.write_text(json.dumps(ref, indent=1)))
+    ref = json.loads(ref_path.read_text())
+    plot_curve(points, ref, out / "scaling.png")
+    lines = [curve_table(points), "", "Reference (not trained): " +
+             "; ".join(f"{k} {system} {v}" for k, d in ref.items() for system, v in d.items())]
+    atomic_file(out / "scaling.md", lambda tmp: tmp.write_text("\n".join(lines) + "\n"))
+    click.echo(f"{len(points)} points; wrote {out / 'scaling.png'} and {out / 'scaling.md'}")
