@@ -37,8 +37,9 @@ def device_name() -> str:
 @click.option("--metrics", type=click.Path(path_type=Path), default=None,
               help="The configuration's metrics.json, for the BM25 and raw-layer zero-shot lines.")
 @click.option("--out", type=click.Path(path_type=Path), required=True, help="Folder of points + curve.")
+@click.option("--points-only", is_flag=True, help="Train and score the points; leave the curve for later.")
 @friendly_errors
-def command(stores, data, zero_shot, geometry, params_file, overrides, metrics, out) -> None:
+def command(stores, data, zero_shot, geometry, params_file, overrides, metrics, out, points_only) -> None:
     """Train every (variant, size, queries) point of `scaling:` that is not done yet, then draw the curve."""
     params = load_params(params_file, overrides)
     scaling = params.get("scaling") or {}
@@ -61,6 +62,8 @@ def command(stores, data, zero_shot, geometry, params_file, overrides, metrics, 
         click.echo(f"{point_name(variant, size, queries)}: dev {point['dev_ndcg@10']}, zero-shot "
                    f"{point['zero_shot_mean']} ({point['steps']} steps, {point['train_seconds']} s)")
     points = collect(out)
+    if points_only:
+        return
     if not points:  # a configuration without a scaling section
         out.mkdir(parents=True, exist_ok=True)
         atomic_file(out / "scaling.md", lambda tmp: tmp.write_text("No scaling points configured (`scaling:`).\n"))
