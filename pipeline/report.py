@@ -103,6 +103,13 @@ def build_report(root: Path, out: Path, figures: Path, params: dict | None = Non
         curves.append(f"![{t.parent.name}]({figures.name}/training-{t.parent.name}.png)")
     if curves:
         lines += ["## Training curves (loss; dev nDCG@10 per epoch)", "", *curves, ""]
+    if (root / "scaling" / "scaling.png").exists():
+        shutil.copy(root / "scaling" / "scaling.png", figures / "scaling.png")
+        lines += ["## Data scaling (dev and zero-shot nDCG@10 against training queries)", "",
+                  "`lmort scale`: each point trains on a seeded nested sample of the training queries, from the same "
+                  "stores, for at least one pass and at least `scaling.min_steps` steps; dev picks the epoch; the "
+                  "zero-shot sets' test splits are only reported. `trained on` names the machine of each point.", "",
+                  f"![scaling]({figures.name}/scaling.png)", "", (root / "scaling" / "scaling.md").read_text(), ""]
     eff = []
     for f in sorted((root / "stores").glob("*/extract.json")):
         for kind, s in json.loads(f.read_text()).items():

@@ -28,7 +28,8 @@ def device_name() -> str:
 @click.command("scale")
 @click.option("--stores", type=click.Path(path_type=Path, exists=True), required=True)
 @click.option("--data", "data", multiple=True, required=True, help="Training set(s), as for `lmort train`.")
-@click.option("--zero-shot", "zero_shot", multiple=True, help="Sets scored on their test split (never chosen on).")
+@click.option("--zero-shot", "zero_shot", multiple=True,
+              help="Sets scored on their test split (never chosen on); default: `scaling.zero_shot`.")
 @click.option("--geometry", type=click.Path(path_type=Path, exists=True), required=True)
 @click.option("--params", "params_file", type=click.Path(path_type=Path, exists=True), default="params.yaml",
               show_default=True, help="YAML with `tuner:`, `train:` (the recipe) and `scaling:` sections.")
@@ -44,7 +45,7 @@ def command(stores, data, zero_shot, geometry, params_file, overrides, metrics, 
     params = load_params(params_file, overrides)
     scaling = params.get("scaling") or {}
     sets = open_training_sets(stores, names(data))
-    evals = open_training_sets(stores, names(zero_shot), pairs=False)
+    evals = open_training_sets(stores, names(zero_shot) or list(scaling.get("zero_shot", [])), pairs=False)
     first = sets[0].corpus
     sink = bool(first.fingerprint.get("attention_sink"))
     cfg = train_config(params)

@@ -36,10 +36,11 @@ def test_quick_configuration_under_dvc(tmp_path):
     sh("git init -q && git add -A && git commit -qm clone", clone, env)
     sh("lmort tiny --out cache/tiny", clone, env)
     out = sh("dvc repro", clone, env)
-    for stage in ("prepare@tiny", "analyze", "extract@tiny", "train@lmort", "index@lmort-tiny", "evaluate", "report"):
+    for stage in ("prepare@tiny", "analyze", "extract@tiny", "train@lmort", "index@lmort-tiny", "evaluate", "scale",
+                  "report"):
         assert f"Running stage '{stage}'" in out, stage
     report = (clone / "reports" / "quick" / "REPORT.md").read_text()
-    for needle in ("Layer geometry", "lmort", "pooled-linear", "bm25", "raw-layer-", "Efficiency"):
+    for needle in ("Layer geometry", "lmort", "pooled-linear", "bm25", "raw-layer-", "Efficiency", "Data scaling"):
         assert needle in report, needle
     assert (clone / "cache" / "quick" / "metrics.json").exists()
     plots = json.loads(sh("dvc plots show --json", clone, env))["data"]
