@@ -61,17 +61,36 @@ def resolve_dataset(
     data: str, cache_dir: Path | None = None, base_url: str = BEIR_ARCHIVE, md5: str | None = None
 ) -> Path:
     """A path, else a name under $LMORT_DATA, else under ../shared/data/beir, else the BEIR archive."""
+    cache_dir = Path(cache_dir or cache_root() / "beir")
+    return locate_dataset(data, cache_dir) or download_beir(data, cache_dir, base_url=base_url, md5=md5)
+
+
+def locate_dataset(data: str, cache_dir: Path | None = None) -> Path | None:
+    """The local folder `resolve_dataset` would use, without downloading: None when there is none."""
     p = Path(data)
     if p.is_dir():
         return p
     roots = [Path(os.environ["LMORT_DATA"])] if os.environ.get("LMORT_DATA") else []
-    for root in [*roots, SHARED_BEIR, PROJECT_ROOT.parent / "shared" / "data" / "beir"]:
+    for root in [*roots, SHARED_BEIR, PROJECT_ROOT.parent / "shared" / "data" / "beir",
+                 Path(cache_dir or cache_root() / "beir")]:
         if (root / data / "corpus.jsonl").exists():
             return root / data
-    cache_dir = Path(cache_dir or cache_root() / "beir")
-    if (cache_dir / data / "corpus.jsonl").exists():
-        return cache_dir / data
-    return download_beir(data, cache_dir, base_url=base_url, md5=md5)
+    return None
+
+
+def source_digest(folder: Path) -> str:
+    """sha256 over a BEIR folder's files (corpus, queries, qrels; names and bytes): what a prepared set was
+    made from, so that a changed or different source of the same name is never silently reused."""
+    folder = Path(folder)
+    files = [folder / "corpus.jsonl", folder / "queries.jsonl", *sorted((folder / "qrels").glob("*.tsv"))]
+    h = hashlib.sha256()
+    for f in files:
+        if f.is_file():
+            h.update(f.relative_to(folder).as_posix().encode() + b"\0")
+            with open(f, "rb") as fh:
+                while block := fh.read(1 << 22):
+                    h.update(block)
+    return h.hexdigest()
 
 
 def download_beir(name: str, dest: Path, base_url: str = BEIR_ARCHIVE, md5: str | None = None) -> Path:
@@ -242,8 +261,10 @@ def _grade(tsv: Path, lineno: int, score: str) -> int:
 # ---------------------------------------------------------------- normalised tables
 
 
-def write_tables(beir: BeirSet, out: Path, extra: dict[str, pa.Table] | None = None) -> None:
-    """Write corpus/queries/qrels (and any extra tables) to `out` atomically: all or nothing."""
+def write_tables(beir: BeirSet, out: Path, extra: dict[str, pa.Table] | None = None,
+                 source: dict | None = None) -> None:
+    """Write corpus/queries/qrels (and any extra tables) to `out` atomically: all or nothing. `source` (the
+    folder, its digest and the preparation settings) goes into the manifest, which reuse checks."""
     def write(tmp: Path) -> None:
         ids = list(beir.corpus)
         pq.write_table(pa.table({"id": ids, "title": [beir.corpus[i]["title"] for i in ids],
@@ -259,7 +280,8 @@ def write_tables(beir: BeirSet, out: Path, extra: dict[str, pa.Table] | None = N
             pq.write_table(table, tmp / f"{tname}.parquet")
         (tmp / "manifest.json").write_text(json.dumps({
             "name": beir.name, "docs": len(beir.corpus), "queries": len(beir.queries),
-            "splits": {s: len(q) for s, q in beir.qrels.items()}, "warnings": beir.warnings}, indent=1))
+            "splits": {s: len(q) for s, q in beir.qrels.items()}, "warnings": beir.warnings,
+            "source": source or {}}, indent=1))
 
     atomic_dir(Path(out), write)
 

@@ -5,7 +5,7 @@ from __future__ import annotations
 from pathlib import Path
 
 from .bm25 import BM25, carve_dev, judged_relevant, training_pairs
-from .data import cache_root, load_beir, resolve_dataset, write_tables
+from .data import cache_root, load_beir, locate_dataset, resolve_dataset, source_digest, write_tables
 from .metrics import evaluate
 
 
@@ -35,8 +35,14 @@ def prepare_dataset(
             continue
         run = bm25.search({q: beir.queries[q] for q in qrels}, k=100)
         summary["bm25"][split] = evaluate(run, qrels)
-    write_tables(beir, out, extra)
+    write_tables(beir, out, extra, source_record(folder, n_negatives, dev_fraction, seed))
     return summary
+
+
+def source_record(folder: Path, n_negatives: int = 16, dev_fraction: float = 0.1, seed: int = 0) -> dict:
+    """What a prepared set was made from and how: reuse requires all of it to match."""
+    return {"path": str(Path(folder).resolve()), "sha256": source_digest(folder),
+            "settings": {"n_negatives": n_negatives, "dev_fraction": dev_fraction, "seed": seed}}
 
 
 def prepared_dir(data: str) -> Path:
@@ -52,6 +58,28 @@ def ensure_prepared(data: str):
     if (p / "manifest.json").exists():
         return load_prepared(p)
     target = prepared_dir(data)
-    if not (target / "manifest.json").exists():
-        prepare_dataset(data, target)
+    if (target / "manifest.json").exists():
+        stale = stale_reason(target, data)
+        if stale is None:
+            return load_prepared(target)
+        print(f"{target}: {stale}; preparing it again")
+    prepare_dataset(data, target)
     return load_prepared(target)
+
+
+def stale_reason(prepared: Path, data: str) -> str | None:
+    """Why a prepared folder does not belong to the source `data` names now (None: it does). Where no source
+    is found locally (a prepared folder copied to another machine), the folder is trusted as it is."""
+    import json
+
+    folder = locate_dataset(data)
+    if folder is None:
+        return None
+    recorded = json.loads((Path(prepared) / "manifest.json").read_text()).get("source") or {}
+    now = source_record(folder, **recorded.get("settings", {}))
+    if recorded.get("path") != now["path"]:
+        return f"prepared from {recorded.get('path', 'an unrecorded source')}, not {now['path']}"
+    if recorded.get("sha256") != now["sha256"]:
+        return f"its source {now['path']} changed since (sha256 {str(recorded.get('sha256'))[:12]}... -> " \
+               f"{now['sha256'][:12]}...)"
+    return None
