@@ -49,3 +49,28 @@ def existing_dir(folder: Path) -> Path:
     """`folder`, or what a swap interrupted by a kill left of it."""
     old = folder.with_name(f".{folder.name}.old")
     return folder if folder.exists() or not old.exists() else old
+
+
+class OutputError(ValueError):
+    """An output path that cannot be written: said before the long work starts, not after it."""
+
+
+def check_writable(path: Path, need_bytes: int = 0, margin_bytes: int = 64 << 20) -> None:
+    """Fail fast, in one line, if `path` (a file or folder to be written) cannot be: a regular file where a
+    folder must be, a folder without write permission, or a disk with less than `need_bytes` + a margin free."""
+    path = Path(path)
+    probe = path
+    while not probe.exists():
+        if probe.parent == probe:
+            break
+        probe = probe.parent
+    for parent in [probe, *probe.parents]:
+        if parent.exists() and not parent.is_dir() and parent != path:
+            raise OutputError(f"{path}: cannot be written, {parent} is a regular file")
+    folder = probe if probe.is_dir() else probe.parent
+    if not os.access(folder, os.W_OK | os.X_OK):
+        raise OutputError(f"{path}: cannot be written, no write permission on {folder}")
+    free = shutil.disk_usage(folder).free
+    if free < need_bytes + margin_bytes:
+        raise OutputError(f"{path}: needs about {(need_bytes + margin_bytes) / 1e9:.2f} GB, only "
+                          f"{free / 1e9:.2f} GB free on the disk of {folder}")

@@ -17,10 +17,11 @@ import numpy as np
 import torch
 from tqdm.auto import tqdm
 
+from .atomic import check_writable
 from .data import Prepared
 from .llm import FrozenLLM, Template, default_device
 from .precision import dtype_name, resolve_compute_dtype
-from .store import DTYPES, FORMAT_VERSION, StoreWriter, store_bytes, store_lock, write_shard
+from .store import DTYPES, FORMAT_VERSION, Plan, StoreWriter, build_history, store_bytes, store_lock, write_shard
 
 
 @dataclass(frozen=True)
@@ -90,16 +91,24 @@ def shard_states(spec: ExtractSpec, shard: tuple[int, int, int, int], token_ids:
     return out, int(starts[-1])
 
 
-def _write(path, shard, shard_index: int, states: dict, tokens: int) -> int:
-    write_shard(Path(path), shard, shard_index, states)
-    return tokens
+def _write(path, shard, shard_index: int, states: dict, record: dict, owner: str) -> int:
+    write_shard(Path(path), shard, shard_index, states, record, owner)
+    return record["tokens"]
+
+
+def timed_shard(spec: ExtractSpec, shard, token_ids: list[list[int]], run: str):
+    """A shard's states and its record (tokens, compute seconds, which run computed it)."""
+    t0 = time.time()
+    states, tokens = shard_states(spec, shard, token_ids)
+    return states, {"tokens": tokens, "seconds": round(time.time() - t0, 3), "run": run}
 
 
 def compute_shard(path: str, spec: ExtractSpec, shard_index: int, shard: tuple[int, int, int, int],
-                  token_ids: list[list[int]]) -> int:
-    """Compute and write one shard (what a dask worker runs); returns its token count."""
-    states, tokens = shard_states(spec, shard, token_ids)
-    return _write(path, shard, shard_index, states, tokens)
+                  token_ids: list[list[int]], owner: str) -> int:
+    """Compute and write one shard (what a dask worker runs), unless its writer lost the lock meanwhile;
+    returns its token count."""
+    states, record = timed_shard(spec, shard, token_ids, owner)
+    return _write(path, shard, shard_index, states, record, owner)
 
 
 def extract(ds: Prepared, spec: ExtractSpec, out: Path, force: bool = False, workers: int = 0,
@@ -115,14 +124,21 @@ def extract(ds: Prepared, spec: ExtractSpec, out: Path, force: bool = False, wor
     ids, texts = texts_of(ds, spec.kind, spec.template)
     token_ids, truncated = llm.tokenize(texts, spec.max_length)
     fp = fingerprint(spec, llm, ids, texts)
-    with store_lock(out):
+    tokens = sum(map(len, token_ids))
+    itemsize = np.dtype(DTYPES[spec.dtype]).itemsize
+    plan = Plan.build([len(t) for t in token_ids], spec.shard_tokens, spec.chunk_tokens)
+    summary = {"store": str(out), "texts": len(ids), "tokens": tokens, "truncated": truncated,
+               "layers": list(spec.layers), "max_length": spec.max_length, "compute_dtype": spec.compute_dtype,
+               "estimated_bytes": plan.slots * llm.hidden_size * itemsize * len(spec.layers)}
+    if dry_run:  # the cost only: no store, no lock, nothing on disk
+        print(f"{out}: {len(ids)} texts, {tokens:,} tokens ({truncated} truncated at {spec.max_length}), "
+              f"layers {list(spec.layers)} computed in {spec.compute_dtype}, "
+              f"about {summary['estimated_bytes'] / 1e9:.2f} GB uncompressed (dry run: nothing written)")
+        return summary
+    check_writable(out, summary["estimated_bytes"] // 2)  # zstd keeps about half of float16 states
+    with store_lock(out) as owner:
         writer = StoreWriter(out, fp, ids, token_ids, llm.hidden_size, spec.shard_tokens, spec.chunk_tokens, force,
                              rebuild_on_mismatch)
-        tokens = sum(map(len, token_ids))
-        itemsize = np.dtype(DTYPES[spec.dtype]).itemsize
-        summary = {"store": str(out), "texts": len(ids), "tokens": tokens, "truncated": truncated,
-                   "layers": list(spec.layers), "max_length": spec.max_length, "compute_dtype": spec.compute_dtype,
-                   "estimated_bytes": writer.plan.slots * llm.hidden_size * itemsize * len(spec.layers)}
         pending = writer.pending_shards()
         ordered = [token_ids[i] for i in writer.plan.order]
         shard_tokens = {i: ordered[s[0]:s[1]] for i, s in enumerate(writer.plan.shards)}
@@ -131,34 +147,30 @@ def extract(ds: Prepared, spec: ExtractSpec, out: Path, force: bool = False, wor
               f"layers {list(spec.layers)} computed in {spec.compute_dtype}, "
               f"about {summary['estimated_bytes'] / 1e9:.2f} GB uncompressed; "
               f"{len(pending)}/{len(writer.plan.shards)} shards to compute ({todo_tokens:,} tokens)")
-        if dry_run:
-            return summary
         t0 = time.time()
         with tqdm(total=todo_tokens, unit="tok", unit_scale=True, desc=f"extract {spec.kind}",
                   disable=not progress) as bar:
             if pending and (workers or scheduler):
-                _run_dask(str(out), spec, pending, writer.plan.shards, shard_tokens, workers, scheduler, bar)
+                _run_dask(str(out), spec, pending, writer.plan.shards, shard_tokens, workers, scheduler, bar, owner)
             else:  # compute shard i + 1 while a thread compresses and writes shard i
                 with ThreadPoolExecutor(max_workers=1) as io:
                     writing = None
                     for i in pending:
-                        states, tokens = shard_states(spec, writer.plan.shards[i], shard_tokens[i])
+                        states, record = timed_shard(spec, writer.plan.shards[i], shard_tokens[i], owner)
                         if writing is not None:
                             bar.update(writing.result())
-                        writing = io.submit(_write, out, writer.plan.shards[i], i, states, tokens)
+                        writing = io.submit(_write, out, writer.plan.shards[i], i, states, record, owner)
                     if writing is not None:
                         bar.update(writing.result())
         seconds = time.time() - t0
-        if pending:  # a run that resumed reports what it computed; a no-op keeps the numbers of the build
-            rate = round(todo_tokens / max(seconds, 1e-9), 1)
-            writer.finish({"seconds": round(seconds, 1), "tokens_per_second": rate, "shards_computed": len(pending)})
-        else:
-            writer.finish()
-    summary.update({**writer.stats, "bytes_on_disk": store_bytes(out), "shards_computed": len(pending)})
+        # the store's statistics sum over every run that computed its shards (a resume adds, never replaces)
+        writer.finish(build_history(out))
+    summary.update({**writer.stats, "bytes_on_disk": store_bytes(out), "shards_computed_now": len(pending),
+                    "seconds_now": round(seconds, 1)})
     return summary
 
 
-def _run_dask(path, spec, pending, shards, shard_tokens, workers, scheduler, bar) -> None:
+def _run_dask(path, spec, pending, shards, shard_tokens, workers, scheduler, bar, owner: str) -> None:
     from dask.distributed import Client, LocalCluster, as_completed
 
     cluster = None
@@ -170,7 +182,7 @@ def _run_dask(path, spec, pending, shards, shard_tokens, workers, scheduler, bar
                                dashboard_address=None, env={"OMP_NUM_THREADS": str(threads)})
         client = Client(cluster)
     try:
-        futures = [client.submit(compute_shard, path, spec, i, shards[i], shard_tokens[i], pure=False)
+        futures = [client.submit(compute_shard, path, spec, i, shards[i], shard_tokens[i], owner, pure=False)
                    for i in pending]
         for fut in as_completed(futures):
             bar.update(fut.result())

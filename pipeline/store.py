@@ -19,8 +19,10 @@ store without it. This module knows nothing about models or training.
 from __future__ import annotations
 
 import fcntl
+import json
 import os
 import shutil
+import time
 from contextlib import contextmanager
 from dataclasses import dataclass
 from pathlib import Path
@@ -258,7 +260,8 @@ class StoreWriter:
 @contextmanager
 def store_lock(path: Path):
     """One writer per store: an exclusive flock on `.<store>.lock` beside it, taken before the writer looks at
-    or creates the store. The kernel releases it when the holder dies, so a killed run never leaves it stale."""
+    or creates the store. The kernel releases it when the holder dies, so a killed run never leaves it stale.
+    Yields the holder's token (also written into the lock file): shard writers check it before each write."""
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
     lock_path = path.with_name(f".{path.name}.lock")
@@ -268,20 +271,65 @@ def store_lock(path: Path):
             fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
         except BlockingIOError:
             raise StoreError(f"{path}: another writer holds the lock {lock_path}") from None
-        yield
+        token = f"{os.getpid()}-{time.time_ns()}"
+        os.ftruncate(fd, 0)
+        os.pwrite(fd, token.encode(), 0)
+        yield token
     finally:
         os.close(fd)  # closing releases the lock
 
 
+def check_owner(path: Path, token: str) -> None:
+    """Refuse to write a shard unless the writer that handed it out (`token`) still holds the store's lock: a
+    dask worker whose main process was killed stops instead of writing into a store someone else may own."""
+    lock_path = Path(path).with_name(f".{Path(path).name}.lock")
+    fd = os.open(lock_path, os.O_RDONLY | os.O_CREAT, 0o644)
+    try:
+        try:
+            fcntl.flock(fd, fcntl.LOCK_SH | fcntl.LOCK_NB)
+            fcntl.flock(fd, fcntl.LOCK_UN)
+            held = False  # nobody holds it: the writer is gone
+        except BlockingIOError:
+            held = True
+        holder = os.pread(fd, 64, 0).decode(errors="replace")
+    finally:
+        os.close(fd)
+    if not held or holder != token:
+        raise StoreError(f"{path}: the writer {token} no longer holds the lock; this shard is not written")
+
+
 def write_shard(path: Path, shard: tuple[int, int, int, int], shard_index: int,
-                states: dict[int, np.ndarray]) -> None:
-    """Write one shard's regions ({layer: [slots, width]} covering its whole region) and mark it done."""
+                states: dict[int, np.ndarray], record: dict | None = None, owner: str | None = None) -> None:
+    """Write one shard's regions ({layer: [slots, width]} covering its whole region) and mark it done; the
+    marker keeps `record` (tokens, seconds, run), so a store's statistics sum over every run that built it."""
+    if owner is not None:
+        check_owner(path, owner)
     g = zarr.open_group(str(path), mode="r+")
     _, _, s0, s1 = shard
     for layer, arr in states.items():
         g[f"layer_{layer}"][s0:s1] = arr
     marker = Path(path) / "_shards" / f"{shard_index}.done"
-    atomic_file(marker, lambda tmp: tmp.write_text("ok"))
+    atomic_file(marker, lambda tmp: tmp.write_text(json.dumps(record or {})))
+
+
+def build_history(path: Path) -> dict:
+    """Tokens, compute seconds and runs summed over every shard marker: the whole history of a store, however
+    many resumes it took (markers from before records existed count as shards of unknown cost)."""
+    tokens = seconds = 0.0
+    runs, shards = set(), 0
+    for marker in (Path(path) / "_shards").glob("*.done"):
+        shards += 1
+        try:
+            r = json.loads(marker.read_text() or "{}")
+        except json.JSONDecodeError:
+            r = {}
+        r = r if isinstance(r, dict) else {}
+        tokens += r.get("tokens", 0)
+        seconds += r.get("seconds", 0.0)
+        if "run" in r:
+            runs.add(r["run"])
+    return {"seconds": round(seconds, 1), "tokens_per_second": round(tokens / seconds, 1) if seconds else None,
+            "shards_computed": shards, "runs": len(runs), "tokens_computed": int(tokens)}
 
 
 def store_bytes(path: Path) -> int:

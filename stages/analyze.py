@@ -7,6 +7,7 @@ from pathlib import Path
 import click
 
 from pipeline.analyze import analyze, layer_table
+from pipeline.atomic import check_writable
 from pipeline.llm import CASES, Template
 from pipeline.precision import COMPUTE_DTYPES
 from pipeline.prepare import ensure_prepared
@@ -33,6 +34,7 @@ from .common import friendly_errors, names
 def command(model, data, split, out, max_pairs, seed, query_max_length, passage_max_length, compute_dtype,
             case, eval_data, eval_split) -> None:
     """Alignment and uniformity of every layer on training pairs; picks the A- and U-layers."""
+    check_writable(out)
     datasets = [ensure_prepared(d) for d in names(data)]
     result = analyze(model, datasets, out, split, max_pairs, seed, query_max_length=query_max_length,
                      passage_max_length=passage_max_length, compute_dtype=compute_dtype,

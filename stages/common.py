@@ -6,6 +6,7 @@ import functools
 
 import click
 
+from pipeline.atomic import OutputError
 from pipeline.data import DataError
 from pipeline.store import StoreError
 
@@ -16,7 +17,7 @@ def friendly_errors(fn):
     def wrapper(*args, **kwargs):
         try:
             return fn(*args, **kwargs)
-        except (DataError, StoreError, FileNotFoundError) as e:
+        except (DataError, StoreError, OutputError, FileNotFoundError) as e:
             raise click.ClickException(str(e)) from e
     return wrapper
 

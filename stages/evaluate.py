@@ -9,7 +9,7 @@ from pathlib import Path
 import click
 import yaml
 
-from pipeline.atomic import atomic_file
+from pipeline.atomic import atomic_file, check_writable
 from pipeline.metrics import MEASURES, evaluate, markdown_table, read_trec_run, write_trec_run
 from pipeline.params import open_stores
 from pipeline.prepare import ensure_prepared
@@ -31,6 +31,7 @@ BASELINE_RUNS = {"bm25": "bm25", "minilm": "minilm-l6", "raw": "raw-layer-"}  # 
 @friendly_errors
 def baselines_command(data, split, stores, systems, runs_dir) -> None:
     """Write TREC runs of BM25, all-MiniLM-L6-v2 and each stored raw pooled layer."""
+    check_writable(runs_dir)
     from pipeline import baselines
 
     ds = ensure_prepared(data)
@@ -91,6 +92,7 @@ def score_table(metrics: dict, measure: str = "nDCG@10") -> str:
 @friendly_errors
 def evaluate_command(datasets, split, runs_dirs, out, params_file) -> None:
     """Score run files with ir-measures: nDCG@10, Recall@100, MRR@10, per set and on average."""
+    check_writable(out)
     keep = None
     if params_file:
         params = yaml.safe_load(Path(params_file).read_text())

@@ -7,7 +7,7 @@ from pathlib import Path
 
 import click
 
-from pipeline.atomic import atomic_file
+from pipeline.atomic import atomic_file, check_writable
 from pipeline.extract import ExtractSpec, extract
 from pipeline.llm import CASES, Template
 from pipeline.precision import COMPUTE_DTYPES
@@ -54,6 +54,8 @@ def command(model, data, out, layers, geometry, last_layer, kinds, query_max_len
             compute_dtype, case,
             shard_tokens, chunk_tokens, workers, scheduler, force, rebuild_on_mismatch, dry_run) -> None:
     """Run the frozen LLM once over a data set's corpus and queries; store the chosen layers."""
+    if not dry_run:
+        check_writable(out)
     if layers:
         chosen = sorted({int(x) for x in layers.split(",")})
     elif geometry:

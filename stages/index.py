@@ -6,6 +6,7 @@ from pathlib import Path
 
 import click
 
+from pipeline.atomic import check_writable
 from pipeline.index import encode_online, load_index, search
 from pipeline.params import open_stores
 from pipeline.prepare import ensure_prepared
@@ -28,6 +29,8 @@ from .common import friendly_errors
 @friendly_errors
 def index_command(tuner_dir, stores, data, split, kind, system, out, run_path, bf16) -> None:
     """Encode a corpus from its store with a trained tuner; FAISS index and a TREC run of the split."""
+    check_writable(out)
+    check_writable(run_path)
     from pipeline.index import index_dataset
 
     ds = ensure_prepared(data)

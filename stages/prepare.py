@@ -7,7 +7,7 @@ from pathlib import Path
 
 import click
 
-from pipeline.atomic import atomic_file
+from pipeline.atomic import atomic_file, check_writable
 from pipeline.metrics import markdown_table
 from pipeline.prepare import prepare_dataset, prepared_dir
 
@@ -26,6 +26,7 @@ from .common import friendly_errors
 def command(data: str, out: Path | None, negatives: int, dev_fraction: float, seed: int, md5: str | None) -> None:
     """Validate a BEIR set, mine BM25 hard negatives, write Parquet tables and BM25 sanity scores."""
     out = out or prepared_dir(data)
+    check_writable(out)
     summary = prepare_dataset(data, out, negatives, dev_fraction, seed, md5)
     for note in summary["warnings"]:
         click.echo(f"warning: {note}", err=True)

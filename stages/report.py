@@ -7,6 +7,7 @@ from pathlib import Path
 import click
 import yaml
 
+from pipeline.atomic import check_writable
 from pipeline.data import cache_root
 from pipeline.report import build_report
 
@@ -20,6 +21,7 @@ from .common import friendly_errors
 @friendly_errors
 def command(name, params_file, out) -> None:
     """Write REPORT.md: layer geometry, ablations and baselines, training curves, efficiency."""
+    check_writable(out)
     params = yaml.safe_load(Path(params_file).read_text()) if Path(params_file).exists() else None
     root = cache_root() / name
     if not root.exists():

@@ -11,7 +11,7 @@ import click
 import torch
 from tqdm.auto import tqdm
 
-from pipeline.atomic import atomic_file
+from pipeline.atomic import atomic_file, check_writable
 from pipeline.llm import default_device
 from pipeline.params import load_params, open_training_sets, train_config, tuner_config
 from pipeline.scaling import collect, curve_table, plot_curve, point_name, reference_scores, run_point
@@ -42,6 +42,7 @@ def device_name() -> str:
 @friendly_errors
 def command(stores, data, zero_shot, geometry, params_file, overrides, metrics, out, points_only) -> None:
     """Train every (variant, size, queries) point of `scaling:` that is not done yet, then draw the curve."""
+    check_writable(out)
     params = load_params(params_file, overrides)
     scaling = params.get("scaling") or {}
     sets = open_training_sets(stores, names(data))

@@ -6,6 +6,7 @@ from pathlib import Path
 
 import click
 
+from pipeline.atomic import check_writable
 from pipeline.params import load_params, open_training_sets, train_config, tuner_config
 from pipeline.train import train
 from pipeline.tuner import VARIANTS
@@ -27,6 +28,7 @@ from .common import friendly_errors, names
 @friendly_errors
 def command(stores, data, geometry, variant, params_file, overrides, out) -> None:
     """Train one tuner variant from the stores (InfoNCE, BM25 hard negatives, dev-selected)."""
+    check_writable(out)
     params = load_params(params_file, overrides)
     sets = open_training_sets(stores, names(data))
     first = sets[0].corpus

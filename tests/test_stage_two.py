@@ -289,3 +289,50 @@ def test_scaling_curve_trains_each_point_once_from_the_stores(world, tmp_path, m
     assert "dev" in json.loads((tmp_path / "s" / "reference.json").read_text())
     monkeypatch.setattr(sc, "train", lambda *a, **k: pytest.fail("a finished point was trained again"))
     assert CliRunner().invoke(main, args).exit_code == 0
+
+
+def _commands(world, tmp, out):
+    g = tmp / "geometry.json"
+    g.write_text('{"a_layer": 1, "u_layer": 2, "num_layers": 2}')
+    p = tmp / "p.yaml"
+    p.write_text("tuner: {width: 16, blocks: 1, heads: 2, out_dim: 16}\ntrain: {epochs: 1, batch_size: 8}\n")
+    tuner = tmp / "tuner"
+    tuner.mkdir(exist_ok=True)
+    st, data = str(world["stores"]), str(world["ds"].folder)
+    return {
+        "train": ["train", "--stores", st, "--data", data, "--geometry", str(g), "--params", str(p), "--out", out],
+        "scale": ["scale", "--stores", st, "--data", data, "--geometry", str(g), "--params", str(p), "--out", out],
+        "index": ["index", "--tuner", str(tuner), "--stores", st, "--data", data, "--system", "x", "--out", out,
+                  "--run", str(tmp / "r.trec")],
+        "index --run": ["index", "--tuner", str(tuner), "--stores", st, "--data", data, "--system", "x", "--out",
+                        str(tmp / "ix"), "--run", out],
+        "extract": ["extract", "--model", world["model"], "--data", data, "--layers", "0", "--out", out],
+        "analyze": ["analyze", "--model", world["model"], "--data", data, "--out", out],
+        "prepare": ["prepare", "--data", data, "--out", out],
+        "baselines": ["baselines", "--data", data, "--runs", out],
+        "evaluate": ["evaluate", "--runs", str(tmp), "--out", out],
+        "report": ["report", "--out", out],
+    }
+
+
+@pytest.mark.parametrize("command", ["train", "scale", "index", "index --run", "extract", "analyze", "prepare",
+                                     "baselines", "evaluate", "report"])
+@pytest.mark.parametrize("where", ["under a file", "full disk"])
+def test_an_output_that_cannot_be_written_is_refused_before_any_work(world, tmp_path, monkeypatch, command, where):
+    import pipeline.atomic as atomic
+
+    (tmp_path / "file").write_text("x")
+    out = str(tmp_path / "file" / "out") if where == "under a file" else str(tmp_path / "new" / "out")
+    if where == "full disk":
+        monkeypatch.setattr(atomic.shutil, "disk_usage", lambda p: type("U", (), {"free": 10 << 20})())
+    for slow in ("pipeline.train.train", "pipeline.extract.extract", "pipeline.prepare.prepare_dataset"):
+        monkeypatch.setattr(slow, lambda *a, **k: pytest.fail("the long work started"))
+    result = CliRunner().invoke(main, _commands(world, tmp_path, out)[command])
+    assert result.exit_code != 0 and "Traceback" not in result.output
+    message = result.output.strip().splitlines()[-1]
+    assert message.startswith("Error: ")
+    if where == "under a file":
+        assert out in message and "is a regular file" in message
+    else:  # a full disk: the first output checked is named (for index, the index folder before the run file)
+        assert "GB free" in message
+    assert not (tmp_path / "new").exists()

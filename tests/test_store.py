@@ -133,7 +133,11 @@ def test_killed_run_resumes_to_an_identical_store(tiny_model, prepared, tmp_path
     with pytest.raises(StoreError, match="incomplete"):
         ActivationStore(target)
     summary = extract(prepared, spec_for(tiny_model), target, progress=False)  # the dead writer's lock is free
-    assert summary["shards_computed"] == len(list((ref / "_shards").glob("*.done"))) - done
+    shards = len(list((ref / "_shards").glob("*.done")))
+    assert summary["shards_computed_now"] == shards - done
+    # the statistics describe the whole store, both runs: every shard and every token, two runs
+    assert summary["shards_computed"] == shards and summary["runs"] == 2
+    assert summary["tokens_computed"] == summary["tokens"] and summary["seconds"] > 0
     ids_a, a = read_all(ref)
     ids_b, b = read_all(target)
     assert ids_a == ids_b
@@ -195,3 +199,23 @@ def test_bfloat16_extraction_round_trip(tiny_model, prepared, tmp_path, monkeypa
             assert not torch.equal(got, want.half().float())  # really computed in another precision
             assert torch.nn.functional.cosine_similarity(got, want, dim=-1).min() > 0.99
             assert torch.allclose(got, want, atol=0.05 * float(want.abs().max()), rtol=2e-2)
+
+
+def test_a_dry_run_writes_nothing(tiny_model, prepared, tmp_path):
+    summary = extract(prepared, spec_for(tiny_model), tmp_path / "s" / "c.zarr", progress=False, dry_run=True)
+    assert summary["estimated_bytes"] > 0 and summary["tokens"] > 0
+    assert not (tmp_path / "s").exists()  # no skeleton, no lock: a reader never sees an "interrupted" store
+
+
+def test_a_shard_writer_that_lost_its_lock_does_not_write(tiny_model, prepared, tmp_path):
+    """What a dask worker checks before writing: its writer still holds the store's lock."""
+    from pipeline.store import check_owner, write_shard
+
+    path = tmp_path / "c.zarr"
+    with store_lock(path) as owner:
+        check_owner(path, owner)  # held by this writer: fine
+        with pytest.raises(StoreError, match="no longer holds"):
+            check_owner(path, "another-writer")
+    with pytest.raises(StoreError, match="no longer holds"):  # the writer is gone (its lock released)
+        write_shard(path, (0, 0, 0, 0), 0, {}, {"tokens": 0}, owner)
+    assert not (path / "_shards").exists()
