@@ -15,7 +15,7 @@ import numpy as np
 
 from .atomic import atomic_file
 from .metrics import evaluate
-from .train import TrainConfig, TrainingSet, epoch_batches, load_tuner, sample_queries, train
+from .train import IO_ONLY, TrainConfig, TrainingSet, epoch_batches, load_tuner, numeric_settings, sample_queries, train
 from .tuner import TunerConfig
 
 
@@ -59,7 +59,8 @@ def run_point(sets: list[TrainingSet], evals: list[TrainingSet], tuner_cfg: Tune
     recipe = recipe_for(sets, cfg, queries, min_steps)
     if done.exists():
         point = json.loads(done.read_text())
-        if point["train"] == asdict(recipe) and point["tuner"] == tuner_cfg.to_dict():
+        recorded = {k: v for k, v in point["train"].items() if k not in IO_ONLY}
+        if recorded == numeric_settings(recipe) and point["tuner"] == tuner_cfg.to_dict():
             return point
     summary = train(sets, tuner_cfg, recipe, folder / "tuner")
     point = {**label, "queries": queries or sum(len(ts.pairs) for ts in sets), "steps": summary["steps"],

@@ -78,6 +78,15 @@ def sample_queries(sets: list[TrainingSet], max_queries: int | None, seed: int) 
     return [replace(ts, pairs=[ts.pairs[r] for r in chosen.get(s_i, [])]) for s_i, ts in enumerate(sets)]
 
 
+IO_ONLY = ("memory_gb", "prefetch")  # how batches are read, not what is computed: streamed == loaded (a test)
+
+
+def numeric_settings(cfg: TrainConfig) -> dict:
+    """The settings that decide the weights: a checkpoint or a finished run is reused when these match, so
+    moving a store between memory and streaming does not retrain."""
+    return {k: v for k, v in asdict(cfg).items() if k not in IO_ONLY}
+
+
 def set_quotas(sizes: list[int], batch_size: int, alpha: float) -> list[int]:
     """Batches per training set in one epoch. An epoch has as many batches as the sets' queries fill; set i gets
     a share proportional to (its queries)^alpha: 1 = proportional to size (each query once an epoch, the
@@ -255,7 +264,7 @@ def train(sets: list[TrainingSet], tuner_cfg: TunerConfig, cfg: TrainConfig, out
     total = max(1, steps_per_epoch * cfg.epochs)
     # what a checkpoint must match to be resumed: settings, the stores' fingerprints, the pairs and dev qrels
     data = json.dumps([[ts.data.name, ts.pairs, ts.dev_qrels] for ts in sets], sort_keys=True, default=sorted)
-    setup = {"tuner": tuner_cfg.to_dict(), "train": asdict(cfg), "data": [ts.data.name for ts in sets],
+    setup = {"tuner": tuner_cfg.to_dict(), "train": numeric_settings(cfg), "data": [ts.data.name for ts in sets],
              "stores": [[ts.queries.fingerprint, ts.corpus.fingerprint] for ts in sets],
              "pairs_sha256": hashlib.sha256(data.encode()).hexdigest()}
     state = {"epoch": 0, "step": 0, "best": None, "best_epoch": None, "bad_epochs": 0, "losses": [], "dev": [],
