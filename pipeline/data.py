@@ -97,7 +97,10 @@ def download_beir(name: str, dest: Path, base_url: str = BEIR_ARCHIVE, md5: str 
     """Fetch `name`.zip, check its md5, unpack it next to `dest` and rename into place (atomic)."""
     expected = md5 or BEIR_MD5.get(name)
     if expected is None:
-        raise DataError(f"{name}: not found locally and no known md5 for the BEIR archive; pass --md5")
+        raise DataError(f"{name}: not found under $LMORT_DATA, ../shared/data/beir or {dest}, and not a set the "
+                        f"BEIR archive is known to hold ({', '.join(BEIR_MD5)}); put its BEIR folder (corpus.jsonl, "
+                        f"queries.jsonl, qrels/test.tsv) under $LMORT_DATA/{name}, or pass --md5 if the archive "
+                        "has it")
     dest.mkdir(parents=True, exist_ok=True)
     url = f"{base_url.rstrip('/')}/{name}.zip"
     with tempfile.TemporaryDirectory(dir=dest) as tmp:

@@ -239,3 +239,17 @@ def test_a_prepared_set_is_reused_only_for_the_source_it_was_made_from(tmp_path,
     assert "changed since" in capsys.readouterr().out
     manifest = json.loads((tmp_path / "cache" / "data" / "cranfield" / "manifest.json").read_text())
     assert manifest["source"]["path"] == str(other.resolve()) and len(manifest["source"]["sha256"]) == 64
+
+
+def test_a_set_found_nowhere_and_not_in_the_archive_says_where_to_put_it(tmp_path, monkeypatch):
+    """cranfield, cacm and vaswani_npl are not in the BEIR archive: without ../shared a user is told what to do."""
+    import pipeline.data as data
+
+    monkeypatch.setenv("LMORT_DATA", str(tmp_path / "nothing"))
+    monkeypatch.setattr(data, "SHARED_BEIR", tmp_path / "no-shared")
+    monkeypatch.setattr(data, "PROJECT_ROOT", tmp_path / "no-root")
+    result = CliRunner().invoke(main, ["prepare", "--data", "cranfield", "--out", str(tmp_path / "out")])
+    assert result.exit_code != 0 and "Traceback" not in result.output
+    line = result.output.strip().splitlines()[-1]
+    assert "$LMORT_DATA/cranfield" in line and "corpus.jsonl" in line and "scifact" in line
+    assert not (tmp_path / "out").exists()
