@@ -15,7 +15,7 @@ from pipeline.llm import FrozenLLM, Template, default_device
 from pipeline.metrics import evaluate, markdown_table
 from pipeline.precision import resolve_compute_dtype
 from pipeline.prepare import ensure_prepared
-from pipeline.train import load_tuner
+from pipeline.tuner import Tuner
 
 ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
 ap.add_argument("--name", default="full", help="configuration (artifacts in cache/<name>)")
@@ -29,7 +29,7 @@ qids = list(ds.qrels[args.split])
 rows = []
 for system in args.systems:
     index, meta = load_index(cache_root() / args.name / "index" / system / args.data)
-    tuner = load_tuner(Path(meta["tuner"]))
+    tuner = Tuner.load(Path(meta["tuner"]))
     llm = FrozenLLM(meta["model"], max_layer=max(tuner.cfg.layers),
                     dtype=resolve_compute_dtype(meta.get("compute_dtype", "float32"), default_device()))
     row = {"system": system, "template case": meta["template"].get("case", "keep")}

@@ -99,11 +99,11 @@ def index_dataset(tuner_dir: Path, queries: ActivationStore, corpus: ActivationS
     from .llm import default_device
     from .metrics import write_trec_run
     from .store import check_compatible
-    from .train import load_tuner, trained_on
+    from .tuner import trained_on
 
     check_compatible([queries, corpus], trained_on(tuner_dir), what=f"the stores {tuner_dir} was trained on")
     t0 = time.time()
-    tuner = load_tuner(tuner_dir, default_device())
+    tuner = Tuner.load(tuner_dir, default_device())
     if corpus.nbytes(tuner.cfg.layers) <= memory_gb * 1e9:
         corpus.load(tuner.cfg.layers)
     vectors = encode_store(tuner, corpus, desc=f"encode {corpus.path.parent.name}", bf16=bf16)

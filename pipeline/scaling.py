@@ -15,8 +15,8 @@ import numpy as np
 
 from .atomic import atomic_file
 from .metrics import evaluate
-from .train import IO_ONLY, TrainConfig, TrainingSet, epoch_batches, load_tuner, numeric_settings, sample_queries, train
-from .tuner import TunerConfig
+from .train import IO_ONLY, TrainConfig, TrainingSet, epoch_batches, numeric_settings, sample_queries, train
+from .tuner import Tuner, TunerConfig
 
 
 def point_name(variant: str, size: str | None, queries: int | None) -> str:
@@ -39,7 +39,7 @@ def zero_shot_ndcg(tuner_dir: Path, evals: list[TrainingSet], bf16: bool) -> dic
     from .index import build_index, encode_store, retrieve
     from .llm import default_device
 
-    tuner = load_tuner(tuner_dir, default_device())
+    tuner = Tuner.load(tuner_dir, default_device())
     out = {}
     for ts in evals:
         qrels = ts.data.qrels["test"]

@@ -200,26 +200,6 @@ def dev_ndcg(tuner: Tuner, sets: list[TrainingSet], progress: bool = False, bf16
 # ------------------------------------------------------------------ checkpoints (safetensors + JSON)
 
 
-def save_tuner(tuner: Tuner, folder: Path, extra: dict | None = None) -> None:
-    def write(tmp: Path):
-        save_file({k: v.detach().cpu().contiguous() for k, v in tuner.state_dict().items()}, tmp / "model.safetensors")
-        (tmp / "tuner.json").write_text(json.dumps({"config": tuner.cfg.to_dict(), **(extra or {})}, indent=1))
-    atomic_dir(Path(folder), write)
-
-
-def trained_on(folder: Path) -> dict | None:
-    """The shared fingerprint of the stores a saved tuner was trained on (None for tuners saved before it was
-    recorded)."""
-    return json.loads((Path(folder) / "tuner.json").read_text()).get("stores")
-
-
-def load_tuner(folder: Path, device: str = "cpu") -> Tuner:
-    meta = json.loads((Path(folder) / "tuner.json").read_text())
-    tuner = Tuner(TunerConfig(**meta["config"]))
-    tuner.load_state_dict(load_file(Path(folder) / "model.safetensors"))
-    return tuner.to(device).eval()
-
-
 def _save_checkpoint(tuner, opt, state: dict, folder: Path) -> None:
     sd = opt.state_dict()
     tensors = {f"{pid}.{k}": v.contiguous() for pid, st in sd["state"].items() for k, v in st.items()}
@@ -309,7 +289,7 @@ def train(sets: list[TrainingSet], tuner_cfg: TunerConfig, cfg: TrainConfig, out
             state["dev"].append({"epoch": state["epoch"], "dev_ndcg@10": score})
             if score is None or state["best"] is None or score > state["best"]:
                 state.update(best=score, best_epoch=state["epoch"], bad_epochs=0)
-                save_tuner(tuner, out / "best", {"epoch": state["epoch"], "dev_ndcg@10": score, "stores": stores_fp})
+                tuner.save(out / "best", {"epoch": state["epoch"], "dev_ndcg@10": score, "stores": stores_fp})
             else:
                 state["bad_epochs"] += 1
             print(f"epoch {state['epoch']}: loss {loss:.4f}, dev nDCG@10 {score if score is None else round(score, 4)}")

@@ -14,12 +14,16 @@ The ablations are configs of the same module: swapped wiring, one layer feeding 
 
 from __future__ import annotations
 
+import json
 from dataclasses import asdict, dataclass
+from pathlib import Path
 
 import torch
 import torch.nn as nn
 import torch.nn.functional as F
+from safetensors.torch import load_file, save_file
 
+from .atomic import atomic_dir
 from .geometry import mean_pool, pooling_mask
 
 
@@ -105,6 +109,21 @@ class Tuner(nn.Module):
     def num_parameters(self) -> int:
         return sum(p.numel() for p in self.parameters())
 
+    def save(self, folder: Path, extra: dict | None = None) -> None:
+        """safetensors weights + tuner.json (the config and `extra`: epoch, dev score, the stores' fingerprint)."""
+        def write(tmp: Path):
+            save_file({k: v.detach().cpu().contiguous() for k, v in self.state_dict().items()},
+                      tmp / "model.safetensors")
+            (tmp / "tuner.json").write_text(json.dumps({"config": self.cfg.to_dict(), **(extra or {})}, indent=1))
+        atomic_dir(Path(folder), write)
+
+    @classmethod
+    def load(cls, folder: Path, device: str = "cpu") -> Tuner:
+        meta = json.loads((Path(folder) / "tuner.json").read_text())
+        tuner = cls(TunerConfig(**meta["config"]))
+        tuner.load_state_dict(load_file(Path(folder) / "model.safetensors"))
+        return tuner.to(device).eval()
+
     def forward(self, states: dict[int, torch.Tensor], mask: torch.Tensor) -> torch.Tensor:
         """states: {layer: [B, T, llm_width]}, mask: [B, T] real tokens -> [B, out_dim] text vectors."""
         keep = pooling_mask(mask, self.cfg.attention_sink)
@@ -161,3 +180,9 @@ def variant_config(variant: str, a_layer: int, u_layer: int, last_layer: int, ll
     stream, cross = wiring[variant]
     kind = "pooled-linear" if variant == "pooled-linear" else "lmort"
     return TunerConfig(llm_width=llm_width, stream_layer=stream, cross_layer=cross, kind=kind, **knobs)
+
+
+def trained_on(folder: Path) -> dict | None:
+    """The shared fingerprint of the stores a saved tuner was trained on (None for tuners saved before it was
+    recorded)."""
+    return json.loads((Path(folder) / "tuner.json").read_text()).get("stores")

@@ -54,10 +54,10 @@ def search_command(index_dir, k, data, text, bf16) -> None:
     """Encode TEXT with the frozen LLM + tuner (no store) and search the index."""
     from pipeline.llm import FrozenLLM, Template, default_device
     from pipeline.precision import resolve_compute_dtype
-    from pipeline.train import load_tuner
+    from pipeline.tuner import Tuner
 
     index, meta = load_index(index_dir)
-    tuner = load_tuner(Path(meta["tuner"]))
+    tuner = Tuner.load(Path(meta["tuner"]))
     llm = FrozenLLM(meta["model"], max_layer=max(tuner.cfg.layers),
                     dtype=resolve_compute_dtype(meta.get("compute_dtype", "float32"), default_device()))
     vec = encode_online(llm, tuner, [" ".join(text)], Template(**meta["template"]), meta["query_max_length"],

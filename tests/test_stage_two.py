@@ -17,7 +17,7 @@ from pipeline.metrics import evaluate
 from pipeline.prepare import prepare_dataset
 from pipeline.store import ActivationStore
 from pipeline.tiny import make_tiny_model, write_beir
-from pipeline.train import TrainConfig, TrainingSet, info_nce, load_tuner, train
+from pipeline.train import TrainConfig, TrainingSet, info_nce, train
 from pipeline.tuner import Tuner, TunerConfig
 from stages.cli import main
 
@@ -107,7 +107,7 @@ def test_faiss_equals_brute_force():
 def test_online_vectors_equal_cached_vectors(world, tmp_path):
     cfg = TunerConfig(llm_width=32, stream_layer=2, cross_layer=0, **TUNER)
     train([training_set(world)], cfg, TrainConfig(epochs=1, batch_size=8), tmp_path / "run", progress=False)
-    tuner = load_tuner(tmp_path / "run" / "best")
+    tuner = Tuner.load(tmp_path / "run" / "best")
     store = ActivationStore(world["stores"] / "tiny" / "queries.zarr")
     ids = list(world["ds"].queries)[:10]
     cached = encode_store(tuner, store, ids, progress=False)
