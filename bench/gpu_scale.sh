@@ -11,7 +11,10 @@
 # Knobs (environment): SETS, ZERO, QUERIES, SIZES, VARIANTS, MIN_STEPS; the rest is configs/large.yaml.
 set -u
 phase=${1:?setup or run}
-export LMORT_CACHE=${LMORT_CACHE:-/tmp/lmort} PYTHONUNBUFFERED=1 PYTHONPATH=/tmp/site:$PWD 
+export LMORT_CACHE=${LMORT_CACHE:-/tmp/lmort} PYTHONUNBUFFERED=1 PYTHONPATH=/tmp/site:$PWD
+# the image's JAX (imported by a library on the way) otherwise takes 75% of the GPU in every process: the first
+# run's eight parallel extractions died of CUDA out-of-memory
+export JAX_PLATFORMS=cpu XLA_PYTHON_CLIENT_PREALLOCATE=false
 OUT=${OUT:-/tmp/gpu-out}
 mkdir -p "$OUT" "$LMORT_CACHE"
 SETS=${SETS:-scifact,nfcorpus_preprocessed,wikiqa,squad,medquad}
