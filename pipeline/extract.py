@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import hashlib
 import json
+import logging
 import time
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import asdict, dataclass, field, replace
@@ -22,6 +23,8 @@ from .data import Prepared
 from .llm import FrozenLLM, Template, default_device
 from .precision import dtype_name, resolve_compute_dtype
 from .store import DTYPES, FORMAT_VERSION, Plan, StoreWriter, build_history, store_bytes, store_lock, write_shard
+
+log = logging.getLogger(__name__)
 
 
 @dataclass(frozen=True)
@@ -131,7 +134,7 @@ def extract(ds: Prepared, spec: ExtractSpec, out: Path, force: bool = False, wor
                "layers": list(spec.layers), "max_length": spec.max_length, "compute_dtype": spec.compute_dtype,
                "estimated_bytes": plan.slots * llm.hidden_size * itemsize * len(spec.layers)}
     if dry_run:  # the cost only: no store, no lock, nothing on disk
-        print(f"{out}: {len(ids)} texts, {tokens:,} tokens ({truncated} truncated at {spec.max_length}), "
+        log.info(f"{out}: {len(ids)} texts, {tokens:,} tokens ({truncated} truncated at {spec.max_length}), "
               f"layers {list(spec.layers)} computed in {spec.compute_dtype}, "
               f"about {summary['estimated_bytes'] / 1e9:.2f} GB uncompressed (dry run: nothing written)")
         return summary
@@ -143,7 +146,7 @@ def extract(ds: Prepared, spec: ExtractSpec, out: Path, force: bool = False, wor
         ordered = [token_ids[i] for i in writer.plan.order]
         shard_tokens = {i: ordered[s[0]:s[1]] for i, s in enumerate(writer.plan.shards)}
         todo_tokens = sum(len(t) for i in pending for t in shard_tokens[i])
-        print(f"{out}: {len(ids)} texts, {tokens:,} tokens ({truncated} truncated at {spec.max_length}), "
+        log.info(f"{out}: {len(ids)} texts, {tokens:,} tokens ({truncated} truncated at {spec.max_length}), "
               f"layers {list(spec.layers)} computed in {spec.compute_dtype}, "
               f"about {summary['estimated_bytes'] / 1e9:.2f} GB uncompressed; "
               f"{len(pending)}/{len(writer.plan.shards)} shards to compute ({todo_tokens:,} tokens)")

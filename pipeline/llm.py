@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import hashlib
 import importlib.util
+import logging
 from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path
@@ -19,6 +20,8 @@ from tqdm.auto import tqdm
 from .atomic import atomic_dir
 from .data import cache_root
 from .precision import resolve_compute_dtype
+
+log = logging.getLogger(__name__)
 
 
 @dataclass(frozen=True)
@@ -112,7 +115,7 @@ def convert_preset(name: str) -> Path:
         return target
     preset = PRESETS[name]
     gguf = _gguf_path(preset)
-    print(f"converting {gguf.name} to safetensors under {target} (once)")
+    log.info(f"converting {gguf.name} to safetensors under {target} (once)")
     model = AutoModelForCausalLM.from_pretrained(gguf.parent, gguf_file=gguf.name, dtype=torch.float32)
     tok = AutoTokenizer.from_pretrained(gguf.parent, gguf_file=gguf.name)
     config = AutoConfig.for_model(**{k: v for k, v in model.config.to_dict().items()

@@ -2,11 +2,14 @@
 
 from __future__ import annotations
 
+import logging
 from pathlib import Path
 
 from .bm25 import BM25, carve_dev, judged_relevant, training_pairs
 from .data import cache_root, load_beir, locate_dataset, resolve_dataset, source_digest, write_tables
 from .metrics import evaluate
+
+log = logging.getLogger(__name__)
 
 
 def prepare_dataset(
@@ -62,7 +65,7 @@ def ensure_prepared(data: str):
         stale = stale_reason(target, data)
         if stale is None:
             return load_prepared(target)
-        print(f"{target}: {stale}; preparing it again")
+        log.info(f"{target}: {stale}; preparing it again")
     prepare_dataset(data, target)
     return load_prepared(target)
 

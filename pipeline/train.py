@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import hashlib
 import json
+import logging
 import shutil
 import time
 from collections import deque
@@ -29,6 +30,8 @@ from .metrics import evaluate
 from .precision import autocast
 from .store import ActivationStore, check_compatible
 from .tuner import Tuner, TunerConfig
+
+log = logging.getLogger(__name__)
 
 
 @dataclass
@@ -236,7 +239,7 @@ def train(sets: list[TrainingSet], tuner_cfg: TunerConfig, cfg: TrainConfig, out
     # the others are streamed from Zarr, with the next batches read ahead
     streamed = load_within_budget(sets, tuner_cfg.layers, cfg.memory_gb, device)
     if streamed:
-        print(f"streaming {len(streamed)} store(s) larger than the {cfg.memory_gb} GB budget: {', '.join(streamed)}")
+        log.info(f"streaming {len(streamed)} store(s) larger than the {cfg.memory_gb} GB budget: {', '.join(streamed)}")
     torch.manual_seed(cfg.seed)
     tuner = Tuner(tuner_cfg).to(device)
     opt = torch.optim.AdamW(tuner.parameters(), lr=cfg.lr, weight_decay=cfg.weight_decay)
@@ -253,9 +256,9 @@ def train(sets: list[TrainingSet], tuner_cfg: TunerConfig, cfg: TrainConfig, out
     if (ckpt / "state.json").exists():
         if json.loads((ckpt / "state.json").read_text()).get("setup") == setup:
             state = _load_checkpoint(tuner, opt, ckpt)
-            print(f"resuming {out} after epoch {state['epoch']}")
+            log.info(f"resuming {out} after epoch {state['epoch']}")
         else:  # another configuration trained here before (a changed parameter): start over
-            print(f"{out}: the checkpoint is for other settings; training from scratch")
+            log.info(f"{out}: the checkpoint is for other settings; training from scratch")
             for old in (ckpt, out / "best"):
                 shutil.rmtree(old, ignore_errors=True)
     amp = autocast(device, cfg.bf16)
@@ -292,9 +295,10 @@ def train(sets: list[TrainingSet], tuner_cfg: TunerConfig, cfg: TrainConfig, out
                 tuner.save(out / "best", {"epoch": state["epoch"], "dev_ndcg@10": score, "stores": stores_fp})
             else:
                 state["bad_epochs"] += 1
-            print(f"epoch {state['epoch']}: loss {loss:.4f}, dev nDCG@10 {score if score is None else round(score, 4)}")
+            shown = score if score is None else round(score, 4)
+            log.info(f"epoch {state['epoch']}: loss {loss:.4f}, dev nDCG@10 {shown}")
         else:
-            print(f"epoch {state['epoch']}: loss {loss:.4f}")
+            log.info(f"epoch {state['epoch']}: loss {loss:.4f}")
         _save_checkpoint(tuner, opt, state, ckpt)
     summary = {"parameters": tuner.num_parameters(), "epochs_run": state["epoch"], "best_epoch": state["best_epoch"],
                "dev_ndcg@10": state["best"], "train_seconds": round(state["seconds"], 1),

@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import logging
+
 import click
 
 from . import analyze, evaluate, extract, index, prepare, report, scale, tiny, train
@@ -10,6 +12,7 @@ from . import analyze, evaluate, extract, index, prepare, report, scale, tiny, t
 @click.group()
 def main() -> None:
     """LMORT: dense retrieval from a frozen LLM's cached hidden states."""
+    logging.basicConfig(level=logging.INFO, format="%(message)s")  # the library logs; the command line shows it
 
 
 for command in (prepare.command, analyze.command, extract.command, train.command, index.index_command,

@@ -220,7 +220,7 @@ def test_atomic_folders_get_the_mode_of_a_plain_mkdir(tmp_path):
     assert os.stat(tmp_path / "made").st_mode == os.stat(tmp_path / "plain").st_mode
 
 
-def test_a_prepared_set_is_reused_only_for_the_source_it_was_made_from(tmp_path, monkeypatch, capsys):
+def test_a_prepared_set_is_reused_only_for_the_source_it_was_made_from(tmp_path, monkeypatch, caplog):
     """cache/data/<name> records its source folder and digest: another folder of the same name, or the same
     folder changed, is prepared again instead of silently reusing the old tables."""
     from pipeline.prepare import ensure_prepared
@@ -229,14 +229,15 @@ def test_a_prepared_set_is_reused_only_for_the_source_it_was_made_from(tmp_path,
     monkeypatch.setenv("LMORT_CACHE", str(tmp_path / "cache"))
     first = write_beir(tmp_path / "a" / "cranfield", n_docs=40)
     assert len(ensure_prepared(str(first)).corpus) == 40
-    assert len(ensure_prepared(str(first)).corpus) == 40 and "preparing it again" not in capsys.readouterr().out
+    caplog.set_level("INFO")
+    assert len(ensure_prepared(str(first)).corpus) == 40 and "preparing it again" not in caplog.text
     other = write_beir(tmp_path / "b" / "cranfield", n_docs=30)  # same name, another folder
     assert len(ensure_prepared(str(other)).corpus) == 30
-    assert "prepared from" in capsys.readouterr().out
+    assert "prepared from" in caplog.text
     with open(other / "corpus.jsonl", "a") as f:  # the same folder, changed
         f.write(json.dumps({"_id": "extra", "title": "", "text": "one more passage"}) + "\n")
     assert len(ensure_prepared(str(other)).corpus) == 31
-    assert "changed since" in capsys.readouterr().out
+    assert "changed since" in caplog.text
     manifest = json.loads((tmp_path / "cache" / "data" / "cranfield" / "manifest.json").read_text())
     assert manifest["source"]["path"] == str(other.resolve()) and len(manifest["source"]["sha256"]) == 64
 
