@@ -143,12 +143,6 @@ class ActivationStore:
             raise StoreError(f"{self.path}: layer {layer} not stored (has {self.layers})")
         return self._memory.get(layer, self.group[f"layer_{layer}"])
 
-    def states(self, text_id: str, layer: int) -> np.ndarray:
-        r = self.row[text_id]
-        s = int(self.starts[r])
-        x = self._array(layer)[s : s + int(self.lengths[r])]
-        return x.cpu().numpy() if isinstance(x, torch.Tensor) else np.asarray(x)
-
     def token_ids(self, text_id: str) -> list[int]:
         r = self.row[text_id]
         s = int(self.starts[r])
