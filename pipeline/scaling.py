@@ -88,12 +88,13 @@ def reference_scores(sets: list[TrainingSet], evals: list[TrainingSet], metrics:
             for layer, run in raw_layer_runs(ts.queries, ts.corpus, list(ts.dev_qrels)).items():
                 raw_dev.setdefault(layer, []).append(evaluate(run, ts.dev_qrels)["nDCG@10"])
     best_layer = max(raw_dev, key=lambda layer: np.mean(raw_dev[layer]))
+    raw = f"raw-layer-{best_layer}"  # the evaluate stage's name for it
     ref = {"dev": {"bm25": round(mean_dev(lambda ts, q: bm25_run(ts.data, q)), 4),
-                   f"raw-{best_layer}": round(float(np.mean(raw_dev[best_layer])), 4)},
+                   raw: round(float(np.mean(raw_dev[best_layer])), 4)},
            "zero_shot": {}}
     if metrics:  # the configuration's own test scores (evaluate stage), for the zero-shot lines
         names = [ts.data.name for ts in evals]
-        for system in ("bm25", f"raw-{best_layer}"):
+        for system in ("bm25", raw):
             values = [metrics.get(n, {}).get(system, {}).get("nDCG@10") for n in names]
             if all(v is not None for v in values):
                 ref["zero_shot"][system] = round(float(np.mean(values)), 4)
@@ -129,7 +130,8 @@ def plot_curve(points: list[dict], reference: dict, out: Path) -> None:
             ax.axhline(value, color="gray", ls=style, label=system)
         ax.set(xscale="log", xlabel="training queries", ylabel="nDCG@10", title=title)
         ax.grid(alpha=0.3)
-    axes[1].legend(fontsize=8)
+    axes[0].legend(fontsize=7)
+    axes[1].legend(fontsize=7)
     fig.tight_layout()
     atomic_file(out, lambda tmp: fig.savefig(tmp, dpi=110, format="png"))
     plt.close(fig)
@@ -140,7 +142,7 @@ def curve_table(points: list[dict]) -> str:
 
     rows = [{"tuner": line_label(p), "queries": f"{p['queries']:,}", "steps": p["steps"],
              "epochs": p["epochs_run"], "dev nDCG@10": p["dev_ndcg@10"], **p["zero_shot"],
-             "zero-shot mean": p["zero_shot_mean"], "train s": p["train_seconds"],
+             "zero-shot mean": p["zero_shot_mean"], "train s": f"{p['train_seconds']:,.0f}",
              "trained on": p.get("device", "")} for p in points]
     columns = list(dict.fromkeys(k for r in rows for k in r))
     return markdown_table(rows, columns)
