@@ -15,7 +15,7 @@ import numpy as np
 
 from .atomic import atomic_file
 from .metrics import evaluate
-from .train import IO_ONLY, TrainConfig, TrainingSet, epoch_batches, numeric_settings, sample_queries, train
+from .train import TrainConfig, TrainingSet, epoch_batches, numeric_settings, sample_queries, split_ndcg, train
 from .tuner import Tuner, TunerConfig
 
 
@@ -36,19 +36,10 @@ def recipe_for(sets: list[TrainingSet], cfg: TrainConfig, queries: int | None, m
 
 def zero_shot_ndcg(tuner_dir: Path, evals: list[TrainingSet], bf16: bool) -> dict[str, float]:
     """nDCG@10 of a saved tuner on each evaluation set's test split (full corpus, exact search)."""
-    from .index import build_index, encode_store, retrieve
     from .llm import default_device
 
     tuner = Tuner.load(tuner_dir, default_device())
-    out = {}
-    for ts in evals:
-        qrels = ts.data.qrels["test"]
-        qids = [q for q in qrels if q in ts.queries.row]
-        index = build_index(encode_store(tuner, ts.corpus, progress=False, bf16=bf16), use_gpu=False)
-        run = retrieve(index, list(ts.corpus.ids), qids, encode_store(tuner, ts.queries, qids, progress=False,
-                                                                      bf16=bf16))
-        out[ts.data.name] = round(evaluate(run, qrels)["nDCG@10"], 4)
-    return out
+    return {ts.data.name: round(split_ndcg(tuner, ts, ts.data.qrels["test"], bf16=bf16), 4) for ts in evals}
 
 
 def run_point(sets: list[TrainingSet], evals: list[TrainingSet], tuner_cfg: TunerConfig, cfg: TrainConfig,
@@ -59,8 +50,8 @@ def run_point(sets: list[TrainingSet], evals: list[TrainingSet], tuner_cfg: Tune
     recipe = recipe_for(sets, cfg, queries, min_steps)
     if done.exists():
         point = json.loads(done.read_text())
-        recorded = {k: v for k, v in point["train"].items() if k not in IO_ONLY}
-        if recorded == numeric_settings(recipe) and point["tuner"] == tuner_cfg.to_dict():
+        same = numeric_settings(TrainConfig(**point["train"])) == numeric_settings(recipe)
+        if same and point["tuner"] == tuner_cfg.to_dict():
             return point
     summary = train(sets, tuner_cfg, recipe, folder / "tuner")
     point = {**label, "queries": queries or sum(len(ts.pairs) for ts in sets), "steps": summary["steps"],

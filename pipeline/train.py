@@ -185,18 +185,19 @@ def load_within_budget(sets: list[TrainingSet], layers: list[int], budget_gb: fl
     return streamed
 
 
+def split_ndcg(tuner: Tuner, ts: TrainingSet, qrels: dict, progress: bool = False, bf16: bool = True) -> float:
+    """nDCG@10 of the queries judged in `qrels` against the set's full corpus (exact search): dev selection and
+    the scaling curve's zero-shot scores share it."""
+    qids = [q for q in qrels if q in ts.queries.row]
+    corpus = encode_store(tuner, ts.corpus, desc="dev corpus", progress=progress, bf16=bf16)
+    run = retrieve(build_index(corpus, use_gpu=False), list(ts.corpus.ids), qids,
+                   encode_store(tuner, ts.queries, qids, progress=False, bf16=bf16))
+    return evaluate(run, qrels)["nDCG@10"]
+
+
 def dev_ndcg(tuner: Tuner, sets: list[TrainingSet], progress: bool = False, bf16: bool = True) -> float | None:
     """Mean dev nDCG@10 over the sets with a dev split (full corpus, exact search)."""
-    scores = []
-    for ts in sets:
-        if not ts.dev_qrels:
-            continue
-        qids = list(ts.dev_qrels)
-        corpus = encode_store(tuner, ts.corpus, desc="dev corpus", progress=progress, bf16=bf16)
-        index = build_index(corpus, use_gpu=False)
-        run = retrieve(index, list(ts.corpus.ids), qids, encode_store(tuner, ts.queries, qids, progress=False,
-                                                                      bf16=bf16))
-        scores.append(evaluate(run, ts.dev_qrels)["nDCG@10"])
+    scores = [split_ndcg(tuner, ts, ts.dev_qrels, progress, bf16) for ts in sets if ts.dev_qrels]
     return float(np.mean(scores)) if scores else None
 
 
