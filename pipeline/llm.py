@@ -167,6 +167,13 @@ def default_device() -> str:
     return "cuda" if torch.cuda.is_available() else "cpu"
 
 
+def device_name() -> str:
+    """The machine a result came from, as points record it: the GPU's name, or the CPU's core count."""
+    import os
+
+    return torch.cuda.get_device_name() if default_device() == "cuda" else f"cpu ({os.cpu_count()} cores)"
+
+
 class FrozenLLM:
     """A causal LM cut after block `max_layer`, frozen, returning chosen layers' hidden states."""
 

@@ -38,13 +38,17 @@ def train_config(params: dict) -> TrainConfig:
     return TrainConfig(**_pick(TrainConfig, params.get("train", {})))
 
 
-def tuner_config(params: dict, variant: str, geometry: Path, llm_width: int, attention_sink: bool) -> TunerConfig:
+def tuner_config(params: dict, variant: str, geometry: Path, llm_width: int, attention_sink: bool,
+                 stored_layers: list[int] | None = None, pair: tuple[int, int] | None = None) -> TunerConfig:
+    """The variant's tuner: (U, A) from the analysis' geometric rule, or `pair` (a sweep point, or the sweep's
+    dev pick); `stored_layers` (the store's) for the fusion baselines."""
     g = json.loads(Path(geometry).read_text())
+    u_layer, a_layer = pair if pair is not None else (g["u_layer"], g["a_layer"])
     section = dict(params.get("tuner", {}))
     size = section.pop("size", None)
     knobs = _pick(TunerConfig, section)
     knobs["attention_sink"] = attention_sink
-    return variant_config(variant, g["a_layer"], g["u_layer"], g["num_layers"], llm_width, size, **knobs)
+    return variant_config(variant, a_layer, u_layer, g["num_layers"], llm_width, size, stored_layers, **knobs)
 
 
 def open_stores(stores: Path, dataset: str) -> tuple[ActivationStore, ActivationStore]:

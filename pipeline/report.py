@@ -19,6 +19,15 @@ def _mean(values: list) -> float | None:
     return sum(values) / len(values) if values and None not in values else None
 
 
+def layers_label(tuner: dict) -> str:
+    """What a tuner reads: stream -> cross-attention layer(s), or the pooled layer(s)."""
+    if tuner["kind"] == "lmort":
+        cross = tuner.get("cross_layers") or [tuner["cross_layer"]]
+        return f"{tuner['stream_layer']}->{','.join(map(str, cross))}"
+    pooled = tuner.get("pool_layers") or [tuner["stream_layer"]]
+    return f"{'mix' if tuner['kind'] == 'scalar-mix' else 'pool'} {'+'.join(map(str, pooled))}"
+
+
 def ablation_rows(metrics: dict, tuners: Path | None = None, measure: str = "nDCG@10",
                   in_domain: list[str] | None = None) -> list[dict]:
     """One row per system: the measure per data set, the average over all sets (when the system has every
@@ -39,8 +48,7 @@ def ablation_rows(metrics: dict, tuners: Path | None = None, measure: str = "nDC
             row["parameters"] = f"{train['parameters']:,}"
             row["train s"] = f"{train['train_seconds']:.1f}"
             row["dev nDCG@10"] = train["dev_ndcg@10"]
-            row["layers"] = f"{train['tuner']['stream_layer']}->{train['tuner']['cross_layer']}" \
-                if train["tuner"]["kind"] == "lmort" else f"pool {train['tuner']['stream_layer']}"
+            row["layers"] = layers_label(train["tuner"])
         rows.append(row)
     rows.sort(key=lambda r: -(r["average"] or 0))
     return rows
@@ -110,6 +118,18 @@ def build_report(root: Path, out: Path, figures: Path, params: dict | None = Non
                   "stores, for at least one pass and at least `scaling.min_steps` steps; dev picks the epoch; the "
                   "zero-shot sets' test splits are only reported. `trained on` names the machine of each point.", "",
                   f"![scaling]({figures.name}/scaling.png)", "", (root / "scaling" / "scaling.md").read_text(), ""]
+    if (root / "sweep" / "sweep.png").exists():
+        shutil.copy(root / "sweep" / "sweep.png", figures / "sweep.png")
+        lines += ["## Which layers? The (U, A) sweep (dev nDCG@10)", "",
+                  "`lmort sweep`: one LMORT tuner per pair of stored layers (U feeds the self-attention stream, A the "
+                  "cross-attention), a pooled-linear probe per layer and the fusion baselines, all with one recipe "
+                  "from the same stores (stage one ran once). Dev ranks them; the test columns are reported, never "
+                  "chosen on. The red box is the geometric rule's pick, the orange one the best pair on dev.", "",
+                  f"![sweep]({figures.name}/sweep.png)", ""]
+        if (root / "sweep" / "sweep-test.png").exists():
+            shutil.copy(root / "sweep" / "sweep-test.png", figures / "sweep-test.png")
+            lines += [f"![sweep on test]({figures.name}/sweep-test.png)", ""]
+        lines += [(root / "sweep" / "sweep.md").read_text(), ""]
     eff = []
     for f in sorted((root / "stores").glob("*/extract.json")):
         for kind, s in json.loads(f.read_text()).items():

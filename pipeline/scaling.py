@@ -34,7 +34,7 @@ def recipe_for(sets: list[TrainingSet], cfg: TrainConfig, queries: int | None, m
                    patience=max(cfg.patience, evaluations + 1))
 
 
-def zero_shot_ndcg(tuner_dir: Path, evals: list[TrainingSet], bf16: bool) -> dict[str, float]:
+def test_ndcg(tuner_dir: Path, evals: list[TrainingSet], bf16: bool) -> dict[str, float]:
     """nDCG@10 of a saved tuner on each evaluation set's test split (full corpus, exact search)."""
     from .llm import default_device
 
@@ -43,8 +43,9 @@ def zero_shot_ndcg(tuner_dir: Path, evals: list[TrainingSet], bf16: bool) -> dic
 
 
 def run_point(sets: list[TrainingSet], evals: list[TrainingSet], tuner_cfg: TunerConfig, cfg: TrainConfig,
-              queries: int | None, min_steps: int, folder: Path, label: dict) -> dict:
-    """Train one point (resuming a killed one) and score it; returns and writes `point.json`."""
+              queries: int | None, min_steps: int, folder: Path, label: dict, scores_key: str = "zero_shot") -> dict:
+    """Train one point (resuming a killed one) and score it on the `evals` sets' test splits (under
+    `scores_key`, their mean under `<scores_key>_mean`); returns and writes `point.json`."""
     folder = Path(folder)
     done = folder / "point.json"
     recipe = recipe_for(sets, cfg, queries, min_steps)
@@ -58,9 +59,9 @@ def run_point(sets: list[TrainingSet], evals: list[TrainingSet], tuner_cfg: Tune
              "epochs_run": summary["epochs_run"], "best_epoch": summary["best_epoch"],
              "parameters": summary["parameters"], "train_seconds": summary["train_seconds"],
              "dev_ndcg@10": round(summary["dev_ndcg@10"], 4),
-             "zero_shot": zero_shot_ndcg(folder / "tuner" / "best", evals, recipe.bf16),
+             scores_key: test_ndcg(folder / "tuner" / "best", evals, recipe.bf16),
              "train": asdict(recipe), "tuner": tuner_cfg.to_dict()}
-    point["zero_shot_mean"] = round(float(np.mean(list(point["zero_shot"].values()))), 4) if evals else None
+    point[f"{scores_key}_mean"] = round(float(np.mean(list(point[scores_key].values()))), 4) if evals else None
     atomic_file(done, lambda tmp: tmp.write_text(json.dumps(point, indent=1)))
     return point
 

@@ -138,6 +138,11 @@ class ActivationStore:
             if device is not None and torch.device(device).type != "cpu":
                 self._memory[layer] = torch.as_tensor(self._memory[layer]).to(device)
 
+    def release(self, keep: list[int]) -> None:
+        """Forget loaded layers other than `keep`: a layer sweep walks through many layers without holding all."""
+        for layer in [layer for layer in self._memory if layer not in keep]:
+            del self._memory[layer]
+
     def _array(self, layer: int):
         if layer not in self.layers:
             raise StoreError(f"{self.path}: layer {layer} not stored (has {self.layers})")

@@ -10,6 +10,11 @@
 
 The ablations are configs of the same module: swapped wiring, one layer feeding both attentions
 (A-only, U-only, embedding-only, last-only), and a pooled-linear baseline (mean-pooled layer, one Linear).
+The reviewers' fusion baselines (issue 14) read several stored layers at once:
+    first-last   out(concat(mean(first layer), mean(last layer)))
+    scalar-mix   out(gamma * sum_l softmax(w)_l mean(layer l))       ELMo's scalar mix over every stored layer
+    lmort-multi  the LMORT stack whose cross-attention reads every stored layer at once (keys concatenated
+                 along the tokens, each layer tagged with a learned layer embedding)
 """
 
 from __future__ import annotations
@@ -32,7 +37,7 @@ class TunerConfig:
     llm_width: int
     stream_layer: int  # feeds the self-attention stream (the U-layer in LMORT)
     cross_layer: int  # keys and values of the cross-attention (the A-layer in LMORT)
-    kind: str = "lmort"  # "lmort" (blocks) or "pooled-linear"
+    kind: str = "lmort"  # "lmort" (blocks), "pooled-linear", "pooled-concat" or "scalar-mix"
     width: int | None = 256  # model width after the input projection; None = the LLM's width, no projection
     blocks: int = 2
     heads: int | None = 4  # None: width // 64
@@ -42,10 +47,12 @@ class TunerConfig:
     similarity: str = "cosine"  # "cosine" (with temperature) or "dot"
     temperature: float = 0.05
     attention_sink: bool = True  # mask position 0 out of attention keys and pooling
+    pool_layers: list[int] | None = None  # pooled-concat / scalar-mix: the layers pooled and fused
+    cross_layers: list[int] | None = None  # lmort: cross-attend to these layers at once instead of cross_layer
 
     @property
     def layers(self) -> list[int]:
-        return sorted({self.stream_layer, self.cross_layer})
+        return sorted({self.stream_layer, self.cross_layer, *(self.pool_layers or []), *(self.cross_layers or [])})
 
     def to_dict(self) -> dict:
         return asdict(self)
@@ -82,10 +89,10 @@ class Block(nn.Module):
         self.ln_self, self.ln_cross, self.ln_ff = nn.LayerNorm(d), nn.LayerNorm(d), nn.LayerNorm(d)
         self.drop = nn.Dropout(dropout)
 
-    def forward(self, x: torch.Tensor, ctx: torch.Tensor, keep: torch.Tensor) -> torch.Tensor:
-        """keep: [B, T] True where a key may be attended (real tokens, not the sink)."""
+    def forward(self, x: torch.Tensor, ctx: torch.Tensor, keep: torch.Tensor, ctx_keep: torch.Tensor) -> torch.Tensor:
+        """keep: [B, T] True where a key may be attended (real tokens, not the sink); ctx_keep the same for ctx."""
         x = self.ln_self(x + self.drop(self.self_attn(x, x, keep)))
-        x = self.ln_cross(x + self.drop(self.cross_attn(x, ctx, keep)))
+        x = self.ln_cross(x + self.drop(self.cross_attn(x, ctx, ctx_keep)))
         return self.ln_ff(x + self.drop(self.ff(x)))
 
 
@@ -97,12 +104,20 @@ class Tuner(nn.Module):
         self.in_norm = nn.ModuleDict({str(layer): nn.LayerNorm(cfg.llm_width) for layer in cfg.layers})
         if cfg.kind == "pooled-linear":
             self.out = nn.Linear(cfg.llm_width, cfg.out_dim)
+        elif cfg.kind == "pooled-concat":
+            self.out = nn.Linear(cfg.llm_width * len(cfg.pool_layers), cfg.out_dim)
+        elif cfg.kind == "scalar-mix":
+            self.mix = nn.Parameter(torch.zeros(len(cfg.pool_layers)))  # softmax weights, uniform at the start
+            self.gamma = nn.Parameter(torch.ones(()))
+            self.out = nn.Linear(cfg.llm_width, cfg.out_dim)
         elif cfg.kind == "lmort":
             self.proj = nn.ModuleDict({str(layer): nn.Linear(cfg.llm_width, d) if cfg.width else nn.Identity()
                                        for layer in cfg.layers})
             heads = cfg.heads or max(1, d // 64)
             self.blocks = nn.ModuleList(Block(d, heads, cfg.ff_ratio, cfg.dropout) for _ in range(cfg.blocks))
             self.out = nn.Linear(d, cfg.out_dim)
+            if cfg.cross_layers:  # which layer each key came from
+                self.layer_emb = nn.Parameter(torch.zeros(len(cfg.cross_layers), d))
         else:
             raise ValueError(f"unknown tuner kind {cfg.kind!r}")
 
@@ -134,13 +149,26 @@ class Tuner(nn.Module):
         def inp(layer):
             return self.in_norm[str(layer)](states[layer].float())
 
-        if self.cfg.kind == "pooled-linear":
+        def proj(layer):
+            return self.proj[str(layer)](inp(layer))
+
+        kind = self.cfg.kind
+        if kind == "pooled-linear":
             v = self.out(mean(inp(self.cfg.stream_layer)))
+        elif kind == "pooled-concat":
+            v = self.out(torch.cat([mean(inp(layer)) for layer in self.cfg.pool_layers], dim=-1))
+        elif kind == "scalar-mix":
+            pooled = torch.stack([mean(inp(layer)) for layer in self.cfg.pool_layers], dim=1)  # [B, layers, H]
+            v = self.out(self.gamma * (F.softmax(self.mix, dim=0)[None, :, None] * pooled).sum(1))
         else:
-            x = self.proj[str(self.cfg.stream_layer)](inp(self.cfg.stream_layer))
-            ctx = self.proj[str(self.cfg.cross_layer)](inp(self.cfg.cross_layer))
+            x = proj(self.cfg.stream_layer)
+            if self.cfg.cross_layers:  # every listed layer's tokens are keys: [B, layers * T, d]
+                ctx = torch.cat([proj(layer) + self.layer_emb[i] for i, layer in enumerate(self.cfg.cross_layers)], 1)
+                ctx_keep = keep.repeat(1, len(self.cfg.cross_layers))
+            else:
+                ctx, ctx_keep = proj(self.cfg.cross_layer), keep
             for block in self.blocks:
-                x = block(x, ctx, keep)
+                x = block(x, ctx, keep, ctx_keep)
             v = self.out(mean(x))
         return F.normalize(v, dim=-1) if self.cfg.similarity == "cosine" else v
 
@@ -159,12 +187,14 @@ SIZES = {
 }
 
 VARIANTS = ("lmort", "swapped", "a-only", "u-only", "emb-only", "last-only", "pooled-linear")
+FUSION = ("first-last", "scalar-mix", "lmort-multi")  # read several stored layers: need `stored_layers`
 
 
 def variant_config(variant: str, a_layer: int, u_layer: int, last_layer: int, llm_width: int,
-                   size: str | None = None, **knobs) -> TunerConfig:
+                   size: str | None = None, stored_layers: list[int] | None = None, **knobs) -> TunerConfig:
     """The ablations of METHOD.md as configs of one module; `size` (a key of SIZES) sets the block stack's
-    shape, and then width, blocks, heads and ff_ratio must not be given as well."""
+    shape, and then width, blocks, heads and ff_ratio must not be given as well. The fusion baselines read
+    the store's layers: first-last its first and last stored layer, scalar-mix and lmort-multi all of them."""
     if size is not None:
         if size not in SIZES:
             raise ValueError(f"unknown tuner size {size!r}; choose from {', '.join(SIZES)}")
@@ -172,11 +202,22 @@ def variant_config(variant: str, a_layer: int, u_layer: int, last_layer: int, ll
         if both:
             raise ValueError(f"tuner size {size!r} sets {', '.join(both)}; give either the size or those knobs")
         knobs = {**SIZES[size], **knobs}
+    if variant in FUSION:
+        if not stored_layers or len(stored_layers) < 2:
+            raise ValueError(f"variant {variant!r} fuses several stored layers; the store has {stored_layers}")
+        layers = sorted(stored_layers)
+        if variant == "lmort-multi":
+            return TunerConfig(llm_width=llm_width, stream_layer=u_layer, cross_layer=a_layer, kind="lmort",
+                               cross_layers=layers, **knobs)
+        pool = [layers[0], layers[-1]] if variant == "first-last" else layers
+        kind = "pooled-concat" if variant == "first-last" else "scalar-mix"
+        return TunerConfig(llm_width=llm_width, stream_layer=pool[0], cross_layer=pool[0], kind=kind,
+                           pool_layers=pool, **knobs)
     wiring = {"lmort": (u_layer, a_layer), "swapped": (a_layer, u_layer), "a-only": (a_layer, a_layer),
               "u-only": (u_layer, u_layer), "emb-only": (0, 0), "last-only": (last_layer, last_layer),
               "pooled-linear": (a_layer, a_layer)}
     if variant not in wiring:
-        raise ValueError(f"unknown variant {variant!r}; choose from {', '.join(VARIANTS)}")
+        raise ValueError(f"unknown variant {variant!r}; choose from {', '.join(VARIANTS + FUSION)}")
     stream, cross = wiring[variant]
     kind = "pooled-linear" if variant == "pooled-linear" else "lmort"
     return TunerConfig(llm_width=llm_width, stream_layer=stream, cross_layer=cross, kind=kind, **knobs)

@@ -27,7 +27,8 @@ def default_layers(geometry: Path, last_layer: bool = True) -> list[int]:
 @click.option("--model", required=True)
 @click.option("--data", required=True)
 @click.option("--out", type=click.Path(path_type=Path), required=True, help="Folder for corpus.zarr, queries.zarr.")
-@click.option("--layers", help="Comma-separated layers; default: from --geometry.")
+@click.option("--layers", help="Comma-separated layers to store (with --geometry: besides its layers; a layer sweep "
+              "stores many). Without --geometry: only these.")
 @click.option("--geometry", type=click.Path(path_type=Path, exists=True), help="geometry.json of `lmort analyze`.")
 @click.option("--last-layer", type=bool, default=True, show_default=True,
               help="With --geometry: also store the last layer (runs every block of the LLM).")
@@ -56,12 +57,10 @@ def command(model, data, out, layers, geometry, last_layer, kinds, query_max_len
     """Run the frozen LLM once over a data set's corpus and queries; store the chosen layers."""
     if not dry_run:
         check_writable(out)
-    if layers:
-        chosen = sorted({int(x) for x in layers.split(",")})
-    elif geometry:
-        chosen = default_layers(geometry, last_layer)
-    else:
+    extra = {int(x) for x in (layers or "").split(",") if x.strip()}
+    if not extra and not geometry:
         raise click.UsageError("give --layers or --geometry (the output of `lmort analyze`)")
+    chosen = sorted(extra | set(default_layers(geometry, last_layer) if geometry else []))
     ds = ensure_prepared(data)
     summaries = {}
     for kind in kinds:

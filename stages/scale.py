@@ -4,25 +4,17 @@ queries, for each tuner size and variant, from the same stores; dev and zero-sho
 from __future__ import annotations
 
 import json
-import os
 from pathlib import Path
 
 import click
-import torch
 from tqdm.auto import tqdm
 
 from pipeline.atomic import atomic_file, check_writable
-from pipeline.llm import default_device
+from pipeline.llm import device_name
 from pipeline.params import load_params, open_training_sets, train_config, tuner_config
 from pipeline.scaling import collect, curve_table, plot_curve, point_name, reference_scores, run_point
 
 from .common import friendly_errors, names
-
-
-def device_name() -> str:
-    if default_device() == "cuda":
-        return torch.cuda.get_device_name()
-    return f"cpu ({os.cpu_count()} cores)"
 
 
 @click.command("scale")

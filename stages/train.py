@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import json
 from pathlib import Path
 
 import click
@@ -9,7 +10,7 @@ import click
 from pipeline.atomic import check_writable
 from pipeline.params import load_params, open_training_sets, train_config, tuner_config
 from pipeline.train import train
-from pipeline.tuner import VARIANTS
+from pipeline.tuner import FUSION, VARIANTS
 
 from .common import friendly_errors, names
 
@@ -20,19 +21,33 @@ from .common import friendly_errors, names
 @click.option("--data", "data", multiple=True, required=True, help="Training set(s); their train pairs are used.")
 @click.option("--geometry", type=click.Path(path_type=Path, exists=True), required=True,
               help="geometry.json of `lmort analyze` (the A- and U-layers).")
-@click.option("--variant", type=click.Choice(VARIANTS), default="lmort", show_default=True)
+@click.option("--variant", type=click.Choice(VARIANTS + FUSION), default="lmort", show_default=True)
+@click.option("--layer-selection", type=click.Choice(["geometry", "dev"]), default="geometry", show_default=True,
+              help="(U, A) from the geometric rule (--geometry), or the best pair on dev of `lmort sweep`.")
+@click.option("--selection", type=click.Path(path_type=Path),
+              help="selection.json of `lmort sweep` (read with --layer-selection dev).")
 @click.option("--params", "params_file", type=click.Path(path_type=Path, exists=True), default="params.yaml",
               show_default=True, help="YAML with `tuner:` and `train:` sections.")
 @click.option("--set", "overrides", multiple=True, help="Override a parameter, e.g. --set tuner.blocks=3.")
 @click.option("--out", type=click.Path(path_type=Path), required=True)
 @friendly_errors
-def command(stores, data, geometry, variant, params_file, overrides, out) -> None:
+def command(stores, data, geometry, variant, layer_selection, selection, params_file, overrides, out) -> None:
     """Train one tuner variant from the stores (InfoNCE, BM25 hard negatives, dev-selected)."""
     check_writable(out)
+    pair = None
+    if layer_selection == "dev":
+        if selection is None or not Path(selection).is_file():
+            raise click.UsageError(f"--layer-selection dev reads the sweep's selection.json; not found: {selection}")
+        pair = json.loads(Path(selection).read_text()).get("dev")
+        if not pair:
+            raise click.ClickException(f"{selection}: the sweep has no dev pick (no grid points were trained); "
+                                       "configure `sweep:` or use --layer-selection geometry")
+        pair = tuple(pair)
     params = load_params(params_file, overrides)
     sets = open_training_sets(stores, names(data))
     first = sets[0].corpus
-    cfg = tuner_config(params, variant, geometry, first.width, bool(first.fingerprint.get("attention_sink")))
+    cfg = tuner_config(params, variant, geometry, first.width, bool(first.fingerprint.get("attention_sink")),
+                       list(first.layers), pair)
     summary = train(sets, cfg, train_config(params), out)
     click.echo(f"{variant}: {summary['parameters']:,} parameters, best dev nDCG@10 {summary['dev_ndcg@10']} "
                f"(epoch {summary['best_epoch']}), {summary['train_seconds']} s training; wrote {out}")

@@ -36,12 +36,15 @@ def test_quick_configuration_under_dvc(tmp_path):
     sh("git init -q && git add -A && git commit -qm clone", clone, env)
     sh("lmort tiny --out cache/tiny", clone, env)
     out = sh("dvc repro", clone, env)
-    for stage in ("prepare@tiny", "analyze", "extract@tiny", "train@lmort", "index@lmort-tiny", "evaluate", "scale",
-                  "report"):
+    for stage in ("prepare@tiny", "analyze", "extract@tiny", "sweep", "train@lmort", "train@scalar-mix",
+                  "index@lmort-tiny", "evaluate", "scale", "report"):
         assert f"Running stage '{stage}'" in out, stage
     report = (clone / "reports" / "quick" / "REPORT.md").read_text()
-    for needle in ("Layer geometry", "lmort", "pooled-linear", "bm25", "raw-layer-", "Efficiency", "Data scaling"):
+    for needle in ("Layer geometry", "lmort", "pooled-linear", "scalar-mix", "bm25", "raw-layer-", "Efficiency",
+                   "Data scaling", "Which layers?", "geometric rule picks"):
         assert needle in report, needle
+    swept = sorted(p.parent.name for p in (clone / "cache" / "quick" / "sweep").glob("*/point.json"))
+    assert swept == ["first-last", "lmort-multi", "lmort-u0-a3", "lmort-u3-a0", "scalar-mix"], swept
     assert (clone / "cache" / "quick" / "metrics.json").exists()
     plots = json.loads(sh("dvc plots show --json", clone, env))["data"]
     loss = json.dumps(plots["training loss"])
@@ -54,3 +57,6 @@ def test_quick_configuration_under_dvc(tmp_path):
     assert "Running stage 'train@" in exp, exp
     assert "Running stage 'extract@" not in exp and "Running stage 'analyze'" not in exp, exp
     assert "extract@tiny" in exp  # reported as unchanged, skipped
+    # the layer sweep trains from the same store: a changed sweep knob retrains its points, never stage one
+    sweep = sh("dvc exp run -S sweep.min_steps=8", clone, env)
+    assert "Running stage 'sweep'" in sweep and "Running stage 'extract@" not in sweep, sweep

@@ -291,6 +291,68 @@ def test_scaling_curve_trains_each_point_once_from_the_stores(world, tmp_path, m
     assert CliRunner().invoke(main, args).exit_code == 0
 
 
+def test_layer_sweep_trains_each_pair_once_from_one_store_and_feeds_dev_selection(world, tmp_path, monkeypatch):
+    """`lmort sweep`: LMORT per (U, A) pair plus the fusion baselines, all from the one multi-layer store (the LLM
+    is never loaded); the rule's rank and the dev pick land in selection.json, which `lmort train` can follow."""
+    import pipeline.scaling as sc
+    from pipeline.sweep import collect
+
+    monkeypatch.setattr(FrozenLLM, "__init__", lambda *a, **k: pytest.fail("stage two loaded the LLM"))
+    geometry = tmp_path / "geometry.json"
+    geometry.write_text('{"a_layer": 1, "u_layer": 2, "num_layers": 2}')
+    params = tmp_path / "p.yaml"
+    params.write_text("tuner: {width: 16, blocks: 1, heads: 2, out_dim: 16}\ntrain: {batch_size: 8, epochs: 1}\n"
+                      "sweep: {pairs: [[2, 1], [0, 2]], baselines: [pooled-linear, first-last, scalar-mix], "
+                      "min_steps: 4}\n")
+    out = tmp_path / "sweep"
+    args = ["sweep", "--stores", str(world["stores"]), "--data", str(world["ds"].folder), "--test",
+            str(world["ds"].folder), "--geometry", str(geometry), "--params", str(params), "--out", str(out)]
+    result = CliRunner().invoke(main, [*args, "--shard", "1/2"])  # half the points, as a second process would
+    assert result.exit_code == 0, result.output
+    half = {p["point"] for p in collect(out)}
+    result = CliRunner().invoke(main, [*args, "--shard", "0/2"])
+    assert result.exit_code == 0, result.output
+    points = {p["point"]: p for p in collect(out)}
+    assert half < set(points) and set(points) == {"lmort-u0-a2", "lmort-u2-a1", "first-last", "scalar-mix",
+                                                  "pooled-linear-0", "pooled-linear-1", "pooled-linear-2"}
+    assert points["lmort-u0-a2"]["tuner"]["stream_layer"] == 0 and points["lmort-u0-a2"]["tuner"]["cross_layer"] == 2
+    assert points["first-last"]["layers"] == [0, 2] and points["scalar-mix"]["layers"] == [0, 1, 2]
+    assert all(p["steps"] >= 4 and set(p["test"]) == {world["ds"].name} for p in points.values())
+    sel = json.loads((out / "selection.json").read_text())
+    grid = {pair: points[f"lmort-u{pair[0]}-a{pair[1]}"]["dev_ndcg@10"] for pair in ((0, 2), (2, 1))}
+    best = max(grid, key=grid.get)
+    assert sel["geometry"] == [2, 1] and sel["dev"] == list(best) and sel["pairs"] == 2
+    assert sel["dev_rank"]["rule_rank"] == (1 if best == (2, 1) else 2)
+    assert (out / "sweep.png").stat().st_size > 0
+    assert "geometric rule picks (U, A) = (2, 1)" in (out / "sweep.md").read_text()
+    monkeypatch.setattr(sc, "train", lambda *a, **k: pytest.fail("a finished point was trained again"))
+    assert CliRunner().invoke(main, args).exit_code == 0
+    # layer_selection: dev trains the variant on the sweep's dev pick instead of the rule's pair
+    monkeypatch.undo()
+    (out / "selection.json").write_text(json.dumps({**sel, "dev": [0, 2]}))
+    result = CliRunner().invoke(main, ["train", "--stores", str(world["stores"]), "--data", str(world["ds"].folder),
+                                       "--geometry", str(geometry), "--params", str(params), "--layer-selection",
+                                       "dev", "--selection", str(out / "selection.json"), "--out", str(tmp_path / "t")])
+    assert result.exit_code == 0, result.output
+    trained = json.loads((tmp_path / "t" / "train.json").read_text())["tuner"]
+    assert (trained["stream_layer"], trained["cross_layer"]) == (0, 2)
+    (out / "selection.json").write_text(json.dumps({**sel, "dev": None}))
+    result = CliRunner().invoke(main, ["train", "--stores", str(world["stores"]), "--data", str(world["ds"].folder),
+                                       "--geometry", str(geometry), "--params", str(params), "--layer-selection",
+                                       "dev", "--selection", str(out / "selection.json"), "--out", str(tmp_path / "u")])
+    assert result.exit_code != 0 and "no dev pick" in result.output
+
+
+def test_a_sweep_over_layers_the_store_lacks_is_refused():
+    from pipeline.sweep import plan
+
+    assert [p.name for p in plan([0, 2, 4], [0, 4])] == ["lmort-u0-a0", "lmort-u0-a4", "lmort-u4-a0", "lmort-u4-a4"]
+    with pytest.raises(ValueError, match=r"sweep layers \[7\] are not in the store"):
+        plan([0, 2, 4], pairs=[[0, 7]])
+    with pytest.raises(ValueError, match="unknown sweep baselines"):
+        plan([0, 2], [0, 2], baselines=["elmo"])
+
+
 def _commands(world, tmp, out):
     g = tmp / "geometry.json"
     g.write_text('{"a_layer": 1, "u_layer": 2, "num_layers": 2}')
@@ -302,6 +364,7 @@ def _commands(world, tmp, out):
     return {
         "train": ["train", "--stores", st, "--data", data, "--geometry", str(g), "--params", str(p), "--out", out],
         "scale": ["scale", "--stores", st, "--data", data, "--geometry", str(g), "--params", str(p), "--out", out],
+        "sweep": ["sweep", "--stores", st, "--data", data, "--geometry", str(g), "--params", str(p), "--out", out],
         "index": ["index", "--tuner", str(tuner), "--stores", st, "--data", data, "--system", "x", "--out", out,
                   "--run", str(tmp / "r.trec")],
         "index --run": ["index", "--tuner", str(tuner), "--stores", st, "--data", data, "--system", "x", "--out",
@@ -315,7 +378,7 @@ def _commands(world, tmp, out):
     }
 
 
-@pytest.mark.parametrize("command", ["train", "scale", "index", "index --run", "extract", "analyze", "prepare",
+@pytest.mark.parametrize("command", ["train", "scale", "sweep", "index", "index --run", "extract", "analyze", "prepare",
                                      "baselines", "evaluate", "report"])
 @pytest.mark.parametrize("where", ["under a file", "full disk"])
 def test_an_output_that_cannot_be_written_is_refused_before_any_work(world, tmp_path, monkeypatch, command, where):

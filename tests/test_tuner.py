@@ -14,10 +14,15 @@ def states(b=3, t=7, seed=0):
     return {1: torch.randn(b, t, 24, generator=g), 2: torch.randn(b, t, 24, generator=g)}
 
 
-@pytest.mark.parametrize("kind", ["lmort", "pooled-linear"])
+FUSED = {"pooled-concat": dict(kind="pooled-concat", pool_layers=[1, 2]),
+         "scalar-mix": dict(kind="scalar-mix", pool_layers=[1, 2]),
+         "lmort-multi": dict(kind="lmort", cross_layers=[1, 2])}
+
+
+@pytest.mark.parametrize("kind", ["lmort", "pooled-linear", *FUSED])
 @pytest.mark.parametrize("sink", [True, False])
 def test_shapes_and_padding_never_changes_a_vector(kind, sink):
-    tuner = Tuner(cfg(kind=kind, attention_sink=sink)).eval()
+    tuner = Tuner(cfg(**FUSED.get(kind, {"kind": kind}), attention_sink=sink)).eval()
     x = states()
     mask = torch.tensor([[1] * 7, [1] * 4 + [0] * 3, [1] * 1 + [0] * 6]).bool()
     v = tuner(x, mask)
@@ -76,3 +81,33 @@ def test_tuner_sizes_and_their_guard():
     assert paper.width is None and paper.blocks == 3 and paper.ff_ratio == 4  # the LLM's width, no projection
     with pytest.raises(ValueError, match="sets blocks"):
         variant_config("lmort", 2, 0, 3, 64, "paper", blocks=2)
+
+
+def test_fusion_baselines_read_the_layers_they_name():
+    stored = [0, 3, 6, 9]
+    first_last = variant_config("first-last", 6, 0, 9, 24, stored_layers=stored)
+    mix = variant_config("scalar-mix", 6, 0, 9, 24, stored_layers=stored)
+    multi = variant_config("lmort-multi", 6, 0, 9, 24, stored_layers=stored)
+    assert first_last.pool_layers == [0, 9] and first_last.layers == [0, 9]
+    assert mix.pool_layers == stored and mix.layers == stored
+    assert multi.stream_layer == 0 and multi.cross_layers == stored and multi.kind == "lmort"
+    with pytest.raises(ValueError, match="fuses several stored layers"):
+        variant_config("scalar-mix", 6, 0, 9, 24, stored_layers=[6])
+    # a layer the tuner does not read never changes its vectors; one it reads does
+    x = {layer: torch.randn(2, 5, 24) for layer in (0, 3, 6, 9)}
+    mask = torch.ones(2, 5, dtype=torch.bool)
+    for config, unread, read in ((first_last, 3, 9), (multi, None, 6)):
+        tuner = Tuner(config).eval()
+        v = tuner(x, mask)
+        if unread is not None:
+            assert torch.allclose(tuner({**x, unread: 10 * x[unread]}, mask), v)
+        assert not torch.allclose(tuner({**x, read: torch.randn(2, 5, 24)}, mask), v)
+
+
+def test_scalar_mix_starts_as_a_plain_average_and_learns_its_weights():
+    tuner = Tuner(TunerConfig(llm_width=24, stream_layer=1, cross_layer=1, kind="scalar-mix", pool_layers=[1, 2],
+                              out_dim=8)).eval()
+    assert torch.allclose(torch.softmax(tuner.mix, 0), torch.tensor([0.5, 0.5]))
+    x, mask = states(), torch.ones(3, 7, dtype=torch.bool)
+    tuner(x, mask).sum().backward()
+    assert tuner.mix.grad is not None and tuner.mix.grad.abs().sum() > 0

@@ -1,0 +1,86 @@
+"""`lmort sweep`: the (U, A) layer sweep and the fusion baselines (stage two only), from one multi-layer store:
+dev nDCG@10 per pair as a heatmap, the geometric rule's rank, test scores reported beside them, and
+`selection.json` (the rule's pair and the dev pick) for `lmort train --layer-selection dev`."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import click
+from tqdm.auto import tqdm
+
+from pipeline.atomic import atomic_file, check_writable
+from pipeline.llm import device_name
+from pipeline.params import load_params, open_training_sets, train_config, tuner_config
+from pipeline.sweep import collect, plan, plot_heatmap, run_sweep, selection, sweep_tables
+
+from .common import friendly_errors, names
+
+
+def shard_of(text: str) -> tuple[int, int]:
+    try:
+        i, n = (int(x) for x in text.split("/"))
+    except ValueError:
+        raise click.BadParameter(f"{text!r}: give i/n, e.g. 0/4") from None
+    if not 0 <= i < n:
+        raise click.BadParameter(f"{text!r}: need 0 <= i < n")
+    return i, n
+
+
+@click.command("sweep")
+@click.option("--stores", type=click.Path(path_type=Path, exists=True), required=True,
+              help="Folder of <data set>/{queries,corpus}.zarr holding every layer of the grid.")
+@click.option("--data", "data", multiple=True, required=True, help="Training set(s), as for `lmort train`.")
+@click.option("--test", "tests", multiple=True,
+              help="Sets scored on their test split (reported, never chosen on); default: `sweep.test`.")
+@click.option("--geometry", type=click.Path(path_type=Path, exists=True), required=True,
+              help="geometry.json of `lmort analyze`: the rule's (U, A), marked on the heatmap.")
+@click.option("--params", "params_file", type=click.Path(path_type=Path, exists=True), default="params.yaml",
+              show_default=True, help="YAML with `tuner:`, `train:` (the recipe) and `sweep:` sections.")
+@click.option("--set", "overrides", multiple=True, help="Override a parameter, e.g. --set 'sweep.layers=[0,12]'.")
+@click.option("--shard", default="0/1", show_default=True,
+              help="i/n: train every n-th point from the i-th (several processes share one grid).")
+@click.option("--out", type=click.Path(path_type=Path), required=True, help="Folder of points, heatmap, table.")
+@click.option("--points-only", is_flag=True, help="Train and score the points; leave the summary for later.")
+@friendly_errors
+def command(stores, data, tests, geometry, params_file, overrides, shard, out, points_only) -> None:
+    """Train every sweep point not done yet, then draw the heatmap and write selection.json."""
+    i, n = shard_of(shard)
+    check_writable(out)
+    params = load_params(params_file, overrides)
+    sw = params.get("sweep") or {}
+    geo = json.loads(Path(geometry).read_text())
+    layers, pairs, baselines = sw.get("layers") or [], sw.get("pairs") or [], sw.get("baselines") or []
+    if layers or pairs or baselines:
+        sets = open_training_sets(stores, names(data))
+        evals = open_training_sets(stores, names(tests) or list(sw.get("test") or []), pairs=False)
+        first = sets[0].corpus
+        stored = list(first.layers)
+        points = plan(stored, None if layers == "all" else layers, pairs, baselines)
+        size = sw.get("size")
+        shaped = {**params, "tuner": {**params.get("tuner", {}), **({"size": size} if size else {})}}
+
+        def config_of(p):
+            pair = (p.u_layer, p.a_layer) if p.u_layer is not None else None
+            return tuner_config(shaped, p.variant, geometry, first.width, bool(first.fingerprint.get("attention_sink")),
+                                stored, pair)
+
+        mine = points[i::n]
+        bar = lambda xs: tqdm(xs, desc=f"sweep points ({i}/{n})", unit="point")  # noqa: E731
+        for p in run_sweep(sets, evals, mine, config_of, train_config(params), int(sw.get("min_steps", 500)), out,
+                           {"size": size, "device": device_name()}, bar):
+            click.echo(f"{p['point']}: dev {p['dev_ndcg@10']}, test {p['test_mean']} ({p['steps']} steps, "
+                       f"{p['train_seconds']} s)")
+    if points_only:
+        return
+    found = collect(out) if out.exists() else []
+    sel = selection(found, geo)
+    out.mkdir(parents=True, exist_ok=True)
+    atomic_file(out / "selection.json", lambda tmp: tmp.write_text(json.dumps(sel, indent=1)))
+    if any(p["variant"] == "lmort" for p in found):
+        plot_heatmap(found, sel, out / "sweep.png")
+        if "test_rank" in sel:
+            plot_heatmap(found, sel, out / "sweep-test.png", key="test_mean", title="test (mean)")
+    atomic_file(out / "sweep.md", lambda tmp: tmp.write_text(sweep_tables(found, sel)))
+    click.echo(f"{len(found)} points; wrote {out / 'selection.json'} and {out / 'sweep.md'}")
