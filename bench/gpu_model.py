@@ -30,10 +30,19 @@ def unpermute(w: np.ndarray, heads: int) -> np.ndarray:
 
 
 def hf_weights(packed: Path) -> dict[str, np.ndarray]:
+    """Every carried part: blocks.safetensors.xz in `packed`, and blocks-<i>.safetensors.xz there or in the
+    folders the packer split off (`packed`-<i>, carried by earlier calls and copied beside it)."""
     config = json.loads((packed / "config.json").read_text())
-    with lzma.open(packed / "blocks.safetensors.xz") as f:
+    out = {}
+    for part in sorted(packed.glob("blocks*.safetensors.xz")):
+        out.update(_part_weights(part, config))
+    return out
+
+
+def _part_weights(part: Path, config: dict) -> dict[str, np.ndarray]:
+    with lzma.open(part) as f:
         raw = f.read()
-    tmp = packed / "blocks.safetensors.tmp"
+    tmp = part.with_suffix(".tmp")
     tmp.write_bytes(raw)
     out = {}
     with safe_open(tmp, "numpy") as f:

@@ -41,9 +41,9 @@ class SweepPoint:
 
 def plan(stored: list[int], layers: list[int] | None = None, pairs: list | None = None,
          baselines: list[str] = ()) -> list[SweepPoint]:
-    """The grid (every ordered pair of `layers`, default every stored layer; or the explicit `pairs`), then the
-    baselines (pooled-linear on each layer of the grid). Pairs are ordered by U so that a process keeps the
-    U-layer loaded along a row."""
+    """The baselines (pooled-linear on each layer of the grid), then the grid: every ordered pair of `layers`
+    (default every stored layer) or the explicit `pairs`, ordered by U so that a process keeps the U-layer
+    loaded along a row."""
     if pairs:
         chosen = [tuple(p) for p in pairs]
         grid_layers = sorted({x for p in chosen for x in p})
@@ -56,13 +56,13 @@ def plan(stored: list[int], layers: list[int] | None = None, pairs: list | None 
     unknown = sorted(set(baselines) - set(BASELINES))
     if unknown:
         raise ValueError(f"unknown sweep baselines {unknown}; choose from {', '.join(BASELINES)}")
-    points = [SweepPoint("lmort", u, a) for u, a in sorted(chosen)]
+    points = []  # the baselines first: few, and wanted even when a time limit cuts the grid
     for b in baselines:
         if b == "pooled-linear":
             points += [SweepPoint(b, layer, layer) for layer in grid_layers]
         else:
             points.append(SweepPoint(b))
-    return points
+    return points + [SweepPoint("lmort", u, a) for u, a in sorted(chosen)]
 
 
 def run_sweep(sets: list[TrainingSet], tests: list[TrainingSet], points: list[SweepPoint], config_of,
