@@ -14,8 +14,8 @@ export LMORT_CACHE=${LMORT_CACHE:-/tmp/lmort} PYTHONUNBUFFERED=1 PYTHONPATH=/tmp
 export JAX_PLATFORMS=cpu XLA_PYTHON_CLIENT_PREALLOCATE=false   # the image's JAX would take 75% of the GPU per process
 OUT=${OUT:-/tmp/gpu-out}
 mkdir -p "$OUT" "$LMORT_CACHE"
-TRAIN=scifact,nfcorpus_preprocessed
-SETS="scifact nfcorpus_preprocessed cranfield cacm vaswani_npl"
+TRAIN=${TRAIN:-scifact,nfcorpus_preprocessed}
+SETS=${SETS:-"scifact nfcorpus_preprocessed cranfield cacm vaswani_npl"}
 LAYERS=${LAYERS:-0,2,6,12,18,24,30}
 lmort() { python3 -c 'from stages.cli import main; main()' "$@"; }
 now() { date +%s; }

@@ -8,6 +8,7 @@ sweep resumes, several processes can share a grid (`shard`), and points trained 
 from __future__ import annotations
 
 import json
+import logging
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -18,6 +19,8 @@ from .metrics import markdown_table
 from .scaling import run_point
 from .train import TrainConfig, TrainingSet
 from .tuner import TunerConfig
+
+log = logging.getLogger(__name__)
 
 BASELINES = ("pooled-linear", "first-last", "scalar-mix", "lmort-multi")  # pooled-linear: one point per layer
 
@@ -77,7 +80,10 @@ def run_sweep(sets: list[TrainingSet], tests: list[TrainingSet], points: list[Sw
                 store.release(tuner_cfg.layers)
         info = {**label, "variant": p.variant, "point": p.name, "u_layer": p.u_layer, "a_layer": p.a_layer,
                 "layers": tuner_cfg.layers}
-        done.append(run_point(sets, tests, tuner_cfg, cfg, None, min_steps, Path(out) / p.name, info, "test"))
+        point = run_point(sets, tests, tuner_cfg, cfg, None, min_steps, Path(out) / p.name, info, "test")
+        log.info(f"{p.name}: dev {point['dev_ndcg@10']}, test {point['test_mean']} ({point['steps']} steps, "
+                 f"{point['train_seconds']} s)")
+        done.append(point)
     return done
 
 

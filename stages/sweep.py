@@ -68,10 +68,8 @@ def command(stores, data, tests, geometry, params_file, overrides, shard, out, p
 
         mine = points[i::n]
         bar = lambda xs: tqdm(xs, desc=f"sweep points ({i}/{n})", unit="point")  # noqa: E731
-        for p in run_sweep(sets, evals, mine, config_of, train_config(params), int(sw.get("min_steps", 500)), out,
-                           {"size": size, "device": device_name()}, bar):
-            click.echo(f"{p['point']}: dev {p['dev_ndcg@10']}, test {p['test_mean']} ({p['steps']} steps, "
-                       f"{p['train_seconds']} s)")
+        run_sweep(sets, evals, mine, config_of, train_config(params), int(sw.get("min_steps", 500)), out,
+                  {"size": size, "device": device_name()}, bar)
     if points_only:
         return
     found = collect(out) if out.exists() else []
