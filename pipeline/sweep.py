@@ -175,9 +175,26 @@ def sweep_tables(points: list[dict], sel: dict, top: int = 5) -> str:
                          f"({t['rule_score']} against {tuple(t['best'])} at {t['best_score']}): "
                          f"{'inside' if t['rule_in_top10'] else 'outside'} the top 10%.")
         lines.append("")
+    fused = [p for p in points if p["variant"] in ("first-last", "scalar-mix", "lmort-multi")]
+    if grid and fused:
+        best_fused = max(fused, key=lambda p: p["dev_ndcg@10"] or -1)
+        lines += [f"Best fusion baseline on dev: {best_fused['point']} ({best_fused['dev_ndcg@10']} dev, "
+                  f"{best_fused['test_mean']} test mean) against the best LMORT pair, {grid[0]['point']} "
+                  f"({grid[0]['dev_ndcg@10']} dev, {grid[0]['test_mean']} test mean).", ""]
     rows = [row(p, i + 1) for i, p in enumerate(grid) if i < top or (p["u_layer"], p["a_layer"]) == rule]
-    others = [row(p) for p in sorted((p for p in points if p["variant"] != "lmort"), key=lambda p: p["point"])]
+    others = [row(p) for p in sorted((p for p in points if p["variant"] != "lmort"),
+                                     key=lambda p: (p["variant"], p["u_layer"] or 0))]
     table = rows + others
     if table:
         lines.append(markdown_table(table, list(dict.fromkeys(k for r in table for k in r))))
+    if grid:
+        lines += ["", "Dev nDCG@10 of every pair (rows: U-layer, columns: A-layer):", "", grid_table(grid)]
     return "\n".join(lines) + "\n"
+
+
+def grid_table(grid: list[dict], key: str = "dev_ndcg@10") -> str:
+    us = sorted({p["u_layer"] for p in grid})
+    as_ = sorted({p["a_layer"] for p in grid})
+    value = {(p["u_layer"], p["a_layer"]): p[key] for p in grid}
+    rows = [{"U \\ A": u, **{str(a): value.get((u, a)) for a in as_}} for u in us]
+    return markdown_table(rows, ["U \\ A", *map(str, as_)])
