@@ -15,6 +15,26 @@ from pipeline.tuner import FUSION, VARIANTS
 from .common import friendly_errors, names
 
 
+def layer_pair(selection_rule: str, selection: Path | None) -> tuple[int, int] | None:
+    """The (U, A) pair `--layer-selection` asks for; None = the geometric rule's."""
+    if selection_rule == "geometry":
+        return None
+    if selection_rule == "dev":
+        if selection is None or not Path(selection).is_file():
+            raise click.UsageError(f"--layer-selection dev reads the sweep's selection.json; not found: {selection}")
+        pair = json.loads(Path(selection).read_text()).get("dev")
+        if not pair:
+            raise click.ClickException(f"{selection}: the sweep has no dev pick (no grid points were trained); "
+                                       "configure `sweep:` or use --layer-selection geometry")
+        return int(pair[0]), int(pair[1])
+    try:
+        u, a = (int(x) for x in selection_rule.split(","))
+    except ValueError:
+        raise click.BadParameter(f"{selection_rule!r}: give geometry, dev or a pair U,A such as 6,0",
+                                 param_hint="--layer-selection") from None
+    return u, a
+
+
 @click.command("train")
 @click.option("--stores", type=click.Path(path_type=Path, exists=True), required=True,
               help="Folder of <data set>/{queries,corpus}.zarr written by `lmort extract`.")
@@ -22,8 +42,9 @@ from .common import friendly_errors, names
 @click.option("--geometry", type=click.Path(path_type=Path, exists=True), required=True,
               help="geometry.json of `lmort analyze` (the A- and U-layers).")
 @click.option("--variant", type=click.Choice(VARIANTS + FUSION), default="lmort", show_default=True)
-@click.option("--layer-selection", type=click.Choice(["geometry", "dev"]), default="geometry", show_default=True,
-              help="(U, A) from the geometric rule (--geometry), or the best pair on dev of `lmort sweep`.")
+@click.option("--layer-selection", default="geometry", show_default=True,
+              help="(U, A): `geometry` (the rule in --geometry), `dev` (the best pair on dev of `lmort sweep`, read "
+                   "from --selection), or an explicit pair `U,A` (say, a sweep's dev pick in another configuration).")
 @click.option("--selection", type=click.Path(path_type=Path),
               help="selection.json of `lmort sweep` (read with --layer-selection dev).")
 @click.option("--params", "params_file", type=click.Path(path_type=Path, exists=True), default="params.yaml",
@@ -34,15 +55,7 @@ from .common import friendly_errors, names
 def command(stores, data, geometry, variant, layer_selection, selection, params_file, overrides, out) -> None:
     """Train one tuner variant from the stores (InfoNCE, BM25 hard negatives, dev-selected)."""
     check_writable(out)
-    pair = None
-    if layer_selection == "dev":
-        if selection is None or not Path(selection).is_file():
-            raise click.UsageError(f"--layer-selection dev reads the sweep's selection.json; not found: {selection}")
-        pair = json.loads(Path(selection).read_text()).get("dev")
-        if not pair:
-            raise click.ClickException(f"{selection}: the sweep has no dev pick (no grid points were trained); "
-                                       "configure `sweep:` or use --layer-selection geometry")
-        pair = tuple(pair)
+    pair = layer_pair(layer_selection, selection)
     params = load_params(params_file, overrides)
     sets = open_training_sets(stores, names(data))
     first = sets[0].corpus
