@@ -8,11 +8,10 @@ import click
 
 from pipeline.analyze import analyze, layer_table
 from pipeline.atomic import check_writable
+from pipeline.command_line import friendly_errors, names
 from pipeline.llm import CASES, Template
 from pipeline.precision import COMPUTE_DTYPES
 from pipeline.prepare import ensure_prepared
-
-from .common import friendly_errors, names
 
 
 @click.command("analyze")

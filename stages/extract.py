@@ -8,12 +8,11 @@ from pathlib import Path
 import click
 
 from pipeline.atomic import atomic_file, check_writable
+from pipeline.command_line import friendly_errors
 from pipeline.extract import ExtractSpec, extract
 from pipeline.llm import CASES, Template
 from pipeline.precision import COMPUTE_DTYPES
 from pipeline.prepare import ensure_prepared
-
-from .common import friendly_errors
 
 
 def default_layers(geometry: Path, last_layer: bool = True) -> list[int]:

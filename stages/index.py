@@ -7,11 +7,10 @@ from pathlib import Path
 import click
 
 from pipeline.atomic import check_writable
+from pipeline.command_line import friendly_errors
 from pipeline.index import encode_online, load_index, search
 from pipeline.params import open_stores
 from pipeline.prepare import ensure_prepared
-
-from .common import friendly_errors
 
 
 @click.command("index")

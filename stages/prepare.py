@@ -8,10 +8,9 @@ from pathlib import Path
 import click
 
 from pipeline.atomic import atomic_file, check_writable
+from pipeline.command_line import friendly_errors
 from pipeline.metrics import markdown_table
 from pipeline.prepare import prepare_dataset, prepared_dir
-
-from .common import friendly_errors
 
 
 @click.command("prepare")

@@ -8,10 +8,9 @@ import click
 import yaml
 
 from pipeline.atomic import check_writable
+from pipeline.command_line import friendly_errors
 from pipeline.data import cache_root
 from pipeline.report import build_report
-
-from .common import friendly_errors
 
 
 @click.command("report")

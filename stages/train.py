@@ -8,11 +8,10 @@ from pathlib import Path
 import click
 
 from pipeline.atomic import check_writable
+from pipeline.command_line import friendly_errors, names
 from pipeline.params import load_params, open_training_sets, train_config, tuner_config
 from pipeline.train import train
 from pipeline.tuner import FUSION, VARIANTS
-
-from .common import friendly_errors, names
 
 
 def layer_pair(selection_rule: str, selection: Path | None) -> tuple[int, int] | None:

@@ -74,3 +74,14 @@ def test_every_stage_depends_on_every_module_its_command_imports():
 def test_the_check_sees_function_level_imports():
     """index.py imports default_device inside a function: the closure must still contain llm.py."""
     assert ROOT / "pipeline" / "llm.py" in closure("pipeline.index")
+
+
+def test_stage_files_import_only_the_library_and_the_library_never_imports_a_stage():
+    """Each stage is a thin shell over pipeline/: no stage file imports another (only the `lmort` group, cli.py,
+    collects them), and no library module reaches up into stages/."""
+    for file in sorted((ROOT / "stages").glob("*.py")):
+        if file.name in ("cli.py", "__init__.py"):
+            continue
+        assert not {m for m in imports_of(file) if m.startswith("stages")}, file.name
+    for file in sorted((ROOT / "pipeline").glob("*.py")):
+        assert not {m for m in imports_of(file) if m.startswith("stages")}, file.name

@@ -1,4 +1,6 @@
-"""What every stage shares: turning library errors into clear messages and a non-zero exit."""
+"""What every stage's command line shares: library errors as one clear line and a non-zero exit, and list options.
+
+The stage files (stages/) import only the library, never each other: this is their one shared piece."""
 
 from __future__ import annotations
 
@@ -6,9 +8,9 @@ import functools
 
 import click
 
-from pipeline.atomic import OutputError
-from pipeline.data import DataError
-from pipeline.store import StoreError
+from .atomic import OutputError
+from .data import DataError
+from .store import StoreError
 
 
 def friendly_errors(fn):
