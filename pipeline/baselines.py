@@ -10,6 +10,7 @@ import torch
 import torch.nn.functional as F
 from tqdm.auto import tqdm
 
+from .batching import length_buckets
 from .bm25 import BM25, doc_text
 from .data import Prepared
 from .geometry import mean_pool
@@ -38,10 +39,9 @@ def minilm_encode(texts: list[str], folder: Path | None = None, batch_size: int 
     folder = folder or minilm_folder()
     tok = AutoTokenizer.from_pretrained(folder)
     model = AutoModel.from_pretrained(folder, use_safetensors=True).eval()
-    order = sorted(range(len(texts)), key=lambda i: -len(texts[i]))
     out = np.zeros((len(texts), model.config.hidden_size), dtype=np.float32)
-    for b in tqdm(range(0, len(order), batch_size), desc=desc, unit="batch"):
-        idx = order[b : b + batch_size]
+    batches = list(length_buckets([len(t) for t in texts], batch_size=batch_size))
+    for idx in tqdm(batches, desc=desc, unit="batch"):
         enc = tok([texts[i] for i in idx], padding=True, truncation=True, max_length=max_length, return_tensors="pt")
         pooled = mean_pool(model(**enc).last_hidden_state, enc["attention_mask"])
         out[idx] = F.normalize(pooled, dim=-1).numpy()

@@ -9,6 +9,7 @@ import torch
 from tqdm.auto import tqdm
 
 from .atomic import atomic_file
+from .batching import length_buckets
 from .metrics import Run
 from .precision import autocast
 from .store import ActivationStore
@@ -24,19 +25,14 @@ def encode_store(tuner: Tuner, store: ActivationStore, ids: list[str] | None = N
     device = next(tuner.parameters()).device
     was_training = tuner.training
     tuner.eval()
-    order = sorted(range(len(ids)), key=lambda i: -int(store.lengths[store.row[ids[i]]]))
     out = np.zeros((len(ids), tuner.cfg.out_dim), dtype=np.float32)
-    start = 0
     with tqdm(total=len(ids), unit="text", desc=desc, disable=not progress) as bar:
-        while start < len(order):
-            size = max(1, batch_tokens // int(store.lengths[store.row[ids[order[start]]]]))
-            idx = order[start : start + size]
+        for idx in length_buckets([int(store.lengths[store.row[i]]) for i in ids], batch_tokens):
             states, mask = store.batch([ids[i] for i in idx], tuner.cfg.layers)
             with autocast(device, bf16):
                 vec = tuner({k: v.to(device) for k, v in states.items()}, mask.to(device))
             out[idx] = vec.float().cpu().numpy()
             bar.update(len(idx))
-            start += size
     tuner.train(was_training)
     return out
 

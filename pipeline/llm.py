@@ -18,6 +18,7 @@ import torch
 from tqdm.auto import tqdm
 
 from .atomic import atomic_dir
+from .batching import length_buckets
 from .data import cache_root
 from .precision import resolve_compute_dtype
 
@@ -266,18 +267,12 @@ class FrozenLLM:
         at about 3.7k tok/s against 2.9k with 8,192), 16,384 on a GPU."""
         if batch_tokens is None:
             batch_tokens = 16384 if self.device.startswith("cuda") else 2048
-        order = sorted(range(len(token_ids)), key=lambda i: -len(token_ids[i]))
-        total = sum(len(token_ids[i]) for i in order)
-        with tqdm(total=total, unit="tok", unit_scale=True, desc=desc, disable=not progress) as bar:
-            start = 0
-            while start < len(order):
-                width = len(token_ids[order[start]])
-                size = max(1, batch_tokens // max(width, 1))
-                idx = order[start : start + size]
+        lengths = [len(t) for t in token_ids]
+        with tqdm(total=sum(lengths), unit="tok", unit_scale=True, desc=desc, disable=not progress) as bar:
+            for idx in length_buckets(lengths, batch_tokens):
                 states, mask = self.forward([token_ids[i] for i in idx], layers)
                 yield idx, states, mask
-                bar.update(sum(len(token_ids[i]) for i in idx))
-                start += size
+                bar.update(sum(lengths[i] for i in idx))
 
 
 def parameter_count(folder: str) -> int | None:

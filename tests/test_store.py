@@ -219,3 +219,17 @@ def test_a_shard_writer_that_lost_its_lock_does_not_write(tiny_model, prepared, 
     with pytest.raises(StoreError, match="no longer holds"):  # the writer is gone (its lock released)
         write_shard(path, (0, 0, 0, 0), 0, {}, {"tokens": 0}, owner)
     assert not (path / "_shards").exists()
+
+
+def test_length_buckets_cover_every_text_once_longest_first_within_the_budget():
+    from pipeline.batching import length_buckets
+
+    lengths = [5, 300, 17, 17, 1, 64, 0, 256]
+    batches = list(length_buckets(lengths, batch_tokens=512))
+    assert sorted(i for b in batches for i in b) == list(range(len(lengths)))
+    flat = [lengths[i] for b in batches for i in b]
+    assert flat == sorted(lengths, reverse=True)
+    assert all(max(lengths[i] for i in b) * len(b) <= 512 or len(b) == 1 for b in batches)
+    assert [len(b) for b in length_buckets(lengths, batch_size=3)] == [3, 3, 2]
+    with pytest.raises(ValueError):
+        list(length_buckets(lengths))
