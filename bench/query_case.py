@@ -10,7 +10,7 @@ import argparse
 from pathlib import Path
 
 from pipeline.data import cache_root
-from pipeline.index import encode_online, load_index, retrieve
+from pipeline.index import load_index, retrieve
 from pipeline.llm import FrozenLLM, Template, default_device
 from pipeline.metrics import evaluate, markdown_table
 from pipeline.precision import resolve_compute_dtype
@@ -34,7 +34,7 @@ for system in args.systems:
                     dtype=resolve_compute_dtype(meta.get("compute_dtype", "float32"), default_device()))
     row = {"system": system, "template case": meta["template"].get("case", "keep")}
     for case, f in (("as given", str), ("lower-cased", str.lower), ("upper-cased", str.upper)):
-        vec = encode_online(llm, tuner, [f(ds.queries[q]) for q in qids], Template(**meta["template"]),
+        vec = tuner.encode_texts(llm, [f(ds.queries[q]) for q in qids], Template(**meta["template"]),
                             meta["query_max_length"])
         row[case] = evaluate(retrieve(index, meta["ids"], qids, vec), ds.qrels[args.split])["nDCG@10"]
     rows.append(row)

@@ -5,36 +5,11 @@ from __future__ import annotations
 from pathlib import Path
 
 import numpy as np
-import torch
-from tqdm.auto import tqdm
 
 from .atomic import atomic_file
-from .batching import length_buckets
 from .metrics import Run
-from .precision import autocast
 from .store import ActivationStore
 from .tuner import Tuner
-
-
-@torch.inference_mode()
-def encode_store(tuner: Tuner, store: ActivationStore, ids: list[str] | None = None, batch_tokens: int = 16384,
-                 desc: str = "encode", progress: bool = True, bf16: bool = True) -> np.ndarray:
-    """[N, out_dim] float32 vectors for `ids` (default: every text of the store), in the order given; the tuner
-    runs under bf16 autocast where the device has native bfloat16 (unless `bf16` is False)."""
-    ids = list(store.ids) if ids is None else ids
-    device = next(tuner.parameters()).device
-    was_training = tuner.training
-    tuner.eval()
-    out = np.zeros((len(ids), tuner.cfg.out_dim), dtype=np.float32)
-    with tqdm(total=len(ids), unit="text", desc=desc, disable=not progress) as bar:
-        for idx in length_buckets([int(store.lengths[store.row[i]]) for i in ids], batch_tokens):
-            states, mask = store.batch([ids[i] for i in idx], tuner.cfg.layers)
-            with autocast(device, bf16):
-                vec = tuner({k: v.to(device) for k, v in states.items()}, mask.to(device))
-            out[idx] = vec.float().cpu().numpy()
-            bar.update(len(idx))
-    tuner.train(was_training)
-    return out
 
 
 def build_index(vectors: np.ndarray, kind: str = "flat", use_gpu: bool | None = None):
@@ -102,10 +77,10 @@ def index_dataset(tuner_dir: Path, queries: ActivationStore, corpus: ActivationS
     tuner = Tuner.load(tuner_dir, default_device())
     if corpus.nbytes(tuner.cfg.layers) <= memory_gb * 1e9:
         corpus.load(tuner.cfg.layers)
-    vectors = encode_store(tuner, corpus, desc=f"encode {corpus.path.parent.name}", bf16=bf16)
+    vectors = tuner.encode_store(corpus, desc=f"encode {corpus.path.parent.name}", bf16=bf16)
     encode_seconds = time.time() - t0
     index = build_index(vectors, kind)
-    run = retrieve(index, list(corpus.ids), qids, encode_store(tuner, queries, qids, progress=False, bf16=bf16), k)
+    run = retrieve(index, list(corpus.ids), qids, tuner.encode_store(queries, qids, progress=False, bf16=bf16), k)
     out.mkdir(parents=True, exist_ok=True)
     np.save(out / "vectors.npy", vectors)
     atomic_file(out / "index.faiss", lambda tmp: write_index(index, tmp))
@@ -126,19 +101,3 @@ def load_index(folder: Path):
     import faiss
 
     return faiss.read_index(str(Path(folder) / "index.faiss")), json.loads((Path(folder) / "meta.json").read_text())
-
-
-def encode_online(llm, tuner: Tuner, texts: list[str], template, max_length: int, kind: str = "query",
-                  bf16: bool = True) -> np.ndarray:
-    """The memory path: new text -> truncated frozen LLM -> tuner, with no store in between."""
-    fmt = template.format_query if kind == "query" else (lambda t: template.format_passage("", t))
-    ids, _ = llm.tokenize([fmt(t) for t in texts], max_length)
-    out = np.zeros((len(texts), tuner.cfg.out_dim), dtype=np.float32)
-    device = next(tuner.parameters()).device
-    tuner.eval()
-    with torch.inference_mode():
-        for idx, states, mask in llm.iter_hidden_states(ids, tuner.cfg.layers, progress=False):
-            states = {k: v.to(device, torch.float32) for k, v in states.items()}
-            with autocast(device, bf16):
-                out[idx] = tuner(states, mask.to(device).bool()).float().cpu().numpy()
-    return out

@@ -25,7 +25,7 @@ from tqdm.auto import tqdm
 
 from .atomic import atomic_dir, atomic_file, existing_dir
 from .data import Prepared
-from .index import build_index, encode_store, retrieve
+from .index import build_index, retrieve
 from .metrics import evaluate
 from .precision import autocast
 from .store import ActivationStore, check_compatible
@@ -189,9 +189,9 @@ def split_ndcg(tuner: Tuner, ts: TrainingSet, qrels: dict, progress: bool = Fals
     """nDCG@10 of the queries judged in `qrels` against the set's full corpus (exact search): dev selection and
     the scaling curve's zero-shot scores share it."""
     qids = [q for q in qrels if q in ts.queries.row]
-    corpus = encode_store(tuner, ts.corpus, desc="dev corpus", progress=progress, bf16=bf16)
+    corpus = tuner.encode_store(ts.corpus, desc="dev corpus", progress=progress, bf16=bf16)
     run = retrieve(build_index(corpus, use_gpu=False), list(ts.corpus.ids), qids,
-                   encode_store(tuner, ts.queries, qids, progress=False, bf16=bf16))
+                   tuner.encode_store(ts.queries, qids, progress=False, bf16=bf16))
     return evaluate(run, qrels)["nDCG@10"]
 
 

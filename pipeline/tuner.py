@@ -23,13 +23,17 @@ import json
 from dataclasses import asdict, dataclass
 from pathlib import Path
 
+import numpy as np
 import torch
 import torch.nn as nn
 import torch.nn.functional as F
 from safetensors.torch import load_file, save_file
+from tqdm.auto import tqdm
 
 from .atomic import atomic_dir
+from .batching import length_buckets
 from .geometry import mean_pool, pooling_mask
+from .precision import autocast
 
 
 @dataclass
@@ -174,6 +178,42 @@ class Tuner(nn.Module):
 
     def score_scale(self) -> float:
         return 1.0 / self.cfg.temperature if self.cfg.similarity == "cosine" else 1.0
+
+    # encoding (as sentence-transformers' model.encode): from a store, or from new text through the LLM
+
+    @torch.inference_mode()
+    def encode_store(self, store, ids: list[str] | None = None, batch_tokens: int = 16384, desc: str = "encode",
+                     progress: bool = True, bf16: bool = True) -> np.ndarray:
+        """[N, out_dim] float32 vectors of `ids` (default: every text of an ActivationStore), in the order given,
+        under bf16 autocast where the device computes bfloat16 natively (unless `bf16` is False)."""
+        ids = list(store.ids) if ids is None else ids
+        device = next(self.parameters()).device
+        was_training = self.training
+        self.eval()
+        out = np.zeros((len(ids), self.cfg.out_dim), dtype=np.float32)
+        with tqdm(total=len(ids), unit="text", desc=desc, disable=not progress) as bar:
+            for idx in length_buckets([int(store.lengths[store.row[i]]) for i in ids], batch_tokens):
+                states, mask = store.batch([ids[i] for i in idx], self.cfg.layers)
+                with autocast(device, bf16):
+                    out[idx] = self({k: v.to(device) for k, v in states.items()}, mask.to(device)).float().cpu().numpy()
+                bar.update(len(idx))
+        self.train(was_training)
+        return out
+
+    @torch.inference_mode()
+    def encode_texts(self, llm, texts: list[str], template, max_length: int, kind: str = "query",
+                     bf16: bool = True) -> np.ndarray:
+        """The online path: new text -> the truncated frozen LLM (a FrozenLLM) -> the tuner, with no store."""
+        fmt = template.format_query if kind == "query" else (lambda t: template.format_passage("", t))
+        token_ids, _ = llm.tokenize([fmt(t) for t in texts], max_length)
+        out = np.zeros((len(texts), self.cfg.out_dim), dtype=np.float32)
+        device = next(self.parameters()).device
+        self.eval()
+        for idx, states, mask in llm.iter_hidden_states(token_ids, self.cfg.layers, progress=False):
+            with autocast(device, bf16):
+                out[idx] = self({k: v.to(device, torch.float32) for k, v in states.items()},
+                                mask.to(device).bool()).float().cpu().numpy()
+        return out
 
 
 # Tuner sizes (`tuner.size` in the params): the block stack's shape. On SmolLM2-135M (width 576):

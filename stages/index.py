@@ -8,7 +8,7 @@ import click
 
 from pipeline.atomic import check_writable
 from pipeline.command_line import friendly_errors
-from pipeline.index import encode_online, load_index, search
+from pipeline.index import load_index, search
 from pipeline.params import open_stores
 from pipeline.prepare import ensure_prepared
 
@@ -59,7 +59,7 @@ def search_command(index_dir, k, data, text, bf16) -> None:
     tuner = Tuner.load(Path(meta["tuner"]))
     llm = FrozenLLM(meta["model"], max_layer=max(tuner.cfg.layers),
                     dtype=resolve_compute_dtype(meta.get("compute_dtype", "float32"), default_device()))
-    vec = encode_online(llm, tuner, [" ".join(text)], Template(**meta["template"]), meta["query_max_length"],
+    vec = tuner.encode_texts(llm, [" ".join(text)], Template(**meta["template"]), meta["query_max_length"],
                         bf16=bf16)
     scores, idx = search(index, vec, k)
     ds = ensure_prepared(data) if data else None

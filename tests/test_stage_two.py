@@ -11,7 +11,7 @@ from safetensors.torch import load_file
 
 from pipeline.data import load_prepared
 from pipeline.extract import ExtractSpec, extract
-from pipeline.index import build_index, encode_online, encode_store, search
+from pipeline.index import build_index, search
 from pipeline.llm import FrozenLLM, Template
 from pipeline.metrics import evaluate
 from pipeline.prepare import prepare_dataset
@@ -110,9 +110,9 @@ def test_online_vectors_equal_cached_vectors(world, tmp_path):
     tuner = Tuner.load(tmp_path / "run" / "best")
     store = ActivationStore(world["stores"] / "tiny" / "queries.zarr")
     ids = list(world["ds"].queries)[:10]
-    cached = encode_store(tuner, store, ids, progress=False)
+    cached = tuner.encode_store(store, ids, progress=False)
     llm = FrozenLLM(world["model"], max_layer=2, device="cpu")
-    online = encode_online(llm, tuner, [world["ds"].queries[i] for i in ids], Template(), 8)
+    online = tuner.encode_texts(llm, [world["ds"].queries[i] for i in ids], Template(), 8)
     np.testing.assert_allclose(online, cached, atol=5e-3)
 
 
