@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import logging
+from dataclasses import dataclass
 from pathlib import Path
 
 from .bm25 import BM25, carve_dev, judged_relevant, training_pairs
@@ -12,9 +13,21 @@ from .metrics import evaluate
 log = logging.getLogger(__name__)
 
 
+@dataclass(frozen=True)
+class PrepareConfig:
+    """prepare's knobs: the one source of their defaults (the `prepare:` params and `lmort prepare`'s options)."""
+
+    negatives: int = 16  # BM25 hard negatives kept per training query
+    dev_fraction: float = 0.1  # training queries carved into dev where a set has no dev split
+    seed: int = 0
+
+
+DEFAULT = PrepareConfig()
+
+
 def prepare_dataset(
-    data: str, out: Path, n_negatives: int = 16, dev_fraction: float = 0.1, seed: int = 0,
-    md5: str | None = None,
+    data: str, out: Path, n_negatives: int = DEFAULT.negatives, dev_fraction: float = DEFAULT.dev_fraction,
+    seed: int = DEFAULT.seed, md5: str | None = None,
 ) -> dict:
     """Validate `data`, mine hard negatives for its train (and dev) split, and write everything to `out`.
 
@@ -42,7 +55,8 @@ def prepare_dataset(
     return summary
 
 
-def source_record(folder: Path, n_negatives: int = 16, dev_fraction: float = 0.1, seed: int = 0) -> dict:
+def source_record(folder: Path, n_negatives: int = DEFAULT.negatives, dev_fraction: float = DEFAULT.dev_fraction,
+                  seed: int = DEFAULT.seed) -> dict:
     """What a prepared set was made from and how: reuse requires all of it to match."""
     return {"path": str(Path(folder).resolve()), "sha256": source_digest(folder),
             "settings": {"n_negatives": n_negatives, "dev_fraction": dev_fraction, "seed": seed}}

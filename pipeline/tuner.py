@@ -42,10 +42,10 @@ class TunerConfig:
     stream_layer: int  # feeds the self-attention stream (the U-layer in LMORT)
     cross_layer: int  # keys and values of the cross-attention (the A-layer in LMORT)
     kind: str = "lmort"  # "lmort" (blocks), "pooled-linear", "pooled-concat" or "scalar-mix"
-    width: int | None = 256  # model width after the input projection; None = the LLM's width, no projection
-    blocks: int = 2
+    width: int | None = 128  # model width after the input projection; None = the LLM's width, no projection
+    blocks: int = 2  # width, blocks, heads, ff_ratio: the `small` size (SIZES), the default configuration's
     heads: int | None = 4  # None: width // 64
-    ff_ratio: int = 4
+    ff_ratio: int = 2
     out_dim: int = 256
     dropout: float = 0.1
     similarity: str = "cosine"  # "cosine" (with temperature) or "dot"

@@ -10,16 +10,17 @@ import click
 from pipeline.atomic import atomic_file, check_writable
 from pipeline.command_line import friendly_errors
 from pipeline.metrics import markdown_table
-from pipeline.prepare import prepare_dataset, prepared_dir
+from pipeline.prepare import DEFAULT, prepare_dataset, prepared_dir
 
 
 @click.command("prepare")
 @click.option("--data", required=True, help="BEIR folder, or a name under $LMORT_DATA, ../shared/data/beir, "
               "or the public BEIR archive.")
 @click.option("--out", type=click.Path(path_type=Path), help="Output folder [cache/data/<name>].")
-@click.option("--negatives", default=16, show_default=True, help="BM25 hard negatives kept per query.")
-@click.option("--dev-fraction", default=0.1, show_default=True, help="Train queries carved into dev where none.")
-@click.option("--seed", default=0, show_default=True)
+@click.option("--negatives", default=DEFAULT.negatives, show_default=True, help="BM25 hard negatives kept per query.")
+@click.option("--dev-fraction", default=DEFAULT.dev_fraction, show_default=True,
+              help="Train queries carved into dev where none.")
+@click.option("--seed", default=DEFAULT.seed, show_default=True)
 @click.option("--md5", help="Expected md5 of a downloaded archive not in the built-in list.")
 @friendly_errors
 def command(data: str, out: Path | None, negatives: int, dev_fraction: float, seed: int, md5: str | None) -> None:

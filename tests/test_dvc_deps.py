@@ -85,3 +85,23 @@ def test_stage_files_import_only_the_library_and_the_library_never_imports_a_sta
         assert not {m for m in imports_of(file) if m.startswith("stages")}, file.name
     for file in sorted((ROOT / "pipeline").glob("*.py")):
         assert not {m for m in imports_of(file) if m.startswith("stages")}, file.name
+
+
+def test_the_default_configuration_is_the_library_defaults():
+    """One source of defaults: params.yaml (the default configuration) holds the dataclasses' own defaults for
+    prepare, the tuner and the training recipe, so a knob left out of a configuration means what the default
+    configuration says."""
+    from dataclasses import asdict
+
+    from pipeline.params import load_params, train_config
+    from pipeline.prepare import PrepareConfig
+    from pipeline.train import TrainConfig
+    from pipeline.tuner import SIZES, TunerConfig
+
+    params = load_params(ROOT / "params.yaml")
+    assert train_config(params) == TrainConfig()
+    assert PrepareConfig(**params["prepare"]) == PrepareConfig()
+    tuner = dict(params["tuner"])
+    shape = SIZES[tuner.pop("size")]
+    defaults = asdict(TunerConfig(llm_width=1, stream_layer=0, cross_layer=0))
+    assert all(defaults[k] == v for k, v in {**shape, **tuner}.items()), (shape, tuner)
