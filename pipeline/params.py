@@ -57,6 +57,26 @@ def open_stores(stores: Path, dataset: str) -> tuple[ActivationStore, Activation
     return ActivationStore(root / "queries.zarr"), ActivationStore(root / "corpus.zarr")
 
 
+def training_identity(names: list[str], stores: Path | None = None) -> dict:
+    """What a training run (or the analysis) reads of each named set: the prepared tables (sha256 per file) and,
+    with `stores`, its two stores' identities. DVC's train and analyze stages depend on this record instead of
+    the whole data and stores folders, so adding an evaluation-only set reruns neither."""
+    import hashlib
+
+    from .prepare import ensure_prepared
+
+    out = {}
+    for name in names:
+        folder = ensure_prepared(name).folder
+        record = {"prepared": {f.name: hashlib.sha256(f.read_bytes()).hexdigest()
+                               for f in sorted(Path(folder).iterdir()) if f.is_file()}}
+        if stores is not None:
+            queries, corpus = open_stores(stores, name)
+            record["stores"] = {"queries": queries.identity(), "corpus": corpus.identity()}
+        out[Path(name).name] = record
+    return out
+
+
 def open_training_sets(stores: Path, names: list[str], pairs: bool = True) -> list[TrainingSet]:
     """Each named set's prepared data with its two stores, its training pairs (when `pairs`) and its dev qrels."""
     from .prepare import ensure_prepared

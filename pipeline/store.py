@@ -122,6 +122,11 @@ class ActivationStore:
     def __len__(self) -> int:
         return len(self.ids)
 
+    def identity(self) -> dict:
+        """What a reader of this store depends on: its fingerprint and its build history (which changes whenever
+        the store is rebuilt), but not its path: `lmort fingerprint` records it for DVC."""
+        return {"fingerprint": self.fingerprint, "texts": len(self.ids), "history": build_history(self.path)}
+
     def dask(self, layer: int):
         """The flat [slots, width] array of one layer as a dask array (chunks as stored)."""
         import dask.array as da

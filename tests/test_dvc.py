@@ -36,8 +36,8 @@ def test_quick_configuration_under_dvc(tmp_path):
     sh("git init -q && git add -A && git commit -qm clone", clone, env)
     sh("lmort tiny --out cache/tiny", clone, env)
     out = sh("dvc repro", clone, env)
-    for stage in ("prepare@tiny", "analyze", "extract@tiny", "sweep", "train@lmort", "train@scalar-mix",
-                  "index@lmort-tiny", "evaluate", "scale", "report"):
+    for stage in ("prepare@tiny", "train-data", "analyze", "extract@tiny", "sweep", "train-stores", "train@lmort",
+                  "train@scalar-mix", "index@lmort-tiny", "evaluate", "scale", "report"):
         assert f"Running stage '{stage}'" in out, stage
     report = (clone / "reports" / "quick" / "REPORT.md").read_text()
     for needle in ("Layer geometry", "lmort", "pooled-linear", "scalar-mix", "bm25", "raw-layer-", "Efficiency",
@@ -60,3 +60,9 @@ def test_quick_configuration_under_dvc(tmp_path):
     # the layer sweep trains from the same store: a changed sweep knob retrains its points, never stage one
     sweep = sh("dvc exp run -S sweep.min_steps=8", clone, env)
     assert "Running stage 'sweep'" in sweep and "Running stage 'extract@" not in sweep, sweep
+    # an evaluation-only set added beside the stores retrains no tuner: train reads the training sets' stores only
+    shutil.copytree(clone / "cache" / "tiny" / "beir" / "tiny", clone / "cache" / "tiny" / "beir" / "tiny2")
+    more = sh("dvc exp run -S 'datasets=[tiny,tiny2]' -S 'eval_sets=[tiny,tiny2]'", clone, env)
+    assert "Running stage 'extract@tiny2'" in more and "Running stage 'index@lmort-tiny2'" in more, more
+    assert "Running stage 'train-stores'" in more and "Running stage 'train@" not in more, more
+    assert "Running stage 'analyze'" not in more, more
