@@ -7,6 +7,7 @@ points trained elsewhere (a GPU machine) can be dropped in beside the others."""
 from __future__ import annotations
 
 import json
+import logging
 import math
 from dataclasses import asdict, replace
 from pathlib import Path
@@ -15,8 +16,19 @@ import numpy as np
 
 from .atomic import atomic_file
 from .metrics import evaluate
-from .train import TrainConfig, TrainingSet, epoch_batches, numeric_settings, sample_queries, split_ndcg, train
+from .train import (
+    TrainConfig,
+    TrainingSet,
+    data_setup,
+    epoch_batches,
+    numeric_settings,
+    sample_queries,
+    split_ndcg,
+    train,
+)
 from .tuner import Tuner, TunerConfig
+
+log = logging.getLogger(__name__)
 
 
 def point_name(variant: str, size: str | None, queries: int | None) -> str:
@@ -42,6 +54,10 @@ def test_ndcg(tuner_dir: Path, evals: list[TrainingSet], bf16: bool) -> dict[str
     return {ts.data.name: round(split_ndcg(tuner, ts, ts.data.qrels["test"], bf16=bf16), 4) for ts in evals}
 
 
+def _mean(scores: dict[str, float]) -> float | None:
+    return round(float(np.mean(list(scores.values()))), 4) if scores else None
+
+
 def run_point(sets: list[TrainingSet], evals: list[TrainingSet], tuner_cfg: TunerConfig, cfg: TrainConfig,
               queries: int | None, min_steps: int, folder: Path, label: dict, scores_key: str = "zero_shot") -> dict:
     """Train one point (resuming a killed one) and score it on the `evals` sets' test splits (under
@@ -49,19 +65,32 @@ def run_point(sets: list[TrainingSet], evals: list[TrainingSet], tuner_cfg: Tune
     folder = Path(folder)
     done = folder / "point.json"
     recipe = recipe_for(sets, cfg, queries, min_steps)
+    inputs = {**data_setup(sets), "tests": [ts.data.name for ts in evals]}
     if done.exists():
         point = json.loads(done.read_text())
-        same = numeric_settings(TrainConfig(**point["train"])) == numeric_settings(recipe)
-        if same and point["tuner"] == tuner_cfg.to_dict():
+        same = (numeric_settings(TrainConfig(**point["train"])) == numeric_settings(recipe)
+                and TunerConfig(**point["tuner"]).to_dict() == tuner_cfg.to_dict())
+        old = point.get("inputs")
+        if same and old is None:  # a point from before inputs were recorded: trusted as it is
+            log.info(f"{done}: reused (made before its inputs were recorded)")
             return point
+        if same and {**old, "tests": inputs["tests"]} == inputs:
+            if old["tests"] == inputs["tests"]:
+                return point
+            if (folder / "tuner" / "best").exists():  # the same tuner, other test sets: score again, no training
+                point[scores_key] = test_ndcg(folder / "tuner" / "best", evals, recipe.bf16)
+                point[f"{scores_key}_mean"] = _mean(point[scores_key])
+                point["inputs"] = inputs
+                atomic_file(done, lambda tmp: tmp.write_text(json.dumps(point, indent=1)))
+                return point
     summary = train(sets, tuner_cfg, recipe, folder / "tuner")
     point = {**label, "queries": queries or sum(len(ts.pairs) for ts in sets), "steps": summary["steps"],
              "epochs_run": summary["epochs_run"], "best_epoch": summary["best_epoch"],
              "parameters": summary["parameters"], "train_seconds": summary["train_seconds"],
              "dev_ndcg@10": round(summary["dev_ndcg@10"], 4),
              scores_key: test_ndcg(folder / "tuner" / "best", evals, recipe.bf16),
-             "train": asdict(recipe), "tuner": tuner_cfg.to_dict()}
-    point[f"{scores_key}_mean"] = round(float(np.mean(list(point[scores_key].values()))), 4) if evals else None
+             "train": asdict(recipe), "tuner": tuner_cfg.to_dict(), "inputs": inputs}
+    point[f"{scores_key}_mean"] = _mean(point[scores_key])
     atomic_file(done, lambda tmp: tmp.write_text(json.dumps(point, indent=1)))
     return point
 

@@ -42,18 +42,22 @@ class SweepPoint:
         return sorted({x for x in (self.u_layer, self.a_layer) if x is not None})
 
 
-def plan(stored: list[int], layers: list[int] | None = None, pairs: list | None = None,
+def plan(stored: list[int] | None, layers: list[int] | str | None = None, pairs: list | None = None,
          baselines: list[str] = ()) -> list[SweepPoint]:
     """The baselines (pooled-linear on each layer of the grid), then the grid: every ordered pair of `layers`
-    (default every stored layer) or the explicit `pairs`, ordered by U so that a process keeps the U-layer
-    loaded along a row."""
+    (`all` or None: every stored layer; []: no grid) or the explicit `pairs`, ordered by U so that a process keeps
+    the U-layer loaded along a row. `stored` (the store's layers) may be None to plan without opening a store."""
     if pairs:
-        chosen = [tuple(p) for p in pairs]
+        chosen = [tuple(int(x) for x in p) for p in pairs]
         grid_layers = sorted({x for p in chosen for x in p})
     else:
-        grid_layers = sorted(layers) if layers else sorted(stored)
+        if layers is None or layers == "all":
+            if stored is None:
+                raise ValueError("sweep.layers: all needs the store's layers")
+            layers = stored
+        grid_layers = sorted(int(x) for x in layers)
         chosen = [(u, a) for u in grid_layers for a in grid_layers]
-    missing = sorted({x for p in chosen for x in p} - set(stored))
+    missing = sorted({x for p in chosen for x in p} - set(stored)) if stored is not None else []
     if missing:
         raise ValueError(f"sweep layers {missing} are not in the store (it holds layers {sorted(stored)})")
     unknown = sorted(set(baselines) - set(BASELINES))
@@ -87,26 +91,36 @@ def run_sweep(sets: list[TrainingSet], tests: list[TrainingSet], points: list[Sw
     return done
 
 
-def collect(root: Path) -> list[dict]:
-    return [json.loads(p.read_text()) for p in sorted(Path(root).glob("*/point.json"))]
+def collect(root: Path, planned: list[SweepPoint] | None = None) -> list[dict]:
+    """The finished points under a sweep folder; with `planned`, only those (a folder may keep points of an
+    earlier grid, which must not enter this one's ranking)."""
+    names = None if planned is None else {p.name for p in planned}
+    found = [json.loads(p.read_text()) for p in sorted(Path(root).glob("*/point.json"))]
+    return [p for p in found if names is None or p["point"] in names]
 
 
-def selection(points: list[dict], geometry: dict) -> dict:
-    """The geometric rule's pair against the grid: its rank by dev (and by test), the dev-best pair, and whether
-    the rule lands in the top 10% of the grid."""
+def _score(p: dict, key: str) -> float:
+    return p[key] if p.get(key) is not None else float("-inf")
+
+
+def selection(points: list[dict], geometry: dict, planned: int | None = None) -> dict:
+    """The geometric rule's pair against the grid: its rank by dev (and by test) as 1 + the pairs strictly
+    better (ties share a rank), the dev-best pair (ties broken by the shallower U, then A), and whether the rule
+    lands in the top 10% of the grid. `planned`: the grid's size, to say how many pairs are still missing."""
     grid = [p for p in points if p["variant"] == "lmort"]
     rule = (geometry["u_layer"], geometry["a_layer"])
-    out = {"geometry": list(rule), "dev": None, "pairs": len(grid)}
+    out = {"geometry": list(rule), "dev": None, "pairs": len(grid), "planned_pairs": planned or len(grid)}
     if not grid:
         return out
 
     def rank(key: str) -> dict:
-        ordered = sorted(grid, key=lambda p: -(p[key] if p[key] is not None else -1))
-        names = [(p["u_layer"], p["a_layer"]) for p in ordered]
+        best = min(grid, key=lambda p: (-_score(p, key), p["u_layer"], p["a_layer"]))
         top = max(1, int(np.ceil(0.1 * len(grid))))
-        r = names.index(rule) + 1 if rule in names else None
-        return {"best": list(names[0]), "best_score": ordered[0][key], "rule_rank": r,
-                "rule_score": ordered[r - 1][key] if r else None, "top10_size": top,
+        mine = [p for p in grid if (p["u_layer"], p["a_layer"]) == rule]
+        r = 1 + sum(_score(p, key) > _score(mine[0], key) for p in grid) if mine else None
+        ties = sum(_score(p, key) == _score(mine[0], key) for p in grid) - 1 if mine else None
+        return {"best": [best["u_layer"], best["a_layer"]], "best_score": best[key], "rule_rank": r,
+                "rule_ties": ties, "rule_score": mine[0][key] if mine else None, "top10_size": top,
                 "rule_in_top10": bool(r and r <= top)}
 
     out["dev_rank"] = rank("dev_ndcg@10")
@@ -153,7 +167,8 @@ def plot_heatmap(points: list[dict], sel: dict, out: Path, key: str = "dev_ndcg@
 
 def sweep_tables(points: list[dict], sel: dict, top: int = 5) -> str:
     """Markdown: the verdict on the rule, the top pairs and the rule's pick, then the baselines."""
-    grid = sorted((p for p in points if p["variant"] == "lmort"), key=lambda p: -(p["dev_ndcg@10"] or -1))
+    grid = sorted((p for p in points if p["variant"] == "lmort"),
+                  key=lambda p: (-_score(p, "dev_ndcg@10"), p["u_layer"], p["a_layer"]))
     if not grid and not points:
         return "No sweep points configured (`sweep:`).\n"
 
@@ -164,16 +179,23 @@ def sweep_tables(points: list[dict], sel: dict, top: int = 5) -> str:
 
     lines = []
     rule = tuple(sel["geometry"])
+    if sel.get("planned_pairs", sel["pairs"]) > sel["pairs"]:
+        lines += [f"**{sel['planned_pairs'] - sel['pairs']} of the {sel['planned_pairs']} planned pairs are not "
+                  "trained yet**: the ranks below are among the finished ones.", ""]
+
+    def verdict(r: dict, where: str) -> str:
+        if r["rule_rank"] is None:
+            return f"{where}: the rule's pair {rule} is not in the grid; the best pair is {tuple(r['best'])} at " \
+                   f"{r['best_score']}."
+        tied = f", tied with {r['rule_ties']} other pair(s)" if r["rule_ties"] else ""
+        return (f"{where}: the geometric rule's pair (U, A) = {rule} ranks {r['rule_rank']} of {sel['pairs']}{tied} "
+                f"({r['rule_score']} against the best, {tuple(r['best'])}, at {r['best_score']}); the top 10% is "
+                f"the best {r['top10_size']}: {'inside' if r['rule_in_top10'] else 'outside'}.")
+
     if "dev_rank" in sel:
-        d = sel["dev_rank"]
-        lines.append(f"The geometric rule picks (U, A) = {rule}: rank {d['rule_rank']} of {sel['pairs']} pairs on dev "
-                     f"({d['rule_score']} against the best, {tuple(d['best'])}, at {d['best_score']}); the top 10% "
-                     f"is the best {d['top10_size']}: {'inside' if d['rule_in_top10'] else 'outside'}.")
+        lines.append(verdict(sel["dev_rank"], "On dev"))
         if "test_rank" in sel:
-            t = sel["test_rank"]
-            lines.append(f"On test (reported, never chosen on): rank {t['rule_rank']} of {sel['pairs']} "
-                         f"({t['rule_score']} against {tuple(t['best'])} at {t['best_score']}): "
-                         f"{'inside' if t['rule_in_top10'] else 'outside'} the top 10%.")
+            lines.append(verdict(sel["test_rank"], "On test (reported, never chosen on)"))
         lines.append("")
     fused = [p for p in points if p["variant"] in ("first-last", "scalar-mix", "lmort-multi")]
     if grid and fused:
@@ -181,7 +203,10 @@ def sweep_tables(points: list[dict], sel: dict, top: int = 5) -> str:
         lines += [f"Best fusion baseline on dev: {best_fused['point']} ({best_fused['dev_ndcg@10']} dev, "
                   f"{best_fused['test_mean']} test mean) against the best LMORT pair, {grid[0]['point']} "
                   f"({grid[0]['dev_ndcg@10']} dev, {grid[0]['test_mean']} test mean).", ""]
-    rows = [row(p, i + 1) for i, p in enumerate(grid) if i < top or (p["u_layer"], p["a_layer"]) == rule]
+    def dev_rank(p: dict) -> int:  # ties share a rank
+        return 1 + sum(_score(q, "dev_ndcg@10") > _score(p, "dev_ndcg@10") for q in grid)
+
+    rows = [row(p, dev_rank(p)) for i, p in enumerate(grid) if i < top or (p["u_layer"], p["a_layer"]) == rule]
     others = [row(p) for p in sorted((p for p in points if p["variant"] != "lmort"),
                                      key=lambda p: (p["variant"], p["u_layer"] or 0))]
     table = rows + others

@@ -92,6 +92,15 @@ def numeric_settings(cfg: TrainConfig) -> dict:
     return {k: v for k, v in asdict(cfg).items() if k not in IO_ONLY}
 
 
+def data_setup(sets: list[TrainingSet]) -> dict:
+    """What a training run reads of its sets: their names, the stores' fingerprints, and (hashed) the training
+    pairs and dev qrels. A checkpoint or a finished point is reused only where this matches."""
+    data = json.dumps([[ts.data.name, ts.pairs, ts.dev_qrels] for ts in sets], sort_keys=True, default=sorted)
+    return {"data": [ts.data.name for ts in sets], "stores": [[ts.queries.fingerprint, ts.corpus.fingerprint]
+                                                             for ts in sets],
+            "pairs_sha256": hashlib.sha256(data.encode()).hexdigest()}
+
+
 def set_quotas(sizes: list[int], batch_size: int, alpha: float) -> list[int]:
     """Batches per training set in one epoch. An epoch has as many batches as the sets' queries fill; set i gets
     a share proportional to (its queries)^alpha: 1 = proportional to size (each query once an epoch, the
@@ -249,10 +258,7 @@ def train(sets: list[TrainingSet], tuner_cfg: TunerConfig, cfg: TrainConfig, out
     steps_per_epoch = len(epoch_batches(sets, cfg, 0))
     total = max(1, steps_per_epoch * cfg.epochs)
     # what a checkpoint must match to be resumed: settings, the stores' fingerprints, the pairs and dev qrels
-    data = json.dumps([[ts.data.name, ts.pairs, ts.dev_qrels] for ts in sets], sort_keys=True, default=sorted)
-    setup = {"tuner": tuner_cfg.to_dict(), "train": numeric_settings(cfg), "data": [ts.data.name for ts in sets],
-             "stores": [[ts.queries.fingerprint, ts.corpus.fingerprint] for ts in sets],
-             "pairs_sha256": hashlib.sha256(data.encode()).hexdigest()}
+    setup = {"tuner": tuner_cfg.to_dict(), "train": numeric_settings(cfg), **data_setup(sets)}
     state = {"epoch": 0, "step": 0, "best": None, "best_epoch": None, "bad_epochs": 0, "losses": [], "dev": [],
              "seconds": 0.0, "setup": setup}
     ckpt = existing_dir(out / "checkpoint")

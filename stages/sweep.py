@@ -42,42 +42,53 @@ def shard_of(text: str) -> tuple[int, int]:
               help="i/n: train every n-th point from the i-th (several processes share one grid).")
 @click.option("--out", type=click.Path(path_type=Path), required=True, help="Folder of points, heatmap, table.")
 @click.option("--points-only", is_flag=True, help="Train and score the points; leave the summary for later.")
+@click.option("--summarize", is_flag=True,
+              help="Train nothing: summarise the finished points of the planned grid (points trained elsewhere).")
 @friendly_errors
-def command(stores, data, tests, geometry, params_file, overrides, shard, out, points_only) -> None:
-    """Train every sweep point not done yet, then draw the heatmap and write selection.json."""
+def command(stores, data, tests, geometry, params_file, overrides, shard, out, points_only, summarize) -> None:
+    """Train every sweep point not done yet, then draw the heatmap and write selection.json and dev-pick.json."""
     i, n = shard_of(shard)
     check_writable(out)
     params = load_params(params_file, overrides)
     sw = params.get("sweep") or {}
     geo = json.loads(Path(geometry).read_text())
-    layers, pairs, baselines = sw.get("layers") or [], sw.get("pairs") or [], sw.get("baselines") or []
+    layers, pairs, baselines = sw.get("layers"), sw.get("pairs") or [], sw.get("baselines") or []
+    points = []
     if layers or pairs or baselines:
-        sets = open_training_sets(stores, names(data))
-        evals = open_training_sets(stores, names(tests) or list(sw.get("test") or []), pairs=False)
-        first = sets[0].corpus
-        stored = list(first.layers)
-        points = plan(stored, None if layers == "all" else layers, pairs, baselines)
-        size = sw.get("size")
-        shaped = {**params, "tuner": {**params.get("tuner", {}), **({"size": size} if size else {})}}
+        if summarize:
+            points = plan(None, layers, pairs, baselines)
+        else:
+            sets = open_training_sets(stores, names(data))
+            evals = open_training_sets(stores, names(tests) or list(sw.get("test") or []), pairs=False)
+            first = sets[0].corpus
+            stored = list(first.layers)
+            points = plan(stored, layers, pairs, baselines)
+            size = sw.get("size")
+            tuner = dict(params.get("tuner", {}))
+            if size:  # a size sets the stack's shape: the section's own shape knobs give way
+                tuner = {**{k: v for k, v in tuner.items() if k not in ("width", "blocks", "heads", "ff_ratio")},
+                         "size": size}
+            shaped = {**params, "tuner": tuner}
 
-        def config_of(p):
-            pair = (p.u_layer, p.a_layer) if p.u_layer is not None else None
-            return tuner_config(shaped, p.variant, geometry, first.width, bool(first.fingerprint.get("attention_sink")),
-                                stored, pair)
+            def config_of(p):
+                pair = (p.u_layer, p.a_layer) if p.u_layer is not None else None
+                return tuner_config(shaped, p.variant, geometry, first.width,
+                                    bool(first.fingerprint.get("attention_sink")), stored, pair)
 
-        mine = points[i::n]
-        bar = lambda xs: tqdm(xs, desc=f"sweep points ({i}/{n})", unit="point")  # noqa: E731
-        run_sweep(sets, evals, mine, config_of, train_config(params), int(sw.get("min_steps", 500)), out,
-                  {"size": size, "device": device_name()}, bar)
+            bar = lambda xs: tqdm(xs, desc=f"sweep points ({i}/{n})", unit="point")  # noqa: E731
+            run_sweep(sets, evals, points[i::n], config_of, train_config(params), int(sw.get("min_steps", 500)),
+                      out, {"size": size, "device": device_name()}, bar)
     if points_only:
         return
-    found = collect(out) if out.exists() else []
-    sel = selection(found, geo)
+    found = collect(out, points) if out.exists() else []
+    sel = selection(found, geo, planned=sum(p.variant == "lmort" for p in points))
     out.mkdir(parents=True, exist_ok=True)
     atomic_file(out / "selection.json", lambda tmp: tmp.write_text(json.dumps(sel, indent=1)))
+    # what `lmort train --layer-selection dev` reads (and dvc.yaml's train stage depends on): the pick alone
+    atomic_file(out / "dev-pick.json", lambda tmp: tmp.write_text(json.dumps({"dev": sel["dev"]}) + "\n"))
     if any(p["variant"] == "lmort" for p in found):
         plot_heatmap(found, sel, out / "sweep.png")
         if "test_rank" in sel:
             plot_heatmap(found, sel, out / "sweep-test.png", key="test_mean", title="test (mean)")
     atomic_file(out / "sweep.md", lambda tmp: tmp.write_text(sweep_tables(found, sel)))
-    click.echo(f"{len(found)} points; wrote {out / 'selection.json'} and {out / 'sweep.md'}")
+    click.echo(f"{len(found)} of {len(points)} planned points; wrote {out / 'selection.json'} and {out / 'sweep.md'}")

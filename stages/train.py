@@ -45,7 +45,7 @@ def layer_pair(selection_rule: str, selection: Path | None) -> tuple[int, int] |
               help="(U, A): `geometry` (the rule in --geometry), `dev` (the best pair on dev of `lmort sweep`, read "
                    "from --selection), or an explicit pair `U,A` (say, a sweep's dev pick in another configuration).")
 @click.option("--selection", type=click.Path(path_type=Path),
-              help="selection.json of `lmort sweep` (read with --layer-selection dev).")
+              help="dev-pick.json (or selection.json) of `lmort sweep` (read with --layer-selection dev).")
 @click.option("--params", "params_file", type=click.Path(path_type=Path, exists=True), default="params.yaml",
               show_default=True, help="YAML with `tuner:` and `train:` sections.")
 @click.option("--set", "overrides", multiple=True, help="Override a parameter, e.g. --set tuner.blocks=3.")
@@ -58,6 +58,9 @@ def command(stores, data, geometry, variant, layer_selection, selection, params_
     params = load_params(params_file, overrides)
     sets = open_training_sets(stores, names(data))
     first = sets[0].corpus
+    if pair and not set(pair) <= set(first.layers):
+        raise click.ClickException(f"--layer-selection {layer_selection} asks for (U, A) = {pair}, but the stores "
+                                   f"hold layers {first.layers}: extract the missing ones (extract.layers)")
     cfg = tuner_config(params, variant, geometry, first.width, bool(first.fingerprint.get("attention_sink")),
                        list(first.layers), pair)
     summary = train(sets, cfg, train_config(params), out)

@@ -60,6 +60,8 @@ def test_quick_configuration_under_dvc(tmp_path):
     # the layer sweep trains from the same store: a changed sweep knob retrains its points, never stage one
     sweep = sh("dvc exp run -S sweep.min_steps=8", clone, env)
     assert "Running stage 'sweep'" in sweep and "Running stage 'extract@" not in sweep, sweep
+    steps = [json.loads(p.read_text())["steps"] for p in (clone / "cache" / "quick" / "sweep").glob("*/point.json")]
+    assert len(steps) == 5 and min(steps) >= 8, steps  # every point trained again to the new minimum
     # an evaluation-only set added beside the stores retrains no tuner: train reads the training sets' stores only
     shutil.copytree(clone / "cache" / "tiny" / "beir" / "tiny", clone / "cache" / "tiny" / "beir" / "tiny2")
     more = sh("dvc exp run -S 'datasets=[tiny,tiny2]' -S 'eval_sets=[tiny,tiny2]'", clone, env)

@@ -322,9 +322,10 @@ def test_layer_sweep_trains_each_pair_once_from_one_store_and_feeds_dev_selectio
     grid = {pair: points[f"lmort-u{pair[0]}-a{pair[1]}"]["dev_ndcg@10"] for pair in ((0, 2), (2, 1))}
     best = max(grid, key=grid.get)
     assert sel["geometry"] == [2, 1] and sel["dev"] == list(best) and sel["pairs"] == 2
-    assert sel["dev_rank"]["rule_rank"] == (1 if best == (2, 1) else 2)
+    assert sel["dev_rank"]["rule_rank"] == 1 + (grid[(0, 2)] > grid[(2, 1)])  # ties share a rank
     assert (out / "sweep.png").stat().st_size > 0
-    assert "geometric rule picks (U, A) = (2, 1)" in (out / "sweep.md").read_text()
+    assert json.loads((out / "dev-pick.json").read_text()) == {"dev": sel["dev"]}
+    assert "the geometric rule's pair (U, A) = (2, 1) ranks" in (out / "sweep.md").read_text()
     monkeypatch.setattr(sc, "train", lambda *a, **k: pytest.fail("a finished point was trained again"))
     assert CliRunner().invoke(main, args).exit_code == 0
     # layer_selection: dev trains the variant on the sweep's dev pick instead of the rule's pair
@@ -358,10 +359,55 @@ def test_layer_selection_takes_the_rule_the_dev_pick_or_an_explicit_pair(tmp_pat
         layer_pair("dev", tmp_path / "missing.json")
 
 
+def test_a_finished_point_is_reused_only_for_the_same_inputs(world, tmp_path, monkeypatch):
+    """run_point: other test sets are scored again without training; other training pairs train again."""
+    import pipeline.scaling as sc
+
+    ts = training_set(world)
+    cfg = TunerConfig(llm_width=32, stream_layer=2, cross_layer=1, **TUNER)
+    recipe = TrainConfig(epochs=1, batch_size=8)
+    first = sc.run_point([ts], [], cfg, recipe, None, 4, tmp_path / "p", {"variant": "lmort"}, "test")
+    assert first["test"] == {} and first["inputs"]["tests"] == []
+    monkeypatch.setattr(sc, "train", lambda *a, **k: pytest.fail("trained again for other test sets"))
+    again = sc.run_point([ts], [ts], cfg, recipe, None, 4, tmp_path / "p", {"variant": "lmort"}, "test")
+    assert set(again["test"]) == {world["ds"].name} and again["steps"] == first["steps"]
+    class Retrained(Exception):
+        pass
+
+    def retrain(*a, **k):
+        raise Retrained
+
+    monkeypatch.setattr(sc, "train", retrain)
+    fewer = TrainingSet(ts.data, ts.queries, ts.corpus, ts.pairs[:-8], ts.dev_qrels)
+    with pytest.raises(Retrained):  # other training pairs: the finished point is not reused
+        sc.run_point([fewer], [ts], cfg, recipe, None, 4, tmp_path / "p", {"variant": "lmort"}, "test")
+
+
+def test_the_rule_rank_counts_only_strictly_better_pairs_and_the_plan_is_what_counts(tmp_path):
+    from pipeline.sweep import SweepPoint, collect, plan, selection
+
+    def point(u, a, dev):
+        return {"variant": "lmort", "point": SweepPoint("lmort", u, a).name, "u_layer": u, "a_layer": a,
+                "dev_ndcg@10": dev, "test_mean": None}
+
+    points = [point(2, 0, 0.3), point(0, 2, 0.3), point(2, 2, 0.3), point(0, 0, 0.1)]
+    sel = selection(points, {"u_layer": 2, "a_layer": 0})
+    assert sel["dev_rank"]["rule_rank"] == 1 and sel["dev_rank"]["rule_ties"] == 2
+    assert sel["dev"] == [0, 2] and "test_rank" not in sel  # ties broken by the shallower U; no test scores
+    assert selection(points, {"u_layer": 5, "a_layer": 5})["dev_rank"]["rule_rank"] is None
+    for p in points:  # a folder holding an earlier, larger grid: only the planned points count
+        (tmp_path / p["point"]).mkdir()
+        (tmp_path / p["point"] / "point.json").write_text(json.dumps(p))
+    assert {p["point"] for p in collect(tmp_path, plan(None, [0, 2]))} == {p["point"] for p in points}
+    assert [p["point"] for p in collect(tmp_path, plan(None, [2]))] == ["lmort-u2-a2"]
+    assert [p.name for p in plan([0, 2, 6], [], [], ["first-last"])] == ["first-last"]  # [] = no grid
+
+
 def test_a_sweep_over_layers_the_store_lacks_is_refused():
     from pipeline.sweep import plan
 
     assert [p.name for p in plan([0, 2, 4], [0, 4])] == ["lmort-u0-a0", "lmort-u0-a4", "lmort-u4-a0", "lmort-u4-a4"]
+    assert len(plan([0, 2, 4], "all")) == 9
     with pytest.raises(ValueError, match=r"sweep layers \[7\] are not in the store"):
         plan([0, 2, 4], pairs=[[0, 7]])
     with pytest.raises(ValueError, match="unknown sweep baselines"):
