@@ -37,3 +37,18 @@ def test_tokenizing_in_chunks_changes_nothing(tiny_model):
     whole = llm.tokenize(texts, max_length=4, chunk=len(texts))
     assert llm.tokenize(texts, max_length=4, chunk=2) == whole
     assert whole[1] == 1 and whole[0][2] == [llm.pad_id]  # the long text truncated; the empty one padded
+
+
+def test_the_packages_the_gguf_loader_needs_are_declared():
+    """transformers loads the model wheels' GGUF files only with gguf and accelerate installed; a test venv made
+    before a dependency was dropped hides its absence, so the declaration itself is checked."""
+    import re
+
+    import pytest
+
+    tomllib = pytest.importorskip("tomllib")  # Python 3.11+
+    from pathlib import Path
+
+    pyproject = tomllib.loads((Path(__file__).resolve().parents[1] / "pyproject.toml").read_text())
+    declared = {re.split(r"[<>=\[ ;]", d)[0].lower() for d in pyproject["project"]["dependencies"]}
+    assert {"transformers", "gguf", "accelerate"} <= declared
