@@ -82,7 +82,9 @@ def build_report(root: Path, out: Path, figures: Path, params: dict | None = Non
              "pipeline stage.", ""]
     if params:
         lines += [f"Model `{params.get('model')}`; trained on `{params.get('train_sets')}` (train split; dev selects "
-                  f"the checkpoint); evaluated on `{params.get('eval_sets')}` ({params.get('eval_split')} split).", ""]
+                  f"the checkpoint); evaluated on `{params.get('eval_sets')}` ({params.get('eval_split')} split). "
+                  f"Every variant's (U, A) by `layer_selection: {params.get('layer_selection', 'geometry')}` "
+                  "(geometry: the rule below; dev: the layer sweep's best pair on dev; or a pair named U,A).", ""]
     if geometry:
         shutil.copy(root / "analysis" / "geometry.png", figures / "geometry.png")
         lines += ["## Layer geometry (training pairs only)", "",
