@@ -37,10 +37,6 @@ class SweepPoint:
             return f"lmort-u{self.u_layer}-a{self.a_layer}"
         return self.variant if self.u_layer is None else f"{self.variant}-{self.u_layer}"
 
-    @property
-    def layers(self) -> list[int]:
-        return sorted({x for x in (self.u_layer, self.a_layer) if x is not None})
-
 
 def plan(stored: list[int] | None, layers: list[int] | str | None = None, pairs: list | None = None,
          baselines: list[str] = ()) -> list[SweepPoint]:
