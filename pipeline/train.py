@@ -242,7 +242,9 @@ def _load_checkpoint(tuner, opt, folder: Path) -> dict:
 
 
 def train(sets: list[TrainingSet], tuner_cfg: TunerConfig, cfg: TrainConfig, out: Path,
-          device: str | None = None, progress: bool = True) -> dict:
+          device: str | None = None, progress: bool = True, live: Path | None = None) -> dict:
+    """Train one tuner into `out` (best/, train.json, training.png); the loss and dev curves go to the dvclive
+    folder `live` (default `out/live`: metrics.json, plots/metrics/{train/loss,dev/ndcg@10}.tsv)."""
     out = Path(out)
     sets = sample_queries(sets, cfg.max_queries, cfg.seed)
     stores_fp = check_compatible([s for ts in sets for s in (ts.queries, ts.corpus)])  # one model, layers, template
@@ -312,20 +314,36 @@ def train(sets: list[TrainingSet], tuner_cfg: TunerConfig, cfg: TrainConfig, out
     summary = {"parameters": tuner.num_parameters(), "epochs_run": state["epoch"], "best_epoch": state["best_epoch"],
                "dev_ndcg@10": state["best"], "train_seconds": round(state["seconds"], 1),
                "steps": state["step"], "tuner": tuner_cfg.to_dict(), "train": asdict(cfg)}
-    write_logs(state, summary, out)
+    write_logs(state, summary, out, Path(live) if live else out / "live")
     for done in (out / "checkpoint", out / ".checkpoint.old"):  # finished: a later run starts afresh, never from
         shutil.rmtree(done, ignore_errors=True)  # what a kill during a checkpoint swap left behind
     return summary
 
 
-def write_logs(state: dict, summary: dict, out: Path) -> None:
+def write_logs(state: dict, summary: dict, out: Path, live: Path) -> None:
+    """train.json (what the report reads), the curves through dvclive (`dvc plots show`, `dvc exp show`), and
+    training.png for the report. Written once training ends, each atomically, so a kill leaves the old ones."""
     import matplotlib
 
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
+    from dvclive import Live
 
-    for name, value in (("loss.json", state["losses"]), ("dev.json", state["dev"]), ("train.json", summary)):
-        atomic_file(out / name, lambda tmp, value=value: tmp.write_text(json.dumps(value, indent=1)))
+    atomic_file(out / "train.json", lambda tmp: tmp.write_text(json.dumps(summary, indent=1)))
+
+    def log_curves(tmp: Path) -> None:
+        per_epoch = len(state["losses"]) // max(1, state["epoch"])  # dev is scored at the end of an epoch
+        with Live(dir=str(tmp), save_dvc_exp=False, dvcyaml=None, report=None) as run:
+            for point in state["losses"]:
+                run.step = point["step"]
+                run.log_metric("train/loss", point["loss"])
+            for point in state["dev"]:
+                if point["dev_ndcg@10"] is not None:
+                    run.step = point["epoch"] * per_epoch
+                    run.log_metric("dev/ndcg@10", point["dev_ndcg@10"])
+            run.summary["best"] = {k: summary[k] for k in ("dev_ndcg@10", "best_epoch", "steps", "train_seconds")}
+
+    atomic_dir(live, log_curves)
     fig, (a, b) = plt.subplots(1, 2, figsize=(9, 3.5))
     steps = [x["step"] for x in state["losses"]]
     losses = [x["loss"] for x in state["losses"]]

@@ -50,10 +50,14 @@ def layer_pair(selection_rule: str, selection: Path | None) -> tuple[int, int] |
               show_default=True, help="YAML with `tuner:` and `train:` sections.")
 @click.option("--set", "overrides", multiple=True, help="Override a parameter, e.g. --set tuner.blocks=3.")
 @click.option("--out", type=click.Path(path_type=Path), required=True)
+@click.option("--live", type=click.Path(path_type=Path),
+              help="dvclive folder for the loss and dev curves and the best dev score [default: OUT/live].")
 @friendly_errors
-def command(stores, data, geometry, variant, layer_selection, selection, params_file, overrides, out) -> None:
+def command(stores, data, geometry, variant, layer_selection, selection, params_file, overrides, out, live) -> None:
     """Train one tuner variant from the stores (InfoNCE, BM25 hard negatives, dev-selected)."""
     check_writable(out)
+    if live:
+        check_writable(live)
     pair = layer_pair(layer_selection, selection)
     params = load_params(params_file, overrides)
     sets = open_training_sets(stores, names(data))
@@ -63,6 +67,6 @@ def command(stores, data, geometry, variant, layer_selection, selection, params_
                                    f"hold layers {first.layers}: extract the missing ones (extract.layers)")
     cfg = tuner_config(params, variant, geometry, first.width, bool(first.fingerprint.get("attention_sink")),
                        list(first.layers), pair)
-    summary = train(sets, cfg, train_config(params), out)
+    summary = train(sets, cfg, train_config(params), out, live=live)
     click.echo(f"{variant}: {summary['parameters']:,} parameters, best dev nDCG@10 {summary['dev_ndcg@10']} "
                f"(epoch {summary['best_epoch']}), {summary['train_seconds']} s training; wrote {out}")

@@ -46,10 +46,18 @@ def test_quick_configuration_under_dvc(tmp_path):
     swept = sorted(p.parent.name for p in (clone / "cache" / "quick" / "sweep").glob("*/point.json"))
     assert swept == ["first-last", "lmort-multi", "lmort-u0-a3", "lmort-u3-a0", "scalar-mix"], swept
     assert (clone / "cache" / "quick" / "metrics.json").exists()
+    # dvclive: every variant's curves in `dvc plots show`, its best dev score in `dvc metrics show`
     plots = json.loads(sh("dvc plots show --json", clone, env))["data"]
-    loss = json.dumps(plots["training loss"])
-    assert '"loss"' in loss and "lmort/loss.json" in loss and "pooled-linear/loss.json" in loss
-    assert "dev_ndcg@10" in json.dumps(plots["dev nDCG@10 (model selection)"])
+    metrics = json.loads(sh("dvc metrics show --json", clone, env))
+    metrics = json.dumps(metrics)
+    for variant in ("lmort", "pooled-linear", "scalar-mix"):
+        live = f"cache/quick/live/{variant}"
+        assert f"{live}/plots/metrics/train/loss.tsv" in plots, sorted(plots)
+        assert f"{live}/plots/metrics/dev/ndcg@10.tsv" in plots, sorted(plots)
+        best = json.loads((clone / live / "metrics.json").read_text())["best"]
+        trained = json.loads((clone / "cache" / "quick" / "tuners" / variant / "train.json").read_text())
+        assert best["dev_ndcg@10"] == trained["dev_ndcg@10"] and best["steps"] == trained["steps"] > 0
+        assert f"{live}/metrics.json" in metrics
     sh("git add -A && git commit -qm 'ran' -q", clone, env)
     again = sh("dvc repro", clone, env)
     assert "Running stage" not in again, again
