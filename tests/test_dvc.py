@@ -19,6 +19,16 @@ def sh(cmd, cwd, env):
     return r.stdout + r.stderr
 
 
+def walk(node):
+    """Every dict inside a JSON document (`dvc exp show --json` nests experiments under their baselines)."""
+    if isinstance(node, dict):
+        yield node
+        node = list(node.values())
+    if isinstance(node, list):
+        for child in node:
+            yield from walk(child)
+
+
 @pytest.mark.skipif(shutil.which("git") is None, reason="needs git")
 def test_quick_configuration_under_dvc(tmp_path):
     clone = tmp_path / "clone"
@@ -51,7 +61,7 @@ def test_quick_configuration_under_dvc(tmp_path):
     metrics = json.loads(sh("dvc metrics show --json", clone, env))
     metrics = json.dumps(metrics)
     for variant in ("lmort", "pooled-linear", "scalar-mix"):
-        live = f"cache/quick/live/{variant}"
+        live = f"reports/quick/live/{variant}"
         assert f"{live}/plots/metrics/train/loss.tsv" in plots, sorted(plots)
         assert f"{live}/plots/metrics/dev/ndcg@10.tsv" in plots, sorted(plots)
         best = json.loads((clone / live / "metrics.json").read_text())["best"]
@@ -61,10 +71,15 @@ def test_quick_configuration_under_dvc(tmp_path):
     sh("git add -A && git commit -qm 'ran' -q", clone, env)
     again = sh("dvc repro", clone, env)
     assert "Running stage" not in again, again
-    exp = sh("dvc exp run -S tuner.blocks=2", clone, env)
+    exp = sh("dvc exp run -n blocks2 -S tuner.blocks=2", clone, env)
     assert "Running stage 'train@" in exp, exp
     assert "Running stage 'extract@" not in exp and "Running stage 'analyze'" not in exp, exp
     assert "extract@tiny" in exp  # reported as unchanged, skipped
+    # DVC recorded the experiment's dvclive metrics (git-tracked beside the report), so `dvc exp show` compares them
+    shown = json.loads(sh("dvc exp show --json", clone, env))
+    recorded = [e["data"] for e in walk(shown) if e.get("name") == "blocks2" and "data" in e]
+    best = recorded[0]["metrics"]["reports/quick/live/lmort/metrics.json"]["data"]["best"]
+    assert isinstance(best["dev_ndcg@10"], float) and best["steps"] > 0, best
     # the layer sweep trains from the same store: a changed sweep knob retrains its points, never stage one
     sweep = sh("dvc exp run -S sweep.min_steps=8", clone, env)
     assert "Running stage 'sweep'" in sweep and "Running stage 'extract@" not in sweep, sweep

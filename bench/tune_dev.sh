@@ -1,0 +1,53 @@
+#!/usr/bin/env bash
+# Tuning on dev only (issue 11, item 5): one DVC experiment per setting, each changing one knob of the active
+# configuration's recipe (params.yaml), training only `train@lmort` from the stores already extracted. DVC records
+# every experiment (params, the dvclive metrics: best dev nDCG@10, its epoch, steps, seconds); test splits are
+# never read (train scores dev only). Rerunning skips experiments that exist already (by name), so a cut run
+# resumes. Then `bash bench/tune_dev.sh table` prints the experiments' dev table (Markdown, from `dvc exp show`).
+#
+#   dvc repro                        # the baseline: the configuration as committed
+#   bash bench/tune_dev.sh run       # the one-knob grid below (about 5 min an experiment on 2 cores)
+#   bash bench/tune_dev.sh table > reports/<name>/tuning.md
+set -euo pipefail
+name=$(python -c 'import yaml; print(yaml.safe_load(open("params.yaml"))["name"])')
+metric="$(python -c 'import yaml; print(yaml.safe_load(open("params.yaml"))["report_dir"])')/live/lmort/metrics.json"
+
+# name | overrides (-S key=value ...): lr, batch size, hard negatives, width, blocks, temperature, epochs
+GRID=(
+  "lr-2.5e-4|-S train.lr=0.00025"
+  "lr-1e-3|-S train.lr=0.001"
+  "lr-2e-3|-S train.lr=0.002"
+  "batch-64|-S train.batch_size=64"
+  "neg-0|-S train.negatives=0"
+  "neg-3|-S train.negatives=3"
+  "temp-0.02|-S tuner.temperature=0.02"
+  "temp-0.1|-S tuner.temperature=0.1"
+  "width-256|-S tuner.size=null -S tuner.width=256 -S tuner.blocks=2 -S tuner.heads=4 -S tuner.ff_ratio=2"
+  "blocks-3|-S tuner.size=null -S tuner.width=128 -S tuner.blocks=3 -S tuner.heads=4 -S tuner.ff_ratio=2"
+  "epochs-8|-S train.epochs=8"
+)
+
+run() {
+  local done_names
+  for entry in "${GRID[@]}"; do
+    local exp=${entry%%|*} overrides=${entry#*|}
+    done_names=$(dvc exp list --name-only 2>/dev/null || true)
+    if grep -qx -- "$exp" <<<"$done_names"; then echo "== $exp: done already"; continue; fi
+    git checkout -- params.yaml   # every experiment changes one knob of the committed recipe
+    echo "== $exp: $overrides ($(date +%T))"
+    # shellcheck disable=SC2086
+    dvc exp run -n "$exp" $overrides "train@lmort"
+  done
+  git checkout -- params.yaml
+}
+
+table() {
+  dvc exp show --md --no-pager --only-changed --sort-by "${metric}:best.dev_ndcg@10" --sort-order desc \
+    --drop 'Created|State|Executor' --keep "${metric}:best\\..*|train\\.|tuner\\." 2>/dev/null
+}
+
+case "${1:-run}" in
+  run) run ;;
+  table) table ;;
+  *) echo "usage: $0 run|table" >&2; exit 2 ;;
+esac
