@@ -1,4 +1,4 @@
-"""BEIR data: find it, download it, validate it, and write normalised Parquet tables.
+"""BEIR data: validate it and write normalised Parquet tables (pipeline/fetch.py finds or fetches it).
 
 Every error names the file, the line and the field; nothing is written unless the whole set is valid.
 """
@@ -9,36 +9,18 @@ import hashlib
 import json
 import math
 import os
-import tempfile
-import urllib.request
-import zipfile
 from dataclasses import dataclass, field
 from pathlib import Path
 
 import pyarrow as pa
 import pyarrow.parquet as pq
-from tqdm.auto import tqdm
 
 from .atomic import atomic_dir
-
-PROJECT_ROOT = Path(__file__).resolve().parents[1]
-SHARED_BEIR = Path("..") / "shared" / "data" / "beir"  # beside the project root, where our data sets live
 
 
 def cache_root() -> Path:
     """Where artifacts land: $LMORT_CACHE, else cache/ under the current directory (the project root)."""
     return Path(os.environ.get("LMORT_CACHE", "cache"))
-DOWNLOAD_TIMEOUT = 30  # seconds without data before a download gives up
-BEIR_ARCHIVE = "https://public.ukp.informatik.tu-darmstadt.de/thakur/BEIR/datasets"
-# md5 of the archive's zips, as published in the BEIR README (an unknown name needs --md5).
-BEIR_MD5 = {
-    "scifact": "5f7d1de60b170fc8027bb7898e2efca1",
-    "nfcorpus": "a89dba18a62ef92f7d323ec890a0d38d",
-    "trec-covid": "ce62140cb23feb9becf6270d0d1fe6d1",
-    "fiqa": "17918ed23cd04fb15047f73e6c3bd9d9",
-    "arguana": "8ad3e3c2a5867cdced806d6503f29b99",
-    "scidocs": "38121350fc3a4d2f48850f6aff52e4a9",
-}
 
 
 class DataError(ValueError):
@@ -54,28 +36,7 @@ class BeirSet:
     warnings: list[str] = field(default_factory=list)
 
 
-# ---------------------------------------------------------------- locating and downloading
-
-
-def resolve_dataset(
-    data: str, cache_dir: Path | None = None, base_url: str = BEIR_ARCHIVE, md5: str | None = None
-) -> Path:
-    """A path, else a name under $LMORT_DATA, else under ../shared/data/beir, else the BEIR archive."""
-    cache_dir = Path(cache_dir or cache_root() / "beir")
-    return locate_dataset(data, cache_dir) or download_beir(data, cache_dir, base_url=base_url, md5=md5)
-
-
-def locate_dataset(data: str, cache_dir: Path | None = None) -> Path | None:
-    """The local folder `resolve_dataset` would use, without downloading: None when there is none."""
-    p = Path(data)
-    if p.is_dir():
-        return p
-    roots = [Path(os.environ["LMORT_DATA"])] if os.environ.get("LMORT_DATA") else []
-    for root in [*roots, SHARED_BEIR, PROJECT_ROOT.parent / "shared" / "data" / "beir",
-                 Path(cache_dir or cache_root() / "beir")]:
-        if (root / data / "corpus.jsonl").exists():
-            return root / data
-    return None
+# ---------------------------------------------------------------- the source's identity
 
 
 def source_digest(folder: Path) -> str:
@@ -91,42 +52,6 @@ def source_digest(folder: Path) -> str:
                 while block := fh.read(1 << 22):
                     h.update(block)
     return h.hexdigest()
-
-
-def download_beir(name: str, dest: Path, base_url: str = BEIR_ARCHIVE, md5: str | None = None) -> Path:
-    """Fetch `name`.zip, check its md5, unpack it next to `dest` and rename into place (atomic)."""
-    expected = md5 or BEIR_MD5.get(name)
-    if expected is None:
-        raise DataError(f"{name}: not found under $LMORT_DATA, ../shared/data/beir or {dest}, and not a set the "
-                        f"BEIR archive is known to hold ({', '.join(BEIR_MD5)}); put its BEIR folder (corpus.jsonl, "
-                        f"queries.jsonl, qrels/test.tsv) under $LMORT_DATA/{name}, or pass --md5 if the archive "
-                        "has it")
-    dest.mkdir(parents=True, exist_ok=True)
-    url = f"{base_url.rstrip('/')}/{name}.zip"
-    with tempfile.TemporaryDirectory(dir=dest) as tmp:
-        zpath = Path(tmp) / f"{name}.zip"
-        digest = hashlib.md5()
-        try:
-            with urllib.request.urlopen(url, timeout=DOWNLOAD_TIMEOUT) as resp, open(zpath, "wb") as out:
-                total = int(resp.headers.get("Content-Length") or 0) or None
-                with tqdm(total=total, unit="B", unit_scale=True, desc=f"download {name}") as bar:
-                    while chunk := resp.read(1 << 20):
-                        digest.update(chunk)
-                        out.write(chunk)
-                        bar.update(len(chunk))
-        except (OSError, ValueError) as e:  # URLError, HTTPError, timeouts and resets are all OSErrors
-            reason = getattr(e, "reason", None) or e
-            raise DataError(f"{url}: download failed ({reason}); without a network, put the set's folder "
-                            f"(corpus.jsonl, queries.jsonl, qrels/) under $LMORT_DATA/{name}") from None
-        if digest.hexdigest() != expected:
-            raise DataError(f"{url}: md5 {digest.hexdigest()} does not match the expected {expected}")
-        with zipfile.ZipFile(zpath) as zf:
-            zf.extractall(Path(tmp) / "x")
-        found = [p.parent for p in (Path(tmp) / "x").rglob("corpus.jsonl")]
-        if len(found) != 1:
-            raise DataError(f"{url}: the archive holds {len(found)} corpus.jsonl files, expected 1")
-        os.replace(found[0], dest / name)
-    return dest / name
 
 
 # ---------------------------------------------------------------- reading and validation

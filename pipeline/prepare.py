@@ -7,7 +7,8 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from .bm25 import BM25, carve_dev, judged_relevant, training_pairs
-from .data import cache_root, load_beir, locate_dataset, resolve_dataset, source_digest, write_tables
+from .data import cache_root, load_beir, source_digest, write_tables
+from .fetch import locate_dataset, resolve_dataset
 from .metrics import evaluate
 
 log = logging.getLogger(__name__)

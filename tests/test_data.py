@@ -11,7 +11,8 @@ import pytest
 from click.testing import CliRunner
 
 from pipeline.bm25 import BM25, judged_relevant, training_pairs
-from pipeline.data import DataError, download_beir, load_beir, load_prepared
+from pipeline.data import DataError, load_beir, load_prepared
+from pipeline.fetch import download_beir
 from pipeline.prepare import prepare_dataset
 from stages.cli import main
 
@@ -189,7 +190,7 @@ def test_unreachable_archive_is_one_clear_line(tmp_path, loopback, monkeypatch):
     nothing half-written; a server that stalls is cut off by the timeout."""
     import socket
 
-    import pipeline.data as data_module
+    import pipeline.fetch as data_module
 
     with socket.socket() as s:  # a port nobody listens on
         s.bind(("127.0.0.1", 0))
@@ -243,14 +244,14 @@ def test_a_prepared_set_is_reused_only_for_the_source_it_was_made_from(tmp_path,
 
 
 def test_a_set_found_nowhere_and_not_in_the_archive_says_where_to_put_it(tmp_path, monkeypatch):
-    """cranfield, cacm and vaswani_npl are not in the BEIR archive: without ../shared a user is told what to do."""
-    import pipeline.data as data
+    """cacm is in neither the BEIR archive nor ir_datasets: without ../shared a user is told what to do."""
+    import pipeline.fetch as data
 
     monkeypatch.setenv("LMORT_DATA", str(tmp_path / "nothing"))
     monkeypatch.setattr(data, "SHARED_BEIR", tmp_path / "no-shared")
     monkeypatch.setattr(data, "PROJECT_ROOT", tmp_path / "no-root")
-    result = CliRunner().invoke(main, ["prepare", "--data", "cranfield", "--out", str(tmp_path / "out")])
+    result = CliRunner().invoke(main, ["prepare", "--data", "cacm", "--out", str(tmp_path / "out")])
     assert result.exit_code != 0 and "Traceback" not in result.output
     line = result.output.strip().splitlines()[-1]
-    assert "$LMORT_DATA/cranfield" in line and "corpus.jsonl" in line and "scifact" in line
+    assert "$LMORT_DATA/cacm" in line and "corpus.jsonl" in line and "scifact" in line
     assert not (tmp_path / "out").exists()

@@ -10,7 +10,8 @@ import numpy as np
 import pytest
 import torch
 
-from pipeline.data import SHARED_BEIR, load_prepared
+from pipeline.data import load_prepared
+from pipeline.fetch import SHARED_BEIR
 from pipeline.prepare import prepare_dataset
 
 pytestmark = [
