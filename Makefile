@@ -28,8 +28,14 @@ test-slow: install
 lint: install
 	$(BIN)/ruff check .
 
+# `make repro`: the default configuration (params.yaml); `make repro PROTOCOL=full`: a protocol of conf/protocol/,
+# composed into params.yaml by DVC's Hydra composition and run as an experiment.
 repro: install
+ifdef PROTOCOL
+	PATH="$(BIN):$$PATH" $(BIN)/dvc exp run -S protocol=$(PROTOCOL)
+else
 	PATH="$(BIN):$$PATH" $(BIN)/dvc repro
+endif
 
 bench: install
 	$(BIN)/python bench/extract_bench.py

@@ -1,7 +1,7 @@
 """Do two configurations' stores of one data set hold the same arrays for layers 0 and 2?
 
 Every query slot and six windows of 20,000 corpus slots are compared, with the ids, the starts and the fingerprints.
-Used to show that configs/full-last.yaml's stores (layers 0, 2, 30) repeat configs/full.yaml's layers 0 and 2:
+Used to show that protocol full-last's stores (layers 0, 2, 30) repeat protocol full's layers 0 and 2:
 
     python bench/compare_stores.py cache/full/stores cache/full-last/stores scifact
 """

@@ -8,7 +8,7 @@
 #                                   GGUF's own quantised bytes): builds the model folder, extracts the `large`
 #                                   stores (layers 0,2, every set at once), then `lmort scale` trains the points;
 #                                   each point.json reaches $OUT as soon as it is written.
-# Knobs (environment): SETS, ZERO, QUERIES, SIZES, VARIANTS, MIN_STEPS; the rest is configs/large.yaml.
+# Knobs (environment): SETS, ZERO, QUERIES, SIZES, VARIANTS, MIN_STEPS; the rest is the protocol large (conf/protocol/large.yaml).
 set -u
 phase=${1:?setup or run}
 export LMORT_CACHE=${LMORT_CACHE:-/tmp/lmort} PYTHONUNBUFFERED=1 PYTHONPATH=/tmp/site:$PWD
@@ -40,6 +40,7 @@ log="$OUT/run.log"
 {
   nvidia-smi --query-gpu=name,memory.total,driver_version --format=csv,noheader 2>&1
   python3 bench/gpu_model.py --packed .gpu --out "$LMORT_CACHE/models/smollm2-135m" || exit 1
+  lmort compose --protocol large --out .large.yaml || exit 1
   echo "## lmort extract, every set at once (layers 0,2; bf16 compute, float16 stores)"
   for s in ${SETS//,/ } ${ZERO//,/ }; do
     lmort extract --model smollm2-135m --data "$LMORT_CACHE/data/$s" --geometry .gpu/geometry.json \
@@ -54,7 +55,7 @@ log="$OUT/run.log"
       [ -f "$p" ] && cp "$p" "$OUT/$(basename "$(dirname "$p")").json"; done; done ) &
   watcher=$!
   lmort scale --stores "$LMORT_CACHE/large/stores" --data "$SETS" --zero-shot "$ZERO" --geometry .gpu/geometry.json \
-    --params configs/large.yaml --set "scaling.sizes=[${SIZES:-paper}]" --set "scaling.variants=[${VARIANTS:-lmort}]" \
+    --params .large.yaml --set "scaling.sizes=[${SIZES:-paper}]" --set "scaling.variants=[${VARIANTS:-lmort}]" \
     --set "scaling.queries=[${QUERIES:-1000,16000,all,4000,64000}]" --set "scaling.min_steps=${MIN_STEPS:-500}" \
     --set train.memory_gb=100 --points-only --out "$LMORT_CACHE/large/scaling" 2>&1 \
     | tr '\r' '\n' | grep --line-buffered -v "it/s]\|step/s]\|s/step]\|tok/s]\|text/s]\|^$"

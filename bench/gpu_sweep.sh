@@ -1,5 +1,5 @@
 #!/bin/bash
-# The layer sweep of configs/layers.yaml on a lent GPU machine (H100/H200): no model hub, 64 MiB of carried files
+# The layer sweep of the protocol layers on a lent GPU machine (H100/H200): no model hub, 64 MiB of carried files
 # a call, so two calls back to back (the machine keeps /tmp while it stays warm):
 #   python bench/gpu_pack.py --stores <stores of these sets> --blocks 30 --parts 2 --out .gpusw   (here, once)
 #   bash bench/gpu_sweep.sh setup   carry .whl (missing wheels) and .gpusw-1 (blocks 15-29): install, keep the part
@@ -7,7 +7,7 @@
 #                                   build the model, `lmort analyze` (the rule's pair), `lmort extract` of the seven
 #                                   layers for every set at once, then `lmort sweep` in $PROCS processes sharing
 #                                   the grid; every point.json reaches $OUT as soon as it is written.
-# Knobs (environment): PROCS (8), LAYERS, MIN_STEPS; the rest is configs/layers.yaml.
+# Knobs (environment): PROCS (8), LAYERS, MIN_STEPS; the rest is the protocol layers (conf/protocol/layers.yaml).
 set -u
 phase=${1:?setup or run}
 export LMORT_CACHE=${LMORT_CACHE:-/tmp/lmort} PYTHONUNBUFFERED=1 PYTHONPATH=/tmp/site:$PWD
@@ -55,9 +55,10 @@ root=$LMORT_CACHE/layers
       [ -f "$p" ] && cp "$p" "$OUT/$(basename "$(dirname "$p")").json"; done; done ) &
   watcher=$!
   n=${PROCS:-8}
+  lmort compose --protocol layers --out .layers.yaml || exit 1
   for i in $(seq 0 $((n - 1))); do
     OMP_NUM_THREADS=2 lmort sweep --stores "$root/stores" --data $TRAIN --geometry "$root/analysis/geometry.json" \
-      --params configs/layers.yaml --set "sweep.min_steps=${MIN_STEPS:-400}" --set train.memory_gb=100 \
+      --params .layers.yaml --set "sweep.min_steps=${MIN_STEPS:-400}" --set train.memory_gb=100 \
       --shard "$i/$n" --points-only --out "$root/sweep" > "$LMORT_CACHE/sweep-$i.log" 2>&1 &
   done
   wait $(jobs -p | grep -v "^$watcher$")

@@ -1,16 +1,19 @@
 #!/usr/bin/env bash
-# Tuning on dev only (issue 11, item 5): one DVC experiment per setting, each changing one knob of the active
-# configuration's recipe (params.yaml), training only `train@lmort` from the stores already extracted. DVC records
+# Tuning on dev only (issue 11, item 5): one DVC experiment per setting, each changing one knob of a protocol's
+# recipe ($PROTOCOL, default: the default configuration), training only `train@lmort` from the stores already
+# extracted. DVC records
 # every experiment (params, the dvclive metrics: best dev nDCG@10, its epoch, steps, seconds); test splits are
 # never read (train scores dev only). Rerunning skips experiments that exist already (by name), so a cut run
 # resumes. Then `bash bench/tune_dev.sh table` prints the experiments' dev table (Markdown, from `dvc exp show`).
 #
-#   dvc repro                        # the baseline: the configuration as committed
+#   dvc exp run -S protocol=$PROTOCOL   # the baseline: the protocol as committed
 #   bash bench/tune_dev.sh run       # the one-knob grid below (about 5 min an experiment on 2 cores)
 #   bash bench/tune_dev.sh table > reports/<name>/tuning.md
 set -euo pipefail
-name=$(python -c 'import yaml; print(yaml.safe_load(open("params.yaml"))["name"])')
-metric="$(python -c 'import yaml; print(yaml.safe_load(open("params.yaml"))["report_dir"])')/live/lmort/metrics.json"
+protocol=${PROTOCOL:-default}
+lmort compose --protocol "$protocol" --out .tune-params.yaml >/dev/null
+metric="$(python -c 'import yaml; print(yaml.safe_load(open(".tune-params.yaml"))["report_dir"])')/live/lmort/metrics.json"
+rm -f .tune-params.yaml
 
 # name | overrides (-S key=value ...): lr, batch size, hard negatives, width, blocks, temperature, epochs
 GRID=(
@@ -33,12 +36,10 @@ run() {
     local exp=${entry%%|*} overrides=${entry#*|}
     done_names=$(dvc exp list --name-only 2>/dev/null || true)
     if grep -qx -- "$exp" <<<"$done_names"; then echo "== $exp: done already"; continue; fi
-    git checkout -- params.yaml   # every experiment changes one knob of the committed recipe
     echo "== $exp: $overrides ($(date +%T))"
     # shellcheck disable=SC2086
-    dvc exp run -n "$exp" $overrides "train@lmort"
+    dvc exp run -n "$exp" -S "protocol=$protocol" $overrides "train@lmort"
   done
-  git checkout -- params.yaml
 }
 
 table() {

@@ -5,6 +5,7 @@ from __future__ import annotations
 import json
 import random
 import time
+from dataclasses import dataclass
 from pathlib import Path
 
 import torch
@@ -16,6 +17,17 @@ from .geometry import alignment_per_layer, choose_layers, mean_pool, uniformity_
 from .llm import FrozenLLM, Template, default_device, parameter_count
 from .metrics import evaluate, markdown_table
 from .precision import dtype_name, resolve_compute_dtype
+
+
+@dataclass(frozen=True)
+class AnalyzeConfig:
+    """The `analyze:` knobs: the one source of their defaults (the params and `lmort analyze`'s options)."""
+
+    max_pairs: int = 5000  # training pairs whose alignment and uniformity are measured
+    seed: int = 0
+
+
+ANALYZE = AnalyzeConfig()
 
 
 def sample_pairs(datasets: list[Prepared], split: str, max_pairs: int, seed: int) -> list[tuple[str, str, str]]:
@@ -43,8 +55,8 @@ def pooled_all_layers(llm: FrozenLLM, texts: list[str], max_length: int, desc: s
 
 
 def analyze(
-    model: str, datasets: list[Prepared], out: Path, split: str = "train", max_pairs: int = 5000,
-    seed: int = 0, template: Template = Template(), query_max_length: int = 64,
+    model: str, datasets: list[Prepared], out: Path, split: str = "train", max_pairs: int = ANALYZE.max_pairs,
+    seed: int = ANALYZE.seed, template: Template = Template(), query_max_length: int = 64,
     passage_max_length: int = 256, eval_dataset: Prepared | None = None, eval_split: str = "test",
     compute_dtype: str = "auto",
 ) -> dict:

@@ -28,6 +28,24 @@ log = logging.getLogger(__name__)
 
 
 @dataclass(frozen=True)
+class ExtractConfig:
+    """The `extract:` knobs: the one source of their defaults (the default configuration's `extract:` params and
+    `lmort extract`'s / `lmort analyze`'s options). `layers` (the extra layers to store) is each configuration's
+    own choice, tied to its layer selection, so it has no library default."""
+
+    last_layer: bool = False  # also store layer L (then every block of the LLM runs)
+    layers: str = ""  # extra layers to store, comma-separated
+    query_max_length: int = 64
+    passage_max_length: int = 256
+    dtype: str = "float16"  # how states are stored
+    compute_dtype: str = "auto"  # how the LLM computes them: bfloat16 where native, else float32
+    case: str = "lower"  # lower-case every text before tokenising (upper-case text otherwise breaks retrieval)
+
+
+EXTRACT = ExtractConfig()
+
+
+@dataclass(frozen=True)
 class ExtractSpec:
     """Everything that decides a store's content; its fields (plus model hashes) form the fingerprint."""
 

@@ -1,4 +1,5 @@
-"""Parameter files (configs/*.yaml): the knobs of every stage, as DVC's `params:` sees them."""
+"""Parameters: the knobs of every stage, as DVC's `params:` sees them. params.yaml is composed by Hydra (as
+`dvc exp run` does) from conf/config.yaml, the default configuration, and one protocol of conf/protocol/."""
 
 from __future__ import annotations
 
@@ -11,6 +12,22 @@ import yaml
 from .store import ActivationStore
 from .train import TrainConfig, TrainingSet
 from .tuner import TunerConfig, variant_config
+
+CONF_DIR = Path(__file__).resolve().parents[1] / "conf"
+
+
+def compose_params(out: Path, protocol: str = "default", overrides: tuple[str, ...] = (),
+                   conf: Path = CONF_DIR) -> dict:
+    """Write to `out` the params.yaml that `dvc exp run -S protocol=<protocol> -S <override> ...` composes, by DVC's
+    own Hydra call (so the bytes are the same), and return it."""
+    import tempfile
+
+    from dvc.utils.hydra import compose_and_dump
+
+    with tempfile.TemporaryDirectory() as plugins:  # no Hydra plugins
+        compose_and_dump(Path(out), str(Path(conf).resolve()), None, "config", plugins,
+                         [f"protocol={protocol}", *overrides])
+    return yaml.safe_load(Path(out).read_text())
 
 
 def load_params(path: Path, overrides: tuple[str, ...] = ()) -> dict:

@@ -6,9 +6,10 @@ from pathlib import Path
 
 import click
 
-from pipeline.analyze import analyze, layer_table
+from pipeline.analyze import ANALYZE, analyze, layer_table
 from pipeline.atomic import check_writable
 from pipeline.command_line import friendly_errors, names
+from pipeline.extract import EXTRACT
 from pipeline.llm import CASES, Template
 from pipeline.precision import COMPUTE_DTYPES
 from pipeline.prepare import ensure_prepared
@@ -19,14 +20,14 @@ from pipeline.prepare import ensure_prepared
 @click.option("--data", "data", multiple=True, required=True, help="Data set(s) whose training pairs to use.")
 @click.option("--split", default="train", show_default=True, help="Pairs split; never test.")
 @click.option("--out", type=click.Path(path_type=Path), required=True)
-@click.option("--max-pairs", default=5000, show_default=True)
-@click.option("--seed", default=0, show_default=True)
-@click.option("--query-max-length", default=64, show_default=True)
-@click.option("--passage-max-length", default=256, show_default=True)
-@click.option("--compute-dtype", type=click.Choice(COMPUTE_DTYPES), default="auto", show_default=True,
+@click.option("--max-pairs", default=ANALYZE.max_pairs, show_default=True)
+@click.option("--seed", default=ANALYZE.seed, show_default=True)
+@click.option("--query-max-length", default=EXTRACT.query_max_length, show_default=True)
+@click.option("--passage-max-length", default=EXTRACT.passage_max_length, show_default=True)
+@click.option("--compute-dtype", type=click.Choice(COMPUTE_DTYPES), default=EXTRACT.compute_dtype, show_default=True,
               help="auto = bfloat16 where the CPU/GPU has native bf16, else float32.")
-@click.option("--case", type=click.Choice(CASES), default="keep", show_default=True,
-              help="lower: lower-case every text first (as `lmort extract --case lower`).")
+@click.option("--case", type=click.Choice(CASES), default=EXTRACT.case, show_default=True,
+              help="lower: lower-case every text first (as `lmort extract --case lower`); keep: as written.")
 @click.option("--eval-data", help="Also report each raw layer's nDCG@10 on this set (reporting only).")
 @click.option("--eval-split", default="test", show_default=True)
 @friendly_errors

@@ -6,7 +6,7 @@ import logging
 
 import click
 
-from . import analyze, evaluate, extract, fingerprint, index, prepare, report, scale, sweep, tiny, train
+from . import analyze, compose, evaluate, extract, fingerprint, index, prepare, report, scale, sweep, tiny, train
 
 
 @click.group()
@@ -17,5 +17,5 @@ def main() -> None:
 
 for command in (prepare.command, analyze.command, extract.command, train.command, index.index_command,
                 index.search_command, evaluate.baselines_command, evaluate.evaluate_command, report.command,
-                scale.command, sweep.command, fingerprint.command, tiny.command):
+                scale.command, sweep.command, fingerprint.command, compose.command, tiny.command):
     main.add_command(command)

@@ -9,13 +9,13 @@ import click
 
 from pipeline.atomic import atomic_file, check_writable
 from pipeline.command_line import friendly_errors
-from pipeline.extract import ExtractSpec, extract
+from pipeline.extract import EXTRACT, ExtractSpec, extract
 from pipeline.llm import CASES, Template
 from pipeline.precision import COMPUTE_DTYPES
 from pipeline.prepare import ensure_prepared
 
 
-def default_layers(geometry: Path, last_layer: bool = True) -> list[int]:
+def default_layers(geometry: Path, last_layer: bool = EXTRACT.last_layer) -> list[int]:
     """The A- and U-layers of an analysis, the embedding layer, and (if asked) the last layer: the inputs
     of every ablation. Without the last layer only the blocks up to max(A, U) ever run."""
     g = json.loads(Path(geometry).read_text())
@@ -29,20 +29,20 @@ def default_layers(geometry: Path, last_layer: bool = True) -> list[int]:
 @click.option("--layers", help="Comma-separated layers to store (with --geometry: besides its layers; a layer sweep "
               "stores many). Without --geometry: only these.")
 @click.option("--geometry", type=click.Path(path_type=Path, exists=True), help="geometry.json of `lmort analyze`.")
-@click.option("--last-layer", type=bool, default=True, show_default=True,
+@click.option("--last-layer", type=bool, default=EXTRACT.last_layer, show_default=True,
               help="With --geometry: also store the last layer (runs every block of the LLM).")
 @click.option("--kind", "kinds", multiple=True, default=("corpus", "queries"), show_default=True)
-@click.option("--query-max-length", default=64, show_default=True)
-@click.option("--passage-max-length", default=256, show_default=True)
-@click.option("--dtype", type=click.Choice(["float16", "float32"]), default="float16", show_default=True,
+@click.option("--query-max-length", default=EXTRACT.query_max_length, show_default=True)
+@click.option("--passage-max-length", default=EXTRACT.passage_max_length, show_default=True)
+@click.option("--dtype", type=click.Choice(["float16", "float32"]), default=EXTRACT.dtype, show_default=True,
               help="How the states are stored.")
-@click.option("--compute-dtype", type=click.Choice(COMPUTE_DTYPES), default="auto", show_default=True,
+@click.option("--compute-dtype", type=click.Choice(COMPUTE_DTYPES), default=EXTRACT.compute_dtype, show_default=True,
               help="How the LLM computes them; auto = bfloat16 where the CPU/GPU has native bf16, else float32.")
-@click.option("--case", type=click.Choice(CASES), default="keep", show_default=True,
+@click.option("--case", type=click.Choice(CASES), default=EXTRACT.case, show_default=True,
               help="lower: lower-case every text before tokenising (recorded in the fingerprint; online search "
                    "applies it too).")
-@click.option("--shard-tokens", default=32768, show_default=True)
-@click.option("--chunk-tokens", default=1024, show_default=True)
+@click.option("--shard-tokens", default=ExtractSpec.shard_tokens, show_default=True)
+@click.option("--chunk-tokens", default=ExtractSpec.chunk_tokens, show_default=True)
 @click.option("--workers", default=0, help="Start a dask LocalCluster with N worker processes.")
 @click.option("--scheduler", help="Address of an existing dask.distributed scheduler.")
 @click.option("--force", is_flag=True, help="Rebuild the store from scratch.")

@@ -38,14 +38,15 @@ def test_quick_configuration_under_dvc(tmp_path):
         if (ROOT / f).is_file():
             (clone / f).parent.mkdir(parents=True, exist_ok=True)
             shutil.copy2(ROOT / f, clone / f)
-    shutil.copy(clone / "configs" / "quick.yaml", clone / "params.yaml")
     env = {**os.environ, "PATH": f"{Path(sys.executable).parent}:{os.environ['PATH']}",
            "LMORT_DATA": str(clone / "cache" / "tiny" / "beir"),
            "GIT_AUTHOR_NAME": "t", "GIT_AUTHOR_EMAIL": "t@t", "GIT_COMMITTER_NAME": "t",
            "GIT_COMMITTER_EMAIL": "t@t", "DVC_NO_ANALYTICS": "1"}
     sh("git init -q && git add -A && git commit -qm clone", clone, env)
     sh("lmort tiny --out cache/tiny", clone, env)
-    out = sh("dvc repro", clone, env)
+    # the protocol is composed by Hydra (conf/protocol/quick.yaml over conf/config.yaml) into params.yaml
+    out = sh("dvc exp run -S protocol=quick", clone, env)
+    assert "name: quick" in (clone / "params.yaml").read_text()
     for stage in ("prepare@tiny", "train-data", "analyze", "extract@tiny", "sweep", "train-stores", "train@lmort",
                   "train@scalar-mix", "index@lmort-tiny", "evaluate", "scale", "report"):
         assert f"Running stage '{stage}'" in out, stage
@@ -71,7 +72,7 @@ def test_quick_configuration_under_dvc(tmp_path):
     sh("git add -A && git commit -qm 'ran' -q", clone, env)
     again = sh("dvc repro", clone, env)
     assert "Running stage" not in again, again
-    exp = sh("dvc exp run -n blocks2 -S tuner.blocks=2", clone, env)
+    exp = sh("dvc exp run -n blocks2 -S protocol=quick -S tuner.blocks=2", clone, env)
     assert "Running stage 'train@" in exp, exp
     assert "Running stage 'extract@" not in exp and "Running stage 'analyze'" not in exp, exp
     assert "extract@tiny" in exp  # reported as unchanged, skipped
@@ -81,13 +82,13 @@ def test_quick_configuration_under_dvc(tmp_path):
     best = recorded[0]["metrics"]["reports/quick/live/lmort/metrics.json"]["data"]["best"]
     assert isinstance(best["dev_ndcg@10"], float) and best["steps"] > 0, best
     # the layer sweep trains from the same store: a changed sweep knob retrains its points, never stage one
-    sweep = sh("dvc exp run -S sweep.min_steps=8", clone, env)
+    sweep = sh("dvc exp run -S protocol=quick -S sweep.min_steps=8", clone, env)
     assert "Running stage 'sweep'" in sweep and "Running stage 'extract@" not in sweep, sweep
     steps = [json.loads(p.read_text())["steps"] for p in (clone / "cache" / "quick" / "sweep").glob("*/point.json")]
     assert len(steps) == 5 and min(steps) >= 8, steps  # every point trained again to the new minimum
     # an evaluation-only set added beside the stores retrains no tuner: train reads the training sets' stores only
     shutil.copytree(clone / "cache" / "tiny" / "beir" / "tiny", clone / "cache" / "tiny" / "beir" / "tiny2")
-    more = sh("dvc exp run -S 'datasets=[tiny,tiny2]' -S 'eval_sets=[tiny,tiny2]'", clone, env)
+    more = sh("dvc exp run -S protocol=quick -S 'datasets=[tiny,tiny2]' -S 'eval_sets=[tiny,tiny2]'", clone, env)
     assert "Running stage 'extract@tiny2'" in more and "Running stage 'index@lmort-tiny2'" in more, more
     assert "Running stage 'train-stores'" in more and "Running stage 'train@" not in more, more
     assert "Running stage 'analyze'" not in more, more

@@ -89,10 +89,12 @@ def test_stage_files_import_only_the_library_and_the_library_never_imports_a_sta
 
 def test_the_default_configuration_is_the_library_defaults():
     """One source of defaults: params.yaml (the default configuration) holds the dataclasses' own defaults for
-    prepare, the tuner and the training recipe, so a knob left out of a configuration means what the default
-    configuration says."""
-    from dataclasses import asdict
+    prepare, analyze, extract, the tuner and the training recipe (the click options read the same dataclasses),
+    so a knob left out of a configuration or a command means what the default configuration says."""
+    from dataclasses import asdict, replace
 
+    from pipeline.analyze import AnalyzeConfig
+    from pipeline.extract import ExtractConfig
     from pipeline.params import load_params, train_config
     from pipeline.prepare import PrepareConfig
     from pipeline.train import TrainConfig
@@ -101,6 +103,9 @@ def test_the_default_configuration_is_the_library_defaults():
     params = load_params(ROOT / "params.yaml")
     assert train_config(params) == TrainConfig()
     assert PrepareConfig(**params["prepare"]) == PrepareConfig()
+    assert AnalyzeConfig(**params["analyze"]) == AnalyzeConfig()
+    # `extract.layers` (the extra layers) goes with each configuration's layer selection: no library default
+    assert replace(ExtractConfig(**params["extract"]), layers="") == ExtractConfig()
     tuner = dict(params["tuner"])
     shape = SIZES[tuner.pop("size")]
     defaults = asdict(TunerConfig(llm_width=1, stream_layer=0, cross_layer=0))
