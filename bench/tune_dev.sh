@@ -43,8 +43,11 @@ run() {
 }
 
 table() {
-  dvc exp show --md --no-pager --only-changed --sort-by "${metric}:best.dev_ndcg@10" --sort-order desc \
-    --drop 'Created|State|Executor' --keep "${metric}:best\\..*|train\\.|tuner\\." 2>/dev/null
+  # dev only: every column is dropped but the experiment's best dev nDCG@10, its epoch and steps, and the knobs
+  # (the evaluate stage's test-split metrics are in the same workspace: they must not choose anything)
+  dvc exp show --md --no-pager --sort-by "${metric}:best.dev_ndcg@10" --sort-order desc --drop '.*' \
+    --keep "^Experiment$|${metric}:best\\.(dev_ndcg@10|best_epoch|steps)|^train\\.(lr|batch_size|negatives|epochs)$|^tuner\\.(size|width|blocks|temperature)$" \
+    2>/dev/null | grep -v '^| workspace'
 }
 
 case "${1:-run}" in
