@@ -16,8 +16,8 @@ import torch.nn.functional as F
 
 from pipeline.extract import texts_of
 from pipeline.llm import FrozenLLM, Template
-from pipeline.metrics import markdown_table
 from pipeline.prepare import ensure_prepared
+from pipeline.tables import markdown_table
 
 
 def main() -> None:

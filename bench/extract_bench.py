@@ -28,10 +28,10 @@ import torch
 
 from pipeline.extract import ExtractSpec, cached_llm, extract, texts_of
 from pipeline.llm import Template
-from pipeline.metrics import markdown_table
 from pipeline.precision import bf16_native
 from pipeline.prepare import ensure_prepared
 from pipeline.store import store_bytes
+from pipeline.tables import markdown_table
 
 
 def subset(ds, n):

@@ -9,12 +9,13 @@ corpus lower-case). With a `case: lower` template the three columns must agree.
 import argparse
 from pathlib import Path
 
-from pipeline.data import cache_root
 from pipeline.index import load_index, retrieve
 from pipeline.llm import FrozenLLM, Template, default_device
-from pipeline.metrics import evaluate, markdown_table
+from pipeline.metrics import evaluate
+from pipeline.paths import cache_root
 from pipeline.precision import resolve_compute_dtype
 from pipeline.prepare import ensure_prepared
+from pipeline.tables import markdown_table
 from pipeline.tuner import Tuner
 
 ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])

@@ -21,10 +21,11 @@ import torch
 
 from pipeline.extract import texts_of
 from pipeline.llm import FrozenLLM, Template, default_device
-from pipeline.metrics import markdown_table
-from pipeline.params import load_params, open_stores, train_config, tuner_config
+from pipeline.params import load_params, train_config, tuner_config
 from pipeline.precision import autocast, bf16_native
 from pipeline.prepare import ensure_prepared
+from pipeline.store import open_stores
+from pipeline.tables import markdown_table
 from pipeline.train import TrainingSet, epoch_batches, info_nce, prefetched
 from pipeline.tuner import Tuner
 

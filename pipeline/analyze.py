@@ -13,10 +13,12 @@ import torch.nn.functional as F
 
 from .atomic import atomic_file
 from .data import Prepared
-from .geometry import alignment_per_layer, choose_layers, mean_pool, uniformity_per_layer
+from .geometry import alignment_per_layer, choose_layers, uniformity_per_layer
 from .llm import FrozenLLM, Template, default_device, parameter_count
-from .metrics import evaluate, markdown_table
+from .metrics import evaluate
+from .pooling import mean_pool
 from .precision import dtype_name, resolve_compute_dtype
+from .tables import markdown_table
 
 
 @dataclass(frozen=True)

@@ -13,9 +13,9 @@ from tqdm.auto import tqdm
 from .batching import length_buckets
 from .bm25 import BM25, doc_text
 from .data import Prepared
-from .geometry import mean_pool
 from .index import build_index, retrieve
 from .metrics import Run
+from .pooling import mean_pool
 from .store import ActivationStore
 
 

@@ -8,7 +8,6 @@ from __future__ import annotations
 import hashlib
 import json
 import math
-import os
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -16,11 +15,6 @@ import pyarrow as pa
 import pyarrow.parquet as pq
 
 from .atomic import atomic_dir
-
-
-def cache_root() -> Path:
-    """Where artifacts land: $LMORT_CACHE, else cache/ under the current directory (the project root)."""
-    return Path(os.environ.get("LMORT_CACHE", "cache"))
 
 
 class DataError(ValueError):

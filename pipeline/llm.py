@@ -19,7 +19,7 @@ from tqdm.auto import tqdm
 
 from .atomic import atomic_dir
 from .batching import length_buckets
-from .data import cache_root
+from .paths import cache_root
 from .precision import resolve_compute_dtype
 
 log = logging.getLogger(__name__)

@@ -9,8 +9,7 @@ from pathlib import Path
 
 import yaml
 
-from .store import ActivationStore
-from .train import TrainConfig, TrainingSet
+from .train import TrainConfig
 from .tuner import TunerConfig, variant_config
 
 CONF_DIR = Path(__file__).resolve().parents[1] / "conf"
@@ -66,42 +65,3 @@ def tuner_config(params: dict, variant: str, geometry: Path, llm_width: int, att
     knobs = _pick(TunerConfig, section)
     knobs["attention_sink"] = attention_sink
     return variant_config(variant, a_layer, u_layer, g["num_layers"], llm_width, size, stored_layers, **knobs)
-
-
-def open_stores(stores: Path, dataset: str) -> tuple[ActivationStore, ActivationStore]:
-    """(queries, corpus) stores of one data set under a stores folder written by `lmort extract`."""
-    root = Path(stores) / Path(dataset).name
-    return ActivationStore(root / "queries.zarr"), ActivationStore(root / "corpus.zarr")
-
-
-def training_identity(names: list[str], stores: Path | None = None) -> dict:
-    """What a training run (or the analysis) reads of each named set: the prepared tables (sha256 per file) and,
-    with `stores`, its two stores' identities. DVC's train and analyze stages depend on this record instead of
-    the whole data and stores folders, so adding an evaluation-only set reruns neither."""
-    import hashlib
-
-    from .prepare import ensure_prepared
-
-    out = {}
-    for name in names:
-        folder = ensure_prepared(name).folder
-        record = {"prepared": {f.name: hashlib.sha256(f.read_bytes()).hexdigest()
-                               for f in sorted(Path(folder).iterdir()) if f.is_file()}}
-        if stores is not None:
-            queries, corpus = open_stores(stores, name)
-            record["stores"] = {"queries": queries.identity(), "corpus": corpus.identity()}
-        out[Path(name).name] = record
-    return out
-
-
-def open_training_sets(stores: Path, names: list[str], pairs: bool = True) -> list[TrainingSet]:
-    """Each named set's prepared data with its two stores, its training pairs (when `pairs`) and its dev qrels."""
-    from .prepare import ensure_prepared
-
-    sets = []
-    for name in names:
-        ds = ensure_prepared(name)
-        queries, corpus = open_stores(stores, ds.name)
-        sets.append(TrainingSet(ds, queries, corpus, ds.pairs("train").to_pylist() if pairs else [],
-                                ds.qrels.get("dev")))
-    return sets

@@ -7,7 +7,8 @@ import shutil
 from pathlib import Path
 
 from .atomic import atomic_file
-from .metrics import MEASURES, markdown_table
+from .metrics import MEASURES
+from .tables import markdown_table
 
 
 def _json(path: Path):

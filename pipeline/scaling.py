@@ -159,7 +159,7 @@ def plot_curve(points: list[dict], reference: dict, out: Path) -> None:
 
 
 def curve_table(points: list[dict]) -> str:
-    from .metrics import markdown_table
+    from .tables import markdown_table
 
     rows = [{"tuner": line_label(p), "queries": f"{p['queries']:,}", "steps": p["steps"],
              "epochs": p["epochs_run"], "dev nDCG@10": p["dev_ndcg@10"], **p["zero_shot"],

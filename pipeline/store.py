@@ -338,3 +338,9 @@ def build_history(path: Path) -> dict:
 
 def store_bytes(path: Path) -> int:
     return sum(f.stat().st_size for f in Path(path).rglob("*") if f.is_file())
+
+
+def open_stores(stores: Path, dataset: str) -> tuple[ActivationStore, ActivationStore]:
+    """(queries, corpus) stores of one data set under a stores folder written by `lmort extract`."""
+    root = Path(stores) / Path(dataset).name
+    return ActivationStore(root / "queries.zarr"), ActivationStore(root / "corpus.zarr")

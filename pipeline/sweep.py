@@ -15,8 +15,8 @@ from pathlib import Path
 import numpy as np
 
 from .atomic import atomic_file
-from .metrics import markdown_table
 from .scaling import run_point
+from .tables import markdown_table
 from .train import TrainConfig, TrainingSet
 from .tuner import TunerConfig
 

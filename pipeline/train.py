@@ -28,7 +28,8 @@ from .data import Prepared
 from .index import build_index, retrieve
 from .metrics import evaluate
 from .precision import autocast
-from .store import ActivationStore, check_compatible
+from .prepare import ensure_prepared
+from .store import ActivationStore, check_compatible, open_stores
 from .tuner import Tuner, TunerConfig
 
 log = logging.getLogger(__name__)
@@ -357,3 +358,33 @@ def write_logs(state: dict, summary: dict, out: Path, live: Path) -> None:
     fig.tight_layout()
     atomic_file(out / "training.png", lambda tmp: fig.savefig(tmp, dpi=110))
     plt.close(fig)
+
+
+# ------------------------------------------------------------------ what a run reads
+
+
+def training_identity(names: list[str], stores: Path | None = None) -> dict:
+    """What a training run (or the analysis) reads of each named set: the prepared tables (sha256 per file) and,
+    with `stores`, its two stores' identities. DVC's train and analyze stages depend on this record instead of
+    the whole data and stores folders, so adding an evaluation-only set reruns neither."""
+    out = {}
+    for name in names:
+        folder = ensure_prepared(name).folder
+        record = {"prepared": {f.name: hashlib.sha256(f.read_bytes()).hexdigest()
+                               for f in sorted(Path(folder).iterdir()) if f.is_file()}}
+        if stores is not None:
+            queries, corpus = open_stores(stores, name)
+            record["stores"] = {"queries": queries.identity(), "corpus": corpus.identity()}
+        out[Path(name).name] = record
+    return out
+
+
+def open_training_sets(stores: Path, names: list[str], pairs: bool = True) -> list[TrainingSet]:
+    """Each named set's prepared data with its two stores, its training pairs (when `pairs`) and its dev qrels."""
+    sets = []
+    for name in names:
+        ds = ensure_prepared(name)
+        queries, corpus = open_stores(stores, ds.name)
+        sets.append(TrainingSet(ds, queries, corpus, ds.pairs("train").to_pylist() if pairs else [],
+                                ds.qrels.get("dev")))
+    return sets

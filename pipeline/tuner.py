@@ -32,7 +32,7 @@ from tqdm.auto import tqdm
 
 from .atomic import atomic_dir
 from .batching import length_buckets
-from .geometry import mean_pool, pooling_mask
+from .pooling import mean_pool, pooling_mask
 from .precision import autocast
 
 

@@ -11,11 +11,11 @@ import yaml
 
 from pipeline.atomic import atomic_file, check_writable
 from pipeline.command_line import friendly_errors, names
-from pipeline.metrics import MEASURES, evaluate, markdown_table, read_trec_run, write_trec_run
-from pipeline.params import open_stores
+from pipeline.metrics import MEASURES, evaluate, read_trec_run, write_trec_run
 from pipeline.prepare import ensure_prepared
 from pipeline.report import ablation_rows
-from pipeline.store import check_compatible
+from pipeline.store import check_compatible, open_stores
+from pipeline.tables import markdown_table
 
 BASELINE_RUNS = {"bm25": "bm25", "minilm": "minilm-l6", "raw": "raw-layer-"}  # --systems name: run-file stem (prefix)
 

@@ -11,7 +11,7 @@ import click
 
 from pipeline.atomic import atomic_file, check_writable
 from pipeline.command_line import friendly_errors, names
-from pipeline.params import training_identity
+from pipeline.train import training_identity
 
 
 @click.command("fingerprint")

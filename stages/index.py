@@ -9,8 +9,8 @@ import click
 from pipeline.atomic import check_writable
 from pipeline.command_line import friendly_errors
 from pipeline.index import load_index, search
-from pipeline.params import open_stores
 from pipeline.prepare import ensure_prepared
+from pipeline.store import open_stores
 
 
 @click.command("index")

@@ -9,8 +9,8 @@ import click
 
 from pipeline.atomic import atomic_file, check_writable
 from pipeline.command_line import friendly_errors
-from pipeline.metrics import markdown_table
 from pipeline.prepare import DEFAULT, prepare_dataset, prepared_dir
+from pipeline.tables import markdown_table
 
 
 @click.command("prepare")

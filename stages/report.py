@@ -9,7 +9,7 @@ import yaml
 
 from pipeline.atomic import check_writable
 from pipeline.command_line import friendly_errors
-from pipeline.data import cache_root
+from pipeline.paths import cache_root
 from pipeline.report import build_report
 
 

@@ -12,8 +12,9 @@ from tqdm.auto import tqdm
 from pipeline.atomic import atomic_file, check_writable
 from pipeline.command_line import friendly_errors, names
 from pipeline.llm import device_name
-from pipeline.params import load_params, open_training_sets, train_config, tuner_config
+from pipeline.params import load_params, train_config, tuner_config
 from pipeline.scaling import collect, curve_table, plot_curve, point_name, reference_scores, run_point
+from pipeline.train import open_training_sets
 
 
 @click.command("scale")

@@ -13,8 +13,9 @@ from tqdm.auto import tqdm
 from pipeline.atomic import atomic_file, check_writable
 from pipeline.command_line import friendly_errors, names
 from pipeline.llm import device_name
-from pipeline.params import load_params, open_training_sets, train_config, tuner_config
+from pipeline.params import load_params, train_config, tuner_config
 from pipeline.sweep import collect, plan, plot_heatmap, run_sweep, selection, sweep_tables
+from pipeline.train import open_training_sets
 
 
 def shard_of(text: str) -> tuple[int, int]:

@@ -10,10 +10,10 @@ from functools import partial
 import pytest
 from click.testing import CliRunner
 
-from pipeline.bm25 import BM25, judged_relevant, training_pairs
+from pipeline.bm25 import BM25
 from pipeline.data import DataError, load_beir, load_prepared
 from pipeline.fetch import download_beir
-from pipeline.prepare import prepare_dataset
+from pipeline.prepare import judged_relevant, prepare_dataset, training_pairs
 from stages.cli import main
 
 

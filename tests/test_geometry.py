@@ -2,7 +2,8 @@ import math
 
 import torch
 
-from pipeline.geometry import alignment, choose_layers, mean_pool, uniformity
+from pipeline.geometry import alignment, choose_layers, uniformity
+from pipeline.pooling import mean_pool
 
 
 def test_alignment_and_uniformity_by_hand():
