@@ -6,7 +6,9 @@ from __future__ import annotations
 from pathlib import Path
 
 import click
+import yaml
 
+from pipeline.atomic import atomic_file
 from pipeline.command_line import friendly_errors
 from pipeline.params import CONF_DIR, compose_params
 
@@ -20,5 +22,11 @@ from pipeline.params import CONF_DIR, compose_params
 @friendly_errors
 def command(protocol: str, overrides: tuple[str, ...], out: Path) -> None:
     """Compose the parameters of one protocol (Hydra, as DVC runs it)."""
-    params = compose_params(out, protocol, overrides)
-    click.echo(f"wrote {out}: configuration {params['name']!r} (protocol {protocol})")
+    from hydra.errors import HydraException  # a knob the configuration lacks, a malformed override
+
+    try:
+        atomic_file(out, lambda tmp: compose_params(tmp, protocol, overrides))  # a bad override writes nothing
+    except HydraException as e:
+        raise click.ClickException(f"--set {' '.join(overrides)}: {str(e).splitlines()[0]}") from None
+    name = yaml.safe_load(out.read_text())["name"]
+    click.echo(f"wrote {out}: configuration {name!r} (protocol {protocol})")

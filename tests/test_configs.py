@@ -42,3 +42,15 @@ def test_an_override_changes_one_knob_of_a_protocol(tmp_path):
     assert deeper["tuner"]["blocks"] == 3 and full["tuner"]["blocks"] == 2
     deeper["tuner"]["blocks"] = 2
     assert deeper == full
+
+
+def test_an_unknown_knob_is_one_line_and_writes_nothing(tmp_path):
+    from click.testing import CliRunner
+
+    from stages.cli import main
+
+    result = CliRunner().invoke(main, ["compose", "--protocol", "full", "--set", "tuner.nosuch=1",
+                                       "--out", str(tmp_path / "p.yaml")])
+    assert result.exit_code != 0 and "Traceback" not in result.output
+    assert "tuner.nosuch" in result.output.strip().splitlines()[-1]
+    assert not list(tmp_path.iterdir())
