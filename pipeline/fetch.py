@@ -114,7 +114,6 @@ def download_beir(name: str, dest: Path, base_url: str = BEIR_ARCHIVE, md5: str 
 # ---------------------------------------------------------------- ir_datasets
 
 
-
 def _clean(text: str) -> str:
     return " ".join(str(text).split())
 
@@ -195,7 +194,7 @@ def fetch_ir_datasets(name: str, dest: Path) -> Path:
         raise DataError(f"{name}: not found locally; fetching it needs ir_datasets (pip install ir_datasets), or put "
                         f"its BEIR folder under $LMORT_DATA/{name}") from None
     url = ir_datasets.util.DownloadConfig.contents()[IR_DATASETS[name]]["main"]["url"]
-    os.environ.setdefault("IR_DATASETS_DL_TIMEOUT", "30")
+    os.environ.setdefault("IR_DATASETS_DL_TIMEOUT", str(DOWNLOAD_TIMEOUT))
     log.info(f"{name}: fetching through ir_datasets from {url} (or its cache {ir_datasets.util.home_path()})")
     target = Path(dest) / name
     try:
