@@ -55,6 +55,12 @@ def dtype_name(dtype: torch.dtype) -> str:
     return str(dtype).removeprefix("torch.")
 
 
+def feed_dtype(device: str | torch.device, enabled: bool = True) -> torch.dtype:
+    """The dtype stored states are handed to the tuner in: bfloat16 where `autocast` is on (its matmuls and layer
+    norms take bfloat16 directly: no float32 copy of the 576-wide inputs, no cast back), float32 elsewhere."""
+    return torch.bfloat16 if enabled and bf16_native(device) else torch.float32
+
+
 def autocast(device: str | torch.device, enabled: bool = True) -> AbstractContextManager:
     """bf16 autocast for the tuner's matmuls where the device computes bfloat16 natively (a no-op elsewhere or
     when disabled). Reductions and the loss stay in float32: autocast keeps them there, and callers cast scores."""

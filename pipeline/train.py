@@ -27,7 +27,7 @@ from .atomic import atomic_dir, atomic_file, existing_dir
 from .data import Prepared
 from .index import build_index, retrieve
 from .metrics import evaluate
-from .precision import autocast
+from .precision import autocast, feed_dtype
 from .prepare import ensure_prepared
 from .store import ActivationStore, check_compatible, open_stores
 from .tuner import Tuner, TunerConfig
@@ -141,15 +141,16 @@ def epoch_batches(sets: list[TrainingSet], cfg: TrainConfig, epoch: int):
     return out[: cfg.max_steps_per_epoch] if cfg.max_steps_per_epoch else out
 
 
-def read_batch(ts: TrainingSet, batch, layers: list[int]) -> dict:
-    """The states a batch needs, read from the stores (memory or Zarr): what the prefetcher runs ahead."""
+def read_batch(ts: TrainingSet, batch, layers: list[int], dtype: torch.dtype = torch.float32) -> dict:
+    """The states a batch needs, read from the stores (memory or Zarr) in `dtype`: what the prefetcher runs
+    ahead."""
     qids = [b[0] for b in batch]
     docs, targets = [], []
     for _, pos, negs, _ in batch:
         targets.append(len(docs))
         docs += [pos, *negs]
-    qs, qm = ts.queries.batch(qids, layers)
-    ds, dm = ts.corpus.batch(docs, layers)
+    qs, qm = ts.queries.batch(qids, layers, dtype)
+    ds, dm = ts.corpus.batch(docs, layers, dtype)
     # another query's document that is also judged relevant to this query is not a negative
     false_neg = torch.tensor([[docs[j] in b[3] and j != targets[i] for j in range(len(docs))]
                               for i, b in enumerate(batch)])
@@ -166,17 +167,18 @@ def info_nce(tuner: Tuner, states: dict, device) -> torch.Tensor:
     return F.cross_entropy(scores, states["targets"].to(device))
 
 
-def prefetched(batches, sets: list[TrainingSet], layers: list[int], depth: int):
-    """Yields each batch's states, with the next `depth` batches read by a background thread while the tuner
-    computes: streamed stores hide their reads behind the step (NumPy and Zarr's decoding release the GIL)."""
+def prefetched(batches, sets: list[TrainingSet], layers: list[int], depth: int,
+               dtype: torch.dtype = torch.float32):
+    """Yields each batch's states (in `dtype`), with the next `depth` batches read by a background thread while the
+    tuner computes: streamed stores hide their reads behind the step (NumPy and Zarr's decoding release the GIL)."""
     if depth <= 0:
         for s_i, batch in batches:
-            yield read_batch(sets[s_i], batch, layers)
+            yield read_batch(sets[s_i], batch, layers, dtype)
         return
     with ThreadPoolExecutor(max_workers=1) as pool:
         queue = deque()
         for s_i, batch in batches:
-            queue.append(pool.submit(read_batch, sets[s_i], batch, layers))
+            queue.append(pool.submit(read_batch, sets[s_i], batch, layers, dtype))
             if len(queue) > depth:
                 yield queue.popleft().result()
         while queue:
@@ -273,14 +275,14 @@ def train(sets: list[TrainingSet], tuner_cfg: TunerConfig, cfg: TrainConfig, out
             log.info(f"{out}: the checkpoint is for other settings; training from scratch")
             for old in (ckpt, out / "best"):
                 shutil.rmtree(old, ignore_errors=True)
-    amp = autocast(device, cfg.bf16)
+    amp, feed = autocast(device, cfg.bf16), feed_dtype(device, cfg.bf16)
     while state["epoch"] < cfg.epochs and state["bad_epochs"] < cfg.patience:
         epoch = state["epoch"]
         torch.manual_seed(cfg.seed * 7919 + epoch)  # dropout of this epoch
         t0 = time.time()
         tuner.train()
         batches = epoch_batches(sets, cfg, epoch)
-        bar = tqdm(prefetched(batches, sets, tuner_cfg.layers, cfg.prefetch), total=len(batches),
+        bar = tqdm(prefetched(batches, sets, tuner_cfg.layers, cfg.prefetch, feed), total=len(batches),
                    desc=f"epoch {epoch + 1}/{cfg.epochs}", unit="step", disable=not progress)
         for states in bar:
             lr = cfg.lr * min((state["step"] + 1) / max(1, cfg.warmup * total),

@@ -33,7 +33,7 @@ from tqdm.auto import tqdm
 from .atomic import atomic_dir
 from .batching import length_buckets
 from .pooling import mean_pool, pooling_mask
-from .precision import autocast
+from .precision import autocast, feed_dtype
 
 
 @dataclass
@@ -150,8 +150,9 @@ class Tuner(nn.Module):
         def mean(x):
             return mean_pool(x, keep)
 
-        def inp(layer):
-            return self.in_norm[str(layer)](states[layer].float())
+        def inp(layer):  # bfloat16 states (fed under autocast) stay bfloat16: LayerNorm takes them as they are
+            x = states[layer]
+            return self.in_norm[str(layer)](x if x.dtype == torch.bfloat16 else x.float())
 
         def proj(layer):
             return self.proj[str(layer)](inp(layer))
@@ -174,6 +175,7 @@ class Tuner(nn.Module):
             for block in self.blocks:
                 x = block(x, ctx, keep, ctx_keep)
             v = self.out(mean(x))
+        v = v.float()  # the vector (and so the scores and the loss) in float32, under autocast too
         return F.normalize(v, dim=-1) if self.cfg.similarity == "cosine" else v
 
     def score_scale(self) -> float:
@@ -190,10 +192,11 @@ class Tuner(nn.Module):
         device = next(self.parameters()).device
         was_training = self.training
         self.eval()
+        feed = feed_dtype(device, bf16)
         out = np.zeros((len(ids), self.cfg.out_dim), dtype=np.float32)
         with tqdm(total=len(ids), unit="text", desc=desc, disable=not progress) as bar:
             for idx in length_buckets([int(store.lengths[store.row[i]]) for i in ids], batch_tokens):
-                states, mask = store.batch([ids[i] for i in idx], self.cfg.layers)
+                states, mask = store.batch([ids[i] for i in idx], self.cfg.layers, feed)
                 with autocast(device, bf16):
                     out[idx] = self({k: v.to(device) for k, v in states.items()}, mask.to(device)).float().cpu().numpy()
                 bar.update(len(idx))
@@ -208,10 +211,11 @@ class Tuner(nn.Module):
         token_ids, _ = llm.tokenize([fmt(t) for t in texts], max_length)
         out = np.zeros((len(texts), self.cfg.out_dim), dtype=np.float32)
         device = next(self.parameters()).device
+        feed = feed_dtype(device, bf16)  # as encode_store feeds the stored states
         self.eval()
         for idx, states, mask in llm.iter_hidden_states(token_ids, self.cfg.layers, progress=False):
             with autocast(device, bf16):
-                out[idx] = self({k: v.to(device, torch.float32) for k, v in states.items()},
+                out[idx] = self({k: v.to(device, feed) for k, v in states.items()},
                                 mask.to(device).bool()).float().cpu().numpy()
         return out
 

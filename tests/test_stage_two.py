@@ -121,6 +121,22 @@ def test_online_vectors_equal_cached_vectors(world, tmp_path):
     np.testing.assert_allclose(online, cached, atol=5e-3)
 
 
+def test_online_vectors_equal_cached_vectors_under_bf16(world, tmp_path, monkeypatch):
+    """With bf16 on (forced here: emulated where the CPU lacks it), both paths feed the tuner bfloat16 states
+    under autocast, so the online vectors still match the index's, to bfloat16's precision."""
+    monkeypatch.setenv("LMORT_BF16", "1")
+    cfg = TunerConfig(llm_width=32, stream_layer=2, cross_layer=0, **TUNER)
+    train([training_set(world)], cfg, TrainConfig(epochs=1, batch_size=8), tmp_path / "run", progress=False)
+    tuner = Tuner.load(tmp_path / "run" / "best")
+    store = ActivationStore(world["stores"] / "tiny" / "queries.zarr")
+    ids = list(world["ds"].queries)[:10]
+    cached = tuner.encode_store(store, ids, progress=False)
+    assert not np.allclose(cached, tuner.encode_store(store, ids, progress=False, bf16=False), atol=1e-5)
+    llm = FrozenLLM(world["model"], max_layer=2, device="cpu", dtype=torch.float32)  # the store's float32 states
+    online = tuner.encode_texts(llm, [world["ds"].queries[i] for i in ids], Template(), 8)
+    np.testing.assert_allclose(online, cached, atol=2e-2)
+
+
 def test_metrics_on_a_hand_computed_run():
     qrels = {"q1": {"a": 1, "b": 0}, "q2": {"c": 2, "d": 1}}
     run = {"q1": {"x": 3.0, "a": 2.0}, "q2": {"d": 2.0, "c": 1.0}}

@@ -57,6 +57,22 @@ def test_round_trip_equals_the_models_hidden_states(tiny_model, prepared, tmp_pa
         assert loaded[layer].dtype == torch.float32 and torch.equal(loaded[layer], batch[layer])
 
 
+def test_a_bfloat16_batch_is_the_float32_batch_cast(tiny_model, prepared, tmp_path):
+    """What a bf16-autocast tuner is fed: gathered in the stored float16 and cast once, equal to the float32
+    batch cast to bfloat16, whether the store is streamed from Zarr or loaded into memory."""
+    extract(prepared, spec_for(tiny_model), tmp_path / "c.zarr", progress=False)
+    store = ActivationStore(tmp_path / "c.zarr")
+    some = store.ids[::5]
+    for loaded in (False, True):
+        if loaded:
+            store.load([0, 3])
+        want, want_mask = store.batch(some, [0, 3])
+        got, mask = store.batch(some, [0, 3], torch.bfloat16)
+        assert torch.equal(mask, want_mask)
+        for layer in (0, 3):
+            assert got[layer].dtype == torch.bfloat16 and torch.equal(got[layer], want[layer].to(torch.bfloat16))
+
+
 def test_fingerprint_mismatch_refused_and_force_rebuilds(tiny_model, prepared, tmp_path):
     extract(prepared, spec_for(tiny_model), tmp_path / "c.zarr", progress=False)
     with pytest.raises(StoreError, match=r"max_length: store has 16, asked 12"):

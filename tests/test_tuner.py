@@ -35,6 +35,24 @@ def test_shapes_and_padding_never_changes_a_vector(kind, sink):
     assert torch.allclose(alone, v[1:2], atol=1e-5)
 
 
+@pytest.mark.parametrize("kind", ["lmort", "pooled-linear", *FUSED])
+def test_bfloat16_states_under_autocast_give_the_float32_vectors_and_gradients(kind):
+    """Training and encoding on a bf16 CPU feed the stored states as bfloat16 under autocast (no float32 copy):
+    every tuner kind must take them and give the float32 tuner's vectors, to bfloat16's precision, with float32
+    gradients for its float32 weights. (torch.autocast runs on any CPU; without native bf16 it is only slower.)"""
+    tuner = Tuner(cfg(**FUSED.get(kind, {"kind": kind}))).eval()
+    x, mask = states(b=4, t=9), torch.ones(4, 9, dtype=torch.bool)
+    want = tuner(x, mask)
+    with torch.autocast("cpu", dtype=torch.bfloat16):
+        got = tuner({k: s.to(torch.bfloat16) for k, s in x.items()}, mask)
+    assert got.dtype == torch.float32  # normalised in float32 (pooling and the loss stay float32)
+    assert torch.nn.functional.cosine_similarity(got, want).min() > 0.99
+    assert not torch.equal(got, want)  # computed in bfloat16, not silently upcast
+    got.sum().backward()
+    assert all(p.grad is None or (p.grad.dtype == torch.float32 and torch.isfinite(p.grad).all())
+               for p in tuner.parameters())
+
+
 def test_sink_position_is_ignored_when_asked():
     tuner = Tuner(cfg(attention_sink=True)).eval()
     x, mask = states(), torch.ones(3, 7, dtype=torch.bool)
