@@ -1,7 +1,7 @@
 #!/usr/bin/env bash
 # Tuning on dev only (issue 11, item 5): one DVC experiment per setting, each changing one knob of a protocol's
-# recipe ($PROTOCOL, default: the default configuration), training only `train@lmort` from the stores already
-# extracted. DVC records
+# recipe ($PROTOCOL, default: the default configuration), training only `train@lmort` (`-s`: that stage alone)
+# from the stores `dvc repro` (or `dvc exp run -S protocol=$PROTOCOL`) extracted in this workspace. DVC records
 # every experiment (params, the dvclive metrics: best dev nDCG@10, its epoch, steps, seconds); test splits are
 # never read (train scores dev only). Rerunning skips experiments that exist already (by name), so a cut run
 # resumes. Then `bash bench/tune_dev.sh table` prints the experiments' dev table (Markdown, from `dvc exp show`).
@@ -15,8 +15,10 @@ lmort compose --protocol "$protocol" --out .tune-params.yaml >/dev/null
 metric="$(python -c 'import yaml; print(yaml.safe_load(open(".tune-params.yaml"))["report_dir"])')/live/lmort/metrics.json"
 rm -f .tune-params.yaml
 
-# name | overrides (-S key=value ...): lr, batch size, hard negatives, width, blocks, temperature, epochs
+# name | overrides (-S key=value ...): the recipe as it is (the baseline, trained by the same code), lr, batch size, hard negatives, width, blocks, temperature, epochs
 GRID=(
+  "recipe|"
+  "epochs-8|-S train.epochs=8"
   "lr-2.5e-4|-S train.lr=0.00025"
   "lr-1e-3|-S train.lr=0.001"
   "lr-2e-3|-S train.lr=0.002"
@@ -27,7 +29,6 @@ GRID=(
   "temp-0.1|-S tuner.temperature=0.1"
   "width-256|-S tuner.size=null -S tuner.width=256 -S tuner.blocks=2 -S tuner.heads=4 -S tuner.ff_ratio=2"
   "blocks-3|-S tuner.size=null -S tuner.width=128 -S tuner.blocks=3 -S tuner.heads=4 -S tuner.ff_ratio=2"
-  "epochs-8|-S train.epochs=8"
 )
 
 run() {
@@ -38,7 +39,7 @@ run() {
     if grep -qx -- "$exp" <<<"$done_names"; then echo "== $exp: done already"; continue; fi
     echo "== $exp: $overrides ($(date +%T))"
     # shellcheck disable=SC2086
-    dvc exp run -n "$exp" -S "protocol=$protocol" $overrides "train@lmort"
+    dvc exp run -n "$exp" -S "protocol=$protocol" $overrides -s "train@lmort"
   done
 }
 
