@@ -109,32 +109,22 @@ def test_faiss_equals_brute_force():
     np.testing.assert_allclose(scores, np.sort(brute, axis=1)[:, ::-1][:, :10], rtol=1e-5)
 
 
-def test_online_vectors_equal_cached_vectors(world, tmp_path):
+@pytest.mark.parametrize("bf16", [False, True])
+def test_online_vectors_equal_cached_vectors(world, tmp_path, monkeypatch, bf16):
+    """`lmort search` (text -> LLM -> tuner) gives the index's vectors. With bf16 on (forced here: emulated where
+    the CPU lacks it) both paths feed the tuner bfloat16 states under autocast: equal to bfloat16's precision."""
+    monkeypatch.setenv("LMORT_BF16", "1" if bf16 else "0")
     cfg = TunerConfig(llm_width=32, stream_layer=2, cross_layer=0, **TUNER)
     train([training_set(world)], cfg, TrainConfig(epochs=1, batch_size=8), tmp_path / "run", progress=False)
     tuner = Tuner.load(tmp_path / "run" / "best")
     store = ActivationStore(world["stores"] / "tiny" / "queries.zarr")
     ids = list(world["ds"].queries)[:10]
     cached = tuner.encode_store(store, ids, progress=False)
-    llm = FrozenLLM(world["model"], max_layer=2, device="cpu")
+    if bf16:  # really computed in bfloat16
+        assert not np.allclose(cached, tuner.encode_store(store, ids, progress=False, bf16=False), atol=1e-5)
+    llm = FrozenLLM(world["model"], max_layer=2, device="cpu", dtype=torch.float32)  # as the store's states
     online = tuner.encode_texts(llm, [world["ds"].queries[i] for i in ids], Template(), 8)
-    np.testing.assert_allclose(online, cached, atol=5e-3)
-
-
-def test_online_vectors_equal_cached_vectors_under_bf16(world, tmp_path, monkeypatch):
-    """With bf16 on (forced here: emulated where the CPU lacks it), both paths feed the tuner bfloat16 states
-    under autocast, so the online vectors still match the index's, to bfloat16's precision."""
-    monkeypatch.setenv("LMORT_BF16", "1")
-    cfg = TunerConfig(llm_width=32, stream_layer=2, cross_layer=0, **TUNER)
-    train([training_set(world)], cfg, TrainConfig(epochs=1, batch_size=8), tmp_path / "run", progress=False)
-    tuner = Tuner.load(tmp_path / "run" / "best")
-    store = ActivationStore(world["stores"] / "tiny" / "queries.zarr")
-    ids = list(world["ds"].queries)[:10]
-    cached = tuner.encode_store(store, ids, progress=False)
-    assert not np.allclose(cached, tuner.encode_store(store, ids, progress=False, bf16=False), atol=1e-5)
-    llm = FrozenLLM(world["model"], max_layer=2, device="cpu", dtype=torch.float32)  # the store's float32 states
-    online = tuner.encode_texts(llm, [world["ds"].queries[i] for i in ids], Template(), 8)
-    np.testing.assert_allclose(online, cached, atol=2e-2)
+    np.testing.assert_allclose(online, cached, atol=2e-2 if bf16 else 5e-3)
 
 
 def test_metrics_on_a_hand_computed_run():
