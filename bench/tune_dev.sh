@@ -19,16 +19,16 @@ rm -f .tune-params.yaml
 GRID=(
   "recipe|"
   "epochs-8|-S train.epochs=8"
-  "lr-2.5e-4|-S train.lr=0.00025"
-  "lr-1e-3|-S train.lr=0.001"
-  "lr-2e-3|-S train.lr=0.002"
-  "batch-64|-S train.batch_size=64"
-  "neg-0|-S train.negatives=0"
-  "neg-3|-S train.negatives=3"
   "temp-0.02|-S tuner.temperature=0.02"
   "temp-0.1|-S tuner.temperature=0.1"
+  "neg-3|-S train.negatives=3"
+  "batch-64|-S train.batch_size=64"
   "width-256|-S tuner.size=null -S tuner.width=256 -S tuner.blocks=2 -S tuner.heads=4 -S tuner.ff_ratio=2"
   "blocks-3|-S tuner.size=null -S tuner.width=128 -S tuner.blocks=3 -S tuner.heads=4 -S tuner.ff_ratio=2"
+  "lr-1e-3|-S train.lr=0.001"
+  "lr-2.5e-4|-S train.lr=0.00025"
+  "neg-0|-S train.negatives=0"
+  "lr-2e-3|-S train.lr=0.002"
 )
 
 run() {
