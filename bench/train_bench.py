@@ -90,11 +90,11 @@ def main() -> None:
     corpus.load(cfg.layers)
     batches = epoch_batches([cached], tcfg, 0)[: args.steps]
     steps_per_epoch = len(epoch_batches([cached], tcfg, 0))
-    precisions = [False, True] if bf16_native(args.device) else [False]
+    native = bf16_native(args.device)
     # float32; bf16 autocast fed float32 states (the path before the bf16 feed); bf16 autocast fed bfloat16 states
     # (what `lmort train` does where bf16 is native): the same batches from the same stores
     settings = [(False, torch.float32, "float32")]
-    if len(precisions) == 2:
+    if native:
         settings += [(True, torch.float32, "bf16 autocast, float32 states"),
                      (True, torch.bfloat16, "bf16 autocast, bfloat16 states")]
     rows = []
@@ -110,7 +110,7 @@ def main() -> None:
     if args.stream:  # what `lmort train` does with stores over its memory budget
         for depth in (0, tcfg.prefetch):
             torch.manual_seed(0)
-            t = time_steps(Tuner(cfg), streamed, batches, args.device, bf16=precisions[-1], prefetch=depth)
+            t = time_steps(Tuner(cfg), streamed, batches, args.device, bf16=native, prefetch=depth)
             rows.append({"path": f"streamed from Zarr, prefetch {depth}", "LLM blocks run": 0, "s/step": round(t, 3),
                          "epoch s": round(t * steps_per_epoch, 1), "ratio": 1.0})
     if args.device != "cpu":  # what `lmort train` does on a GPU: the stored layers moved there once
