@@ -121,7 +121,7 @@ def timed_shard(spec: ExtractSpec, shard, token_ids: list[list[int]], run: str):
     """A shard's states and its record (tokens, compute seconds, which run computed it)."""
     t0 = time.time()
     states, tokens = shard_states(spec, shard, token_ids)
-    return states, {"tokens": tokens, "seconds": round(time.time() - t0, 3), "run": run}
+    return states, {"tokens": tokens, "seconds": round(time.time() - t0, 4), "run": run}
 
 
 def compute_shard(path: str, spec: ExtractSpec, shard_index: int, shard: tuple[int, int, int, int],

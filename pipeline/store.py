@@ -334,7 +334,7 @@ def build_history(path: Path) -> dict:
         seconds += r.get("seconds", 0.0)
         if "run" in r:
             runs.add(r["run"])
-    return {"seconds": round(seconds, 1), "tokens_per_second": round(tokens / seconds, 1) if seconds else None,
+    return {"seconds": round(seconds, 3), "tokens_per_second": round(tokens / seconds, 1) if seconds else None,
             "shards_computed": shards, "runs": len(runs), "tokens_computed": int(tokens)}
 
 
