@@ -41,13 +41,13 @@ class TrainConfig:
 
     batch_size: int = 32
     negatives: int = 1  # BM25 hard negatives per query (besides the in-batch ones)
-    epochs: int = 4
+    epochs: int = 6
     lr: float = 5e-4
     weight_decay: float = 0.01
     warmup: float = 0.05  # fraction of all steps
     clip: float = 1.0
     patience: int = 2  # dev evaluations without improvement before stopping
-    dev_every: int = 1  # epochs between dev evaluations (the last epoch is always evaluated)
+    dev_every: int = 2  # epochs between dev evaluations (the last epoch is always evaluated)
     seed: int = 0
     max_steps_per_epoch: int | None = None
     max_queries: int | None = None  # a seeded sample of this many training queries over all sets (scaling curve)
