@@ -27,6 +27,8 @@ def main() -> None:
             a, b = ref[data][system][args.measure], other[data][system][args.measure]
             rows.append({"set": data, "system": system, args.reference.parent.name: f"{a:.4f}",
                          args.other.parent.name: f"{b:.4f}", "difference": f"{b - a:+.4f}"})
+    if not rows:
+        raise SystemExit(f"{args.reference} and {args.other} share no (set, system) with {args.measure}")
     print(markdown_table(rows, list(rows[0])))
     worst = max(rows, key=lambda r: abs(float(r["difference"])))
     print(f"\nlargest |difference| in {args.measure}: {abs(float(worst['difference'])):.4f} "

@@ -16,8 +16,8 @@ metric="$(python -c 'import yaml; print(yaml.safe_load(open(".tune-params.yaml")
 rm -f .tune-params.yaml
 
 # name | overrides (-S key=value ...): the recipe as it is (the baseline, trained by the same code), lr, batch size,
-# hard negatives, width, blocks, temperature, epochs, residual dropout (off: a 16% faster step, bench/train_bench.py),
-# and one pair: 8 epochs without dropout (`++`: knobs the default's tuner section leaves to the `small` size)
+# hard negatives, width, blocks, temperature, epochs, residual dropout, and one pair: 8 epochs without dropout.
+# Width and blocks use `++` (add or override): the default's tuner section leaves them to the `small` size.
 GRID=(
   "recipe|"
   "epochs-8|-S train.epochs=8"
