@@ -199,7 +199,7 @@ class StoreWriter:
     """Creates or reopens a store for writing; one writer at a time (a lock file)."""
 
     def __init__(self, path: Path, fingerprint: dict, ids: list[str], token_ids: list[list[int]], width: int,
-                 shard_tokens: int = 32768, chunk_tokens: int = 1024, force: bool = False,
+                 shard_tokens: int = 32768, chunk_tokens: int = 256, force: bool = False,
                  rebuild_on_mismatch: bool = False):
         self.path = Path(path)
         self.fingerprint = fingerprint

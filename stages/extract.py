@@ -42,7 +42,8 @@ def default_layers(geometry: Path, last_layer: bool = EXTRACT.last_layer) -> lis
               help="lower: lower-case every text before tokenising (recorded in the fingerprint; online search "
                    "applies it too).")
 @click.option("--shard-tokens", default=ExtractSpec.shard_tokens, show_default=True)
-@click.option("--chunk-tokens", default=ExtractSpec.chunk_tokens, show_default=True)
+@click.option("--chunk-tokens", default=EXTRACT.chunk_tokens, show_default=True,
+              help="Rows per Zarr chunk of a layer (smaller: streamed training decodes less; more files).")
 @click.option("--workers", default=0, help="Start a dask LocalCluster with N worker processes.")
 @click.option("--scheduler", help="Address of an existing dask.distributed scheduler.")
 @click.option("--force", is_flag=True, help="Rebuild the store from scratch.")

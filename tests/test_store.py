@@ -50,6 +50,7 @@ def test_round_trip_equals_the_models_hidden_states(tiny_model, prepared, tmp_pa
             assert torch.allclose(batch[layer][b, :n], ref[layer][0, :n], atol=2e-3, rtol=1e-3)
             assert (batch[layer][b, n:] == 0).all()
     assert store.dask(2).shape[1] == 32
+    assert store.group["layer_2"].chunks == (spec.chunk_tokens, 32)  # the layout asked for (streamed reads)
     store.load([0, 3])  # the in-memory gather (training's path) gives the same padded batch
     loaded, loaded_mask = store.batch(some, [0, 3])
     assert torch.equal(loaded_mask, mask)
