@@ -71,6 +71,23 @@ def claim_verdict(rows: list[dict]) -> str:
             f"({best['system']}) of those trained here ({', '.join(sorted(r['system'] for r in rivals))}).")
 
 
+def lmort_gaps(rows: list[dict], columns: list[str]) -> list[dict]:
+    """LMORT minus each reference on every column (negative: LMORT is below): BM25 and MiniLM when scored, the
+    best other trained variant and the best raw layer by average. What a goal missed is missed by."""
+    by = {r["system"]: r for r in rows}
+    if "lmort" not in by:
+        return []
+    rivals = [r for r in rows if r["system"] != "lmort" and r.get("average") is not None]
+    refs = [by[s] for s in ("bm25", "minilm-l6") if s in by]
+    for group in ([r for r in rivals if "parameters" in r], [r for r in rivals if r["system"].startswith("raw-")]):
+        if group:
+            refs.append(max(group, key=lambda r: r["average"]))
+    lmort = by["lmort"]
+    return [{"LMORT minus": ref["system"],
+             **{c: lmort[c] - ref[c] if isinstance(lmort.get(c), float) and isinstance(ref.get(c), float) else None
+                for c in columns}} for ref in refs]
+
+
 def build_report(root: Path, out: Path, figures: Path, params: dict | None = None) -> str:
     """Assemble REPORT.md for the configuration whose artifacts live under `root` (cache/<name>)."""
     root, figures = Path(root), Path(figures)
@@ -105,6 +122,10 @@ def build_report(root: Path, out: Path, figures: Path, params: dict | None = Non
                   "BM25 (bm25s), all-MiniLM-L6-v2 and each raw mean-pooled LLM layer (no training). In-domain: "
                   f"the sets trained on ({', '.join(trained) or 'none'}); zero-shot: the others.", "",
                   markdown_table(rows, cols), "", claim_verdict(rows), ""]
+        gaps = lmort_gaps(rows, [*metrics, "average", *split])
+        if gaps:
+            lines += ["LMORT's distance to the references (nDCG@10 of LMORT minus the reference's; negative: below):",
+                      "", markdown_table(gaps, ["LMORT minus", *metrics, "average", *split], floatfmt="+.3f"), ""]
         for m in list(MEASURES)[1:]:
             lines += [f"### {m}", "", markdown_table(ablation_rows(metrics, root / "tuners", m, trained),
                                                      ["system", *metrics, "average", *split])]

@@ -182,6 +182,23 @@ def test_report_rows_split_in_domain_and_zero_shot_and_check_the_claim():
     assert "claim holds" in claim_verdict(list(rows.values()))
 
 
+def test_report_gaps_are_lmort_minus_each_reference():
+    from pipeline.report import ablation_rows, lmort_gaps
+
+    scores = {"lmort": (0.5, 0.1), "a-only": (0.4, 0.4), "pooled-linear": (0.2, 0.2), "bm25": (0.9, 0.6),
+              "raw-layer-0": (0.1, 0.1), "raw-layer-2": (0.3, 0.2)}
+    metrics = {ds: {s: {"nDCG@10": v[i]} for s, v in scores.items()} for i, ds in enumerate(["a", "b"])}
+    rows = ablation_rows(metrics, in_domain=["a"])
+    for r in rows:
+        if r["system"] in ("lmort", "a-only", "pooled-linear"):
+            r["parameters"] = "1"
+    gaps = {g["LMORT minus"]: g for g in lmort_gaps(rows, ["a", "b", "average", "in-domain", "zero-shot"])}
+    assert list(gaps) == ["bm25", "a-only", "raw-layer-2"]  # no MiniLM scored; the best variant, the best raw layer
+    assert gaps["bm25"]["zero-shot"] == pytest.approx(-0.5) and gaps["bm25"]["a"] == pytest.approx(-0.4)
+    assert gaps["a-only"]["average"] == pytest.approx(-0.1) and gaps["raw-layer-2"]["b"] == pytest.approx(-0.1)
+    assert lmort_gaps([r for r in rows if r["system"] != "lmort"], ["a"]) == []
+
+
 def test_streamed_stores_train_to_the_same_weights_as_loaded_ones(world, tmp_path):
     """A memory budget of 0 streams every store from Zarr (read ahead by a thread): same batches, same weights."""
     cfg = TunerConfig(llm_width=32, stream_layer=2, cross_layer=1, **TUNER)
