@@ -55,13 +55,19 @@ def ablation_rows(metrics: dict, tuners: Path | None = None, measure: str = "nDC
     return rows
 
 
+def trained_rivals(rows: list[dict]) -> list[dict]:
+    """The other tuner variants trained here (a `parameters` column) with a score on every set: what LMORT is
+    compared with (raw layers and baselines are not variants of the tuner)."""
+    return [r for r in rows if r["system"] != "lmort" and "parameters" in r and r.get("average") is not None]
+
+
 def claim_verdict(rows: list[dict]) -> str:
     """The paper's central claim, checked on these rows: LMORT's average above every other tuner variant's
     (single-layer, swapped, pooled-linear). Raw layers and baselines are not variants of the tuner."""
     by = {r["system"]: r for r in rows if r.get("average") is not None}
     if "lmort" not in by:
         return "The paper's claim cannot be checked: no LMORT row with every set."
-    rivals = [r for s, r in by.items() if s != "lmort" and "parameters" in r]
+    rivals = trained_rivals(rows)
     if not rivals:
         return "The paper's claim cannot be checked: no other tuner variant was trained."
     best = max(rivals, key=lambda r: r["average"])
@@ -77,9 +83,9 @@ def lmort_gaps(rows: list[dict], columns: list[str]) -> list[dict]:
     by = {r["system"]: r for r in rows}
     if "lmort" not in by:
         return []
-    rivals = [r for r in rows if r["system"] != "lmort" and r.get("average") is not None]
+    raw = [r for r in rows if r["system"].startswith("raw-") and r.get("average") is not None]
     refs = [by[s] for s in ("bm25", "minilm-l6") if s in by]
-    for group in ([r for r in rivals if "parameters" in r], [r for r in rivals if r["system"].startswith("raw-")]):
+    for group in (trained_rivals(rows), raw):
         if group:
             refs.append(max(group, key=lambda r: r["average"]))
     lmort = by["lmort"]
