@@ -47,7 +47,7 @@ class TrainConfig:
     warmup: float = 0.05  # fraction of all steps
     clip: float = 1.0
     patience: int = 2  # dev evaluations without improvement before stopping
-    dev_every: int = 2  # epochs between dev evaluations (the last epoch is always evaluated)
+    dev_every: int = 6  # epochs between dev evaluations (the last epoch is always evaluated): 6 = once, at the end
     seed: int = 0
     max_steps_per_epoch: int | None = None
     max_queries: int | None = None  # a seeded sample of this many training queries over all sets (scaling curve)
