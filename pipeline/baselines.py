@@ -18,6 +18,8 @@ from .metrics import Run
 from .pooling import mean_pool
 from .store import ActivationStore
 
+BASELINE_RUNS = {"bm25": "bm25", "minilm": "minilm-l6", "raw": "raw-layer-"}  # --systems name: run-file stem (prefix)
+
 
 def bm25_run(ds: Prepared, qids: list[str], k: int = 100) -> Run:
     return BM25(ds.corpus).search({q: ds.queries[q] for q in qids}, k=k)
@@ -32,7 +34,7 @@ def minilm_folder() -> Path:
 
 @torch.inference_mode()
 def minilm_encode(texts: list[str], folder: Path | None = None, batch_size: int = 64, max_length: int = 256,
-                  desc: str = "MiniLM") -> np.ndarray:
+                  desc: str = "MiniLM", progress: bool = True) -> np.ndarray:
     """sentence-transformers all-MiniLM-L6-v2 as its card defines it: mean pooling, L2 normalisation."""
     from transformers import AutoModel, AutoTokenizer
 
@@ -41,7 +43,7 @@ def minilm_encode(texts: list[str], folder: Path | None = None, batch_size: int 
     model = AutoModel.from_pretrained(folder, use_safetensors=True).eval()
     out = np.zeros((len(texts), model.config.hidden_size), dtype=np.float32)
     batches = list(length_buckets([len(t) for t in texts], batch_size=batch_size))
-    for idx in tqdm(batches, desc=desc, unit="batch"):
+    for idx in tqdm(batches, desc=desc, unit="batch", disable=not progress):
         enc = tok([texts[i] for i in idx], padding=True, truncation=True, max_length=max_length, return_tensors="pt")
         pooled = mean_pool(model(**enc).last_hidden_state, enc["attention_mask"])
         out[idx] = F.normalize(pooled, dim=-1).numpy()

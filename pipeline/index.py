@@ -61,9 +61,10 @@ def write_index(index, path) -> None:
 
 def index_dataset(tuner_dir: Path, queries: ActivationStore, corpus: ActivationStore, qids: list[str],
                   out: Path, run_path: Path, system: str, kind: str = "flat", k: int = 100, bf16: bool = True,
-                  memory_gb: float = 4.0) -> dict:
+                  memory_gb: float = 4.0, data: str | None = None) -> dict:
     """Encode a corpus and its queries from the stores, write vectors + FAISS index + a TREC run file. A corpus
-    whose layers fit in `memory_gb` is loaded first; a larger one is read in store order (contiguous chunks)."""
+    whose layers fit in `memory_gb` is loaded first; a larger one is read in store order (contiguous chunks).
+    `data` (the prepared set's name) goes into meta.json, so `lmort search` and `lmort ask` can show the texts."""
     import json
     import time
 
@@ -84,7 +85,7 @@ def index_dataset(tuner_dir: Path, queries: ActivationStore, corpus: ActivationS
     out.mkdir(parents=True, exist_ok=True)
     np.save(out / "vectors.npy", vectors)
     atomic_file(out / "index.faiss", lambda tmp: write_index(index, tmp))
-    meta = {"tuner": str(tuner_dir), "system": system, "kind": kind, "ids": list(corpus.ids),
+    meta = {"tuner": str(tuner_dir), "system": system, "kind": kind, "data": data, "ids": list(corpus.ids),
             "model": corpus.fingerprint["model"], "template": queries.fingerprint["template"],
             "query_max_length": queries.fingerprint["max_length"],
             "compute_dtype": queries.fingerprint.get("compute_dtype", "float32"),

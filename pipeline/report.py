@@ -94,6 +94,59 @@ def lmort_gaps(rows: list[dict], columns: list[str]) -> list[dict]:
                 for c in columns}} for ref in refs]
 
 
+def fusion_section(fusion: dict) -> list[str]:
+    """The hybrid rows: where each fusion was chosen, what dev chose, and the test difference to BM25 with its
+    paired t-test (`lmort fuse`'s fusion.json)."""
+    rows = []
+    for data, per in fusion.items():
+        sig = per.get("significance", {})
+        for name, c in per.get("systems", {}).items():
+            s = sig.get(name, {})
+            rows.append({"set": data, "system": name, "chosen on": c["tuned_on"],
+                         "dense weight": c["dense_weight"], "rrf k": c["rrf_k"], "dev": c["dev_fused"],
+                         "dev bm25": c["dev_bm25"], "dev dense": c["dev_dense"], "test minus bm25": s.get("delta"),
+                         "p": s.get("p"), "significant": ("yes" if s.get("significant") else "no") if s else None})
+    if not rows:
+        return []
+    from .fusion import NORMALISATION
+
+    return ["## Hybrid retrieval: each dense run fused with BM25's, chosen on dev", "",
+            f"`lmort fuse`: `<system>+bm25` is a weighted sum of per-query {NORMALISATION}-normalised scores "
+            "(why min-max: pipeline/fusion.py), its dense weight picked on a 0.05 grid by nDCG@10 on dev (0 leaves "
+            "BM25 alone); `<system>+bm25-rrf` is reciprocal rank fusion with its k picked on the same dev runs. "
+            "In-domain sets choose on their own dev split (carved from train where a set has none), zero-shot sets "
+            "on the configuration's zero-shot dev collection, never tested on. `p`: paired t-test against BM25 "
+            "on the test queries (ranx), significant below 0.05.", "",
+            markdown_table(rows, ["set", "system", "chosen on", "dense weight", "rrf k", "dev", "dev bm25",
+                                  "dev dense", "test minus bm25", "p", "significant"], floatfmt=".3f"), ""]
+
+
+def rag_section(rag: dict, root: Path, figures: Path) -> list[str]:
+    """Answer quality (`lmort rag`'s rag.json): the dev choice of prompt order and k, then every system."""
+    lines = []
+    for data, r in rag.items():
+        png = root / "rag" / f"rag-{data}.png"
+        if png.exists():
+            shutil.copy(png, figures / png.name)
+        c = r["choice"]
+        lines += [f"## Answer quality on {data} ({r['questions']} {r['split']} questions)", "",
+                  f"The reader is `{r['model']}` with its head, greedy, bf16 where native, batched; its prompt starts "
+                  f"with the stores' query template (`{r['template']!r}`). Prompt order and k were chosen on "
+                  f"{r['dev_questions']} {r['dev_split']} questions with BM25's passages (F1): "
+                  f"**{c['order']}, k = {c['k']}**. EM and F1 with SQuAD's official normalisation (best over the "
+                  "reference answers); `answer in output`: a reference answer inside the output; `recall@k`: the "
+                  "gold paragraph among the k passages read; seconds per question: retrieval timed one question "
+                  "at a time online, generation in batches.", "",
+                  markdown_table(r["choices"], ["order", "k", "dev F1", "dev EM", "dev answer in output",
+                                                "generate s/q"]), "",
+                  markdown_table(r["rows"], ["system", "F1", "EM", "answer in output", "recall@k", "F1 minus oracle",
+                                             "F1 minus closed-book", "retrieve s/q", "generate s/q"],
+                                 floatfmt=".3f"), ""]
+        if png.exists():
+            lines += [f"![answer quality]({figures.name}/{png.name})", ""]
+    return lines
+
+
 def build_report(root: Path, out: Path, figures: Path, params: dict | None = None) -> str:
     """Assemble REPORT.md for the configuration whose artifacts live under `root` (cache/<name>)."""
     root, figures = Path(root), Path(figures)
@@ -135,6 +188,8 @@ def build_report(root: Path, out: Path, figures: Path, params: dict | None = Non
         for m in list(MEASURES)[1:]:
             lines += [f"### {m}", "", markdown_table(ablation_rows(metrics, root / "tuners", m, trained),
                                                      ["system", *metrics, "average", *split])]
+    lines += fusion_section(_json(root / "fusion" / "fusion.json") or {})
+    lines += rag_section(_json(root / "rag" / "rag.json") or {}, root, figures)
     curves = []
     for t in sorted((root / "tuners").glob("*/training.png")):
         shutil.copy(t, figures / f"training-{t.parent.name}.png")

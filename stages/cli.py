@@ -6,16 +6,35 @@ import logging
 
 import click
 
-from . import analyze, compose, evaluate, extract, fingerprint, index, prepare, report, scale, sweep, tiny, train
+from . import (
+    analyze,
+    ask,
+    baselines,
+    compose,
+    evaluate,
+    extract,
+    fingerprint,
+    fuse,
+    index,
+    prepare,
+    rag,
+    report,
+    scale,
+    search,
+    sweep,
+    tiny,
+    train,
+)
 
 
 @click.group()
 def main() -> None:
     """LMORT: dense retrieval from a frozen LLM's cached hidden states."""
     logging.basicConfig(level=logging.INFO, format="%(message)s")  # the library logs; the command line shows it
+    logging.getLogger("faiss").setLevel(logging.WARNING)  # not faiss' loader's six lines of which CPU kernels load
 
 
 for command in (prepare.command, analyze.command, extract.command, train.command, index.index_command,
-                index.search_command, evaluate.baselines_command, evaluate.evaluate_command, report.command,
-                scale.command, sweep.command, fingerprint.command, compose.command, tiny.command):
+                search.command, ask.command, baselines.command, evaluate.evaluate_command, fuse.command, rag.command,
+                report.command, scale.command, sweep.command, fingerprint.command, compose.command, tiny.command):
     main.add_command(command)

@@ -1,4 +1,4 @@
-"""`lmort baselines` (BM25, MiniLM, raw pooled layers as TREC runs) and `lmort evaluate` (ir-measures)."""
+"""`lmort evaluate`: score run files with ir-measures."""
 
 from __future__ import annotations
 
@@ -10,56 +10,23 @@ import click
 import yaml
 
 from pipeline.atomic import atomic_file, check_writable
+from pipeline.baselines import BASELINE_RUNS
 from pipeline.command_line import friendly_errors, names
-from pipeline.metrics import MEASURES, evaluate, read_trec_run, write_trec_run
+from pipeline.fusion import METHODS, fused_name
+from pipeline.metrics import MEASURES, evaluate, read_trec_run
 from pipeline.prepare import ensure_prepared
 from pipeline.report import ablation_rows
-from pipeline.store import check_compatible, open_stores
 from pipeline.tables import markdown_table
-
-BASELINE_RUNS = {"bm25": "bm25", "minilm": "minilm-l6", "raw": "raw-layer-"}  # --systems name: run-file stem (prefix)
-
-
-@click.command("baselines")
-@click.option("--data", required=True)
-@click.option("--split", default="test", show_default=True)
-@click.option("--stores", type=click.Path(path_type=Path, exists=True), help="For the raw pooled-layer baselines.")
-@click.option("--systems", default="bm25,minilm,raw", show_default=True)
-@click.option("--runs", "runs_dir", type=click.Path(path_type=Path), required=True,
-              help="Run files go to RUNS/<data>/<split>/<system>.trec.")
-@friendly_errors
-def baselines_command(data, split, stores, systems, runs_dir) -> None:
-    """Write TREC runs of BM25, all-MiniLM-L6-v2 and each stored raw pooled layer."""
-    check_writable(runs_dir)
-    from pipeline import baselines
-
-    ds = ensure_prepared(data)
-    qids = list(ds.qrels[split])
-    folder = Path(runs_dir) / ds.name / split
-    wanted = systems.split(",")
-    runs = {}
-    if "bm25" in wanted:
-        runs[BASELINE_RUNS["bm25"]] = baselines.bm25_run(ds, qids)
-    if "minilm" in wanted:
-        runs[BASELINE_RUNS["minilm"]] = baselines.minilm_run(ds, qids)
-    if "raw" in wanted:
-        if not stores:
-            raise click.UsageError("raw pooled-layer baselines need --stores")
-        queries, corpus = open_stores(stores, ds.name)
-        check_compatible([queries, corpus])
-        for layer, run in baselines.raw_layer_runs(queries, corpus, qids).items():
-            runs[f"{BASELINE_RUNS['raw']}{layer}"] = run
-    for name, run in runs.items():
-        write_trec_run(run, folder / f"{name}.trec", name)
-        click.echo(f"{name}: nDCG@10 {evaluate(run, ds.qrels[split])['nDCG@10']:.4f}")
 
 
 def configured_systems(params: dict) -> Callable[[str], bool]:
-    """Which run files a configuration owns: its tuner variants and its baselines. Run files that an earlier
+    """Which run files a configuration owns: its tuner variants, its baselines and their fusions with BM25
+    (`<system>+bm25`, `<system>+bm25-rrf`). Run files that an earlier
     configuration left behind (a variant since removed) are not scored."""
     variants = set(params.get("variants", []))
     prefixes = tuple(BASELINE_RUNS[b] for b in names((str(params.get("baselines", "")),)) if b in BASELINE_RUNS)
-    return lambda system: system in variants or system.startswith(prefixes)
+    fused = {fused_name(s, m) for s in (params.get("fusion") or {}).get("systems") or [] for m in METHODS}
+    return lambda system: system in variants or system in fused or system.startswith(prefixes)
 
 
 def evaluate_runs(datasets: list[str], split: str, runs_dirs: list[Path],

@@ -41,6 +41,9 @@ def default_layers(geometry: Path, last_layer: bool = EXTRACT.last_layer) -> lis
 @click.option("--case", type=click.Choice(CASES), default=EXTRACT.case, show_default=True,
               help="lower: lower-case every text before tokenising (recorded in the fingerprint; online search "
                    "applies it too).")
+@click.option("--query-template", default=EXTRACT.query_template, show_default=True,
+              help="How a query is written before tokenising ({text}: the query). `lmort ask` needs the prompt's "
+                   "prefix here, e.g. '<|im_start|>user\\n{text}' for a chat model (in the fingerprint).")
 @click.option("--shard-tokens", default=ExtractSpec.shard_tokens, show_default=True)
 @click.option("--chunk-tokens", default=EXTRACT.chunk_tokens, show_default=True,
               help="Rows per Zarr chunk of a layer (smaller: streamed training decodes less; more files).")
@@ -52,7 +55,7 @@ def default_layers(geometry: Path, last_layer: bool = EXTRACT.last_layer) -> lis
 @click.option("--dry-run", is_flag=True, help="Print the cost and stop.")
 @friendly_errors
 def command(model, data, out, layers, geometry, last_layer, kinds, query_max_length, passage_max_length, dtype,
-            compute_dtype, case,
+            compute_dtype, case, query_template,
             shard_tokens, chunk_tokens, workers, scheduler, force, rebuild_on_mismatch, dry_run) -> None:
     """Run the frozen LLM once over a data set's corpus and queries; store the chosen layers."""
     if not dry_run:
@@ -65,7 +68,7 @@ def command(model, data, out, layers, geometry, last_layer, kinds, query_max_len
     summaries = {}
     for kind in kinds:
         spec = ExtractSpec(model, tuple(chosen), kind, query_max_length if kind == "queries" else passage_max_length,
-                           template=Template(case=case), dtype=dtype, compute_dtype=compute_dtype,
+                           template=Template(query=query_template, case=case), dtype=dtype, compute_dtype=compute_dtype,
                            shard_tokens=shard_tokens,
                            chunk_tokens=chunk_tokens)
         summaries[kind] = extract(ds, spec, out / f"{kind}.zarr", force=force, workers=workers, scheduler=scheduler,

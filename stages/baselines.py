@@ -1,0 +1,52 @@
+"""`lmort baselines`: BM25, all-MiniLM-L6-v2 and each stored raw pooled layer as TREC runs."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import click
+
+from pipeline.atomic import check_writable
+from pipeline.baselines import BASELINE_RUNS
+from pipeline.command_line import friendly_errors
+from pipeline.metrics import evaluate, write_trec_run
+from pipeline.prepare import ensure_prepared
+from pipeline.store import check_compatible, open_stores
+
+
+@click.command("baselines")
+@click.option("--data", required=True)
+@click.option("--split", default="test", show_default=True)
+@click.option("--also-split", help="Also write this split's runs where the set has it (the fusion's dev split: "
+              "the corpus is encoded once for both).")
+@click.option("--stores", type=click.Path(path_type=Path, exists=True), help="For the raw pooled-layer baselines.")
+@click.option("--systems", default="bm25,minilm,raw", show_default=True)
+@click.option("--runs", "runs_dir", type=click.Path(path_type=Path), required=True,
+              help="Run files go to RUNS/<data>/<split>/<system>.trec.")
+@friendly_errors
+def command(data, split, also_split, stores, systems, runs_dir) -> None:
+    """Write TREC runs of BM25, all-MiniLM-L6-v2 and each stored raw pooled layer."""
+    check_writable(runs_dir)
+    from pipeline import baselines
+
+    ds = ensure_prepared(data)
+    splits = [split, *([also_split] if also_split and also_split in ds.qrels and also_split != split else [])]
+    qids = [q for s in splits for q in ds.qrels[s]]
+    wanted = systems.split(",")
+    runs = {}
+    if "bm25" in wanted:
+        runs[BASELINE_RUNS["bm25"]] = baselines.bm25_run(ds, qids)
+    if "minilm" in wanted:
+        runs[BASELINE_RUNS["minilm"]] = baselines.minilm_run(ds, qids)
+    if "raw" in wanted:
+        if not stores:
+            raise click.UsageError("raw pooled-layer baselines need --stores")
+        queries, corpus = open_stores(stores, ds.name)
+        check_compatible([queries, corpus])
+        for layer, run in baselines.raw_layer_runs(queries, corpus, qids).items():
+            runs[f"{BASELINE_RUNS['raw']}{layer}"] = run
+    for s in splits:
+        for name, run in runs.items():
+            part = {q: run.get(q, {}) for q in ds.qrels[s]}
+            write_trec_run(part, Path(runs_dir) / ds.name / s / f"{name}.trec", name)
+            click.echo(f"{name} on {s}: nDCG@10 {evaluate(part, ds.qrels[s])['nDCG@10']:.4f}")

@@ -1,0 +1,100 @@
+"""`lmort fuse`: each configured dense system's run fused with BM25's, the fusion chosen on dev (issue 24)."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import click
+import yaml
+
+from pipeline.atomic import atomic_file, check_writable
+from pipeline.command_line import friendly_errors, names
+from pipeline.data import DataError
+from pipeline.fusion import METHODS, check_run_of, choose, fuse, fused_name, significance
+from pipeline.metrics import read_trec_run, write_trec_run
+from pipeline.prepare import ensure_prepared
+from pipeline.runs import find_run
+from pipeline.tables import markdown_table
+
+
+def tuning_set(data: str, params: dict) -> tuple[str, str] | None:
+    """Where the fusion of `data` is chosen: its own dev split when it is a training set (in-domain), else the
+    configuration's zero-shot dev collection, which it must never test on (None: the configuration names none,
+    and the zero-shot set is not fused)."""
+    fusion = params.get("fusion") or {}
+    if data in names((str(params.get("train_sets", "")),)):
+        return data, fusion.get("dev_split", "dev")
+    zero_shot = fusion.get("zero_shot_dev") or []
+    if not zero_shot:
+        return None
+    if len(zero_shot) > 1:
+        raise DataError(f"fusion.zero_shot_dev names {len(zero_shot)} collections; name one")
+    zero_shot = zero_shot[0]
+    if zero_shot in params.get("eval_sets", []):
+        raise DataError(f"fusion.zero_shot_dev {zero_shot} is also an eval set: its weights would be chosen on "
+                        "a test split")
+    return zero_shot, fusion.get("zero_shot_split", "test")
+
+
+@click.command("fuse")
+@click.option("--params", "params_file", type=click.Path(path_type=Path, exists=True, dir_okay=False),
+              required=True, help="The configuration (eval_sets, train_sets, fusion.*).")
+@click.option("--runs", "runs_dirs", type=click.Path(path_type=Path, exists=True), multiple=True, required=True,
+              help="Folders of RUNS/<data>/<split>/<system>.trec: the runs to fuse, on the eval split.")
+@click.option("--dev-runs", "dev_dirs", type=click.Path(path_type=Path, exists=True), multiple=True, required=True,
+              help="Folders of the same systems' runs where the fusion is chosen (dev splits, the zero-shot dev).")
+@click.option("--out", type=click.Path(path_type=Path), required=True,
+              help="Writes OUT/runs/<data>/<split>/<system>+bm25[-rrf].trec, OUT/fusion.json and OUT/fusion.md.")
+@friendly_errors
+def command(params_file, runs_dirs, dev_dirs, out) -> None:
+    """Fuse each `fusion.systems` run with BM25's (min-max weighted sum and RRF), chosen on dev."""
+    check_writable(out)
+    params = yaml.safe_load(params_file.read_text())
+    systems = (params.get("fusion") or {}).get("systems") or []
+    split = params.get("eval_split", "test")
+    report: dict = {}
+    for data in params.get("eval_sets", []):
+        ds = ensure_prepared(data)
+        tuning = tuning_set(data, params)
+        if tuning is None:
+            click.echo(f"{ds.name}: not fused (zero-shot, and the configuration names no fusion.zero_shot_dev)")
+            continue
+        tune_data, tune_split = tuning
+        dev = ensure_prepared(tune_data)
+        if tune_split not in dev.qrels:
+            raise DataError(f"{dev.name} has no {tune_split} split to choose the fusion of {data} on")
+        def read(dirs, d, s, system, qrels):
+            path = find_run(dirs, d, s, system)
+            run = read_trec_run(path)
+            check_run_of(run, qrels, str(path))
+            return run
+
+        bm25_dev = read(dev_dirs, dev.name, tune_split, "bm25", dev.qrels[tune_split])
+        bm25 = read(runs_dirs, ds.name, split, "bm25", ds.qrels[split])
+        tested = {"bm25": bm25}
+        per_set = report.setdefault(ds.name, {"tuned_on": f"{dev.name}/{tune_split}", "systems": {}})
+        for system in systems:
+            dense_dev = read(dev_dirs, dev.name, tune_split, system, dev.qrels[tune_split])
+            dense = read(runs_dirs, ds.name, split, system, ds.qrels[split])
+            tested[system] = dense
+            for method in METHODS:
+                picked = choose(dense_dev, bm25_dev, dev.qrels[tune_split], method, f"{dev.name}/{tune_split}")
+                name = fused_name(system, method)
+                run = fuse(dense, bm25, method, picked.dense_weight, picked.rrf_k)
+                write_trec_run(run, Path(out) / "runs" / ds.name / split / f"{name}.trec", name)
+                tested[name] = run
+                per_set["systems"][name] = picked.as_dict()
+                click.echo(f"{ds.name}: {name} chosen on {picked.tuned_on} "
+                           f"({'weight ' + str(picked.dense_weight) if method == 'wsum' else 'k ' + str(picked.rrf_k)}"
+                           f"; dev nDCG@10 {picked.dev_fused:.4f} against BM25's {picked.dev_bm25:.4f})")
+        per_set["significance"] = significance(ds.qrels[split], tested)
+    rows = [{"set": data, "system": name, "tuned on": r["tuned_on"], "dense weight": c["dense_weight"],
+             "rrf k": c["rrf_k"], "dev fused": c["dev_fused"], "dev dense": c["dev_dense"], "dev bm25": c["dev_bm25"],
+             "test minus bm25": r["significance"][name]["delta"], "p": r["significance"][name]["p"]}
+            for data, r in report.items() for name, c in r["systems"].items()]
+    md = markdown_table(rows, ["set", "system", "tuned on", "dense weight", "rrf k", "dev fused", "dev dense",
+                               "dev bm25", "test minus bm25", "p"])
+    atomic_file(Path(out) / "fusion.json", lambda tmp: tmp.write_text(json.dumps(report, indent=1)))
+    atomic_file(Path(out) / "fusion.md", lambda tmp: tmp.write_text(md))
+    click.echo(md)

@@ -1,0 +1,143 @@
+"""`lmort rag`: answer quality. The same reader (the configuration's LLM) answers a seeded sample of test
+questions from each system's passages; the prompt order and k are chosen on dev questions first."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import click
+import yaml
+
+from pipeline.atomic import atomic_file, check_writable
+from pipeline.command_line import friendly_errors
+from pipeline.data import DataError
+from pipeline.fetch import locate_dataset
+from pipeline.llm import Template
+from pipeline.metrics import read_trec_run
+from pipeline.prepare import ensure_prepared
+from pipeline.rag import CLOSED_BOOK, ORACLE, read_answers, sample_questions, score_reader, time_retrieval
+from pipeline.runs import find_run
+from pipeline.tables import markdown_table
+
+COLUMNS = ["system", "F1", "EM", "answer in output", "recall@k", "F1 minus oracle", "F1 minus closed-book",
+           "retrieve s/q", "generate s/q"]
+
+
+def answers_file(data: str, given: str | None) -> Path:
+    if given:
+        return Path(given)
+    folder = locate_dataset(data)
+    if folder is None:
+        raise FileNotFoundError(f"no BEIR folder for {data}, so no answers.jsonl: put it under $LMORT_DATA/{data}")
+    return Path(folder) / "answers.jsonl"
+
+
+def bar_plot(rows: list[dict], path: Path, title: str) -> None:
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    fig, ax = plt.subplots(figsize=(8, 3.6))
+    x = range(len(rows))
+    ax.bar([i - 0.2 for i in x], [r["F1"] for r in rows], width=0.4, label="F1")
+    ax.bar([i + 0.2 for i in x], [r["answer in output"] for r in rows], width=0.4, label="answer in output")
+    ax.set_xticks(list(x), [r["system"] for r in rows], rotation=25, ha="right")
+    ax.set_ylabel("mean over questions")
+    ax.set_title(title)
+    ax.legend()
+    fig.tight_layout()
+    atomic_file(path, lambda tmp: fig.savefig(tmp, format="png", dpi=120))
+    plt.close(fig)
+
+
+@click.command("rag")
+@click.option("--params", "params_file", type=click.Path(path_type=Path, exists=True, dir_okay=False),
+              required=True, help="The configuration (model, extract's template, rag.*, fusion.*).")
+@click.option("--runs", "runs_dirs", type=click.Path(path_type=Path), multiple=True, required=True,
+              help="Folders of RUNS/<data>/<split>/<system>.trec on the eval split (tuners, baselines, fused).")
+@click.option("--dev-runs", "dev_dirs", type=click.Path(path_type=Path), multiple=True, required=True,
+              help="Folders of the dev runs (BM25's passages choose the prompt order and k).")
+@click.option("--index-root", type=click.Path(path_type=Path), required=True,
+              help="cache/<name>/index: the tuners' indexes, to time their online retrieval.")
+@click.option("--answers", help="answers.jsonl [beside the set's BEIR folder].")
+@click.option("--out", type=click.Path(path_type=Path), required=True, help="rag.json, rag.md, predictions.json, "
+              "one PNG per set.")
+@friendly_errors
+def command(params_file, runs_dirs, dev_dirs, index_root, answers, out) -> None:
+    """EM, F1, answer-in-output, Recall@k and seconds per question for every `rag.systems` entry."""
+    check_writable(out)
+    params = yaml.safe_load(params_file.read_text())
+    rag = params.get("rag") or {}
+    results: dict = {}
+    predictions: dict = {}
+    md = ""
+    if rag.get("sets"):
+        import torch
+
+        from pipeline.llm import default_device
+        from pipeline.precision import resolve_compute_dtype
+        from pipeline.reader import Reader
+
+        reader = Reader(params["model"], dtype=resolve_compute_dtype(params["extract"]["compute_dtype"],
+                                                                     default_device()))
+        torch.manual_seed(0)
+        template = Template(query=params["extract"]["query_template"], case=params["extract"]["case"])
+        split, dev_split = params.get("eval_split", "test"), (params.get("fusion") or {}).get("dev_split", "dev")
+        for data in rag["sets"]:
+            ds = ensure_prepared(data)
+            refs = read_answers(answers_file(data, answers))
+            missing = [q for q in ds.qrels[split] if q not in refs]
+            if missing:
+                raise DataError(f"{answers_file(data, answers)}: no answers for {len(missing)} {split} questions "
+                                f"of {ds.name} (e.g. {missing[0]})")
+            test_q = sample_questions(list(ds.qrels[split]), rag["questions"], rag["seed"])
+            dev_q = sample_questions([q for q in ds.qrels[dev_split] if q in refs], rag["dev_questions"], rag["seed"])
+            bm25_dev = read_trec_run(find_run(dev_dirs, ds.name, dev_split, "bm25"))
+            choices = []
+            for order in rag["orders"]:
+                for k in rag["ks"]:
+                    r = score_reader(reader, ds, dev_split, dev_q, refs, bm25_dev, k, order, template,
+                                     max_new_tokens=rag["max_new_tokens"], batch_size=rag["batch_size"],
+                                     desc=f"dev {order} k={k}")
+                    choices.append({"order": order, "k": k, "dev F1": r["f1"], "dev EM": r["em"],
+                                    "dev answer in output": r["contains"],
+                                    "generate s/q": r["generate_s_per_question"]})
+                    click.echo(f"dev {order} k={k}: F1 {r['f1']:.3f}, EM {r['em']:.3f}")
+            best = max(choices, key=lambda c: c["dev F1"])
+            fusion_json = Path(out).parent / "fusion" / "fusion.json"
+            fused = json.loads(fusion_json.read_text()).get(ds.name, {}).get("systems", {}) \
+                if fusion_json.exists() else {}
+            index_dirs = {p.parent.name: p for p in Path(index_root).glob(f"*/{ds.name}")}
+            rows, preds = [], {}
+            for system in rag["systems"]:
+                run = None if system in (CLOSED_BOOK, ORACLE) else \
+                    read_trec_run(find_run(runs_dirs, ds.name, split, system))
+                r = score_reader(reader, ds, split, test_q, refs, run, best["k"], best["order"], template,
+                                 oracle=system == ORACLE, max_new_tokens=rag["max_new_tokens"],
+                                 batch_size=rag["batch_size"], desc=f"test {system}")
+                preds[system] = r.pop("predictions")
+                timed = [ds.queries[q] for q in test_q[: rag["timing_questions"]]]
+                r["retrieve_s_per_question"] = time_retrieval(system, timed, ds, index_dirs, fused)
+                rows.append({"system": system, "F1": r["f1"], "EM": r["em"], "answer in output": r["contains"],
+                             "recall@k": r["recall@k"], "retrieve s/q": r["retrieve_s_per_question"],
+                             "generate s/q": r["generate_s_per_question"]})
+                click.echo(f"{ds.name} {system}: F1 {r['f1']:.3f}, EM {r['em']:.3f}, in output {r['contains']:.3f}")
+            by = {r["system"]: r for r in rows}
+            for r in rows:
+                r["F1 minus oracle"] = r["F1"] - by[ORACLE]["F1"] if ORACLE in by else None
+                r["F1 minus closed-book"] = r["F1"] - by[CLOSED_BOOK]["F1"] if CLOSED_BOOK in by else None
+            results[ds.name] = {"split": split, "questions": len(test_q), "dev_split": dev_split,
+                                "dev_questions": len(dev_q), "choice": best, "choices": choices, "rows": rows,
+                                "model": params["model"], "template": template.query}
+            predictions[ds.name] = preds
+            bar_plot(rows, Path(out) / f"rag-{ds.name}.png",
+                     f"{ds.name} {split}: {len(test_q)} questions, k={best['k']}, {best['order']}")
+            md += (f"### {ds.name}\n\n" + markdown_table(choices, ["order", "k", "dev F1", "dev EM",
+                                                                    "dev answer in output", "generate s/q"])
+                   + "\n" + markdown_table(rows, COLUMNS) + "\n")
+    atomic_file(Path(out) / "rag.json", lambda tmp: tmp.write_text(json.dumps(results, indent=1)))
+    atomic_file(Path(out) / "predictions.json", lambda tmp: tmp.write_text(json.dumps(predictions)))
+    atomic_file(Path(out) / "rag.md", lambda tmp: tmp.write_text(md))
+    click.echo(md or "no rag.sets in the params: nothing to read")

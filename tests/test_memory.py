@@ -1,0 +1,248 @@
+"""The LLM's memory (issue 24): hybrid fusion chosen on dev, `lmort ask` (one forward: query vector and answer),
+the reader's SQuAD metrics, and their bad input. On the tiny random model and runs the tests write."""
+
+import json
+
+import numpy as np
+import pytest
+import torch
+from click.testing import CliRunner
+
+from pipeline.ask import Memory
+from pipeline.data import DataError, load_prepared
+from pipeline.extract import ExtractSpec, extract
+from pipeline.fusion import check_same_queries, choose, fuse, significance
+from pipeline.hits import Hit
+from pipeline.index import index_dataset
+from pipeline.llm import FrozenLLM, Template
+from pipeline.metrics import write_trec_run
+from pipeline.prepare import prepare_dataset
+from pipeline.rag import read_answers, sample_questions
+from pipeline.reader import Reader, answer_scores, build_prompt, normalize_answer
+from pipeline.store import ActivationStore
+from pipeline.tiny import make_tiny_model, write_beir
+from pipeline.train import TrainConfig, TrainingSet, train
+from pipeline.tuner import Tuner, TunerConfig
+from stages.cli import main
+
+TUNER = dict(width=16, blocks=1, heads=2, out_dim=16, dropout=0.0, temperature=0.1)
+
+
+# ---------------------------------------------------------------- fusion
+
+
+def runs_where_bm25_knows(n=30, docs=40, seed=0):
+    """BM25 ranks each query's relevant doc first; the dense run is noise: dev must leave BM25 alone."""
+    rng = np.random.default_rng(seed)
+    qrels = {f"q{i}": {f"d{i}": 1} for i in range(n)}
+    bm25 = {f"q{i}": {f"d{j}": float(rng.random() + 5 * (j == i)) for j in range(docs)} for i in range(n)}
+    dense = {f"q{i}": {f"d{j}": float(rng.random()) for j in range(docs)} for i in range(n)}
+    return qrels, dense, bm25
+
+
+def test_dev_chooses_bm25_alone_when_the_dense_run_is_noise():
+    qrels, dense, bm25 = runs_where_bm25_knows()
+    choice = choose(dense, bm25, qrels, "wsum", "tiny/dev")
+    assert choice.dense_weight == 0.0 and choice.dev_fused == pytest.approx(1.0)
+    assert choice.dev_dense < 0.5 and choice.tuned_on == "tiny/dev"
+
+
+def test_dev_gives_the_dense_run_weight_when_it_knows_what_bm25_misses():
+    qrels, _, bm25 = runs_where_bm25_knows()
+    half = {q: d for q, d in list(qrels.items())[:15]}
+    # BM25 finds the first half, the dense run the second half: only a mix finds both
+    bm25 = {q: {d: (s if q in half else s % 1) for d, s in docs.items()} for q, docs in bm25.items()}
+    dense = {q: {d: (0.9 if (q not in half and d == f"d{q[1:]}") else 0.1 + 0.001 * int(d[1:]))
+                 for d in docs} for q, docs in bm25.items()}
+    choice = choose(dense, bm25, qrels, "wsum", "tiny/dev")
+    assert 0 < choice.dense_weight < 1
+    assert choice.dev_fused > max(choice.dev_dense, choice.dev_bm25)
+
+
+def test_weighted_sum_is_the_convex_combination_of_min_max_scores():
+    dense = {"q": {"a": 1.0, "b": 0.5, "c": 0.0}}
+    bm25 = {"q": {"a": 0.0, "b": 10.0, "c": 20.0}}
+    fused = fuse(dense, bm25, "wsum", 0.3)["q"]
+    # min-max: dense a=1, b=.5, c=0; bm25 a=0, b=.5, c=1 -> a .3, b .5, c .7
+    assert fused == pytest.approx({"a": 0.3, "b": 0.5, "c": 0.7})
+    # RRF: a is 1st and 3rd, b 2nd twice, c 3rd and 1st
+    rrf = fuse(dense, bm25, "rrf", rrf_k=60)["q"]
+    assert rrf == pytest.approx({"a": 1 / 61 + 1 / 63, "b": 2 / 62, "c": 1 / 63 + 1 / 61})
+
+
+def test_runs_of_different_sets_or_splits_are_refused():
+    with pytest.raises(DataError, match="different queries"):
+        check_same_queries({"q1": {"a": 1.0}}, {"q2": {"a": 1.0}}, "fuse")
+    with pytest.raises(DataError, match="different corpora"):
+        check_same_queries({"q1": {"a": 1.0}}, {"q1": {"z": 1.0}}, "fuse")
+
+
+def test_significance_marks_a_real_gain_and_not_a_tie():
+    qrels, dense, bm25 = runs_where_bm25_knows()
+    out = significance(qrels, {"bm25": bm25, "noise": dense, "same": dict(bm25)})
+    assert out["noise"]["delta"] < -0.5 and out["noise"]["significant"]
+    assert out["same"]["delta"] == 0 and not out["same"]["significant"]
+
+
+def test_lmort_fuse_refuses_runs_of_another_split(tmp_path, monkeypatch):
+    beir = write_beir(tmp_path / "tiny")
+    monkeypatch.setenv("LMORT_DATA", str(tmp_path))
+    monkeypatch.setenv("LMORT_CACHE", str(tmp_path / "cache"))
+    prepare_dataset(str(beir), tmp_path / "cache" / "data" / "tiny")
+    ds = load_prepared(tmp_path / "cache" / "data" / "tiny")
+    test_q, dev_q = list(ds.qrels["test"]), list(ds.qrels["dev"])
+    runs, dev = tmp_path / "runs", tmp_path / "dev"
+    for system in ("bm25", "lmort"):
+        # the "test" runs hold the dev queries: runs of another split
+        write_trec_run({q: {"d1": 1.0, "d2": 0.5} for q in dev_q}, runs / "tiny" / "test" / f"{system}.trec", system)
+        write_trec_run({q: {"d1": 1.0, "d2": 0.5} for q in dev_q}, dev / "tiny" / "dev" / f"{system}.trec", system)
+    params = tmp_path / "params.yaml"
+    params.write_text(json.dumps({"eval_sets": ["tiny"], "train_sets": "tiny", "eval_split": "test",
+                                  "fusion": {"systems": ["lmort"], "dev_split": "dev"}}))
+    r = CliRunner().invoke(main, ["fuse", "--params", str(params), "--runs", str(runs), "--dev-runs", str(dev),
+                                  "--out", str(tmp_path / "fusion")])
+    assert r.exit_code != 0 and test_q and "test" in r.output and len(r.output.strip().splitlines()) == 1, r.output
+    assert not (tmp_path / "fusion" / "fusion.json").exists()
+
+
+# ---------------------------------------------------------------- the reader's metrics and prompts
+
+
+def test_squad_normalisation_and_scores():
+    assert normalize_answer("The  Saul Alinsky!") == "saul alinsky"
+    s = answer_scores("Saul Alinsky", ["Saul David Alinsky", "Alinsky"])
+    assert s["em"] == 0 and s["f1"] == pytest.approx(0.8) and s["contains"] == 1
+    assert answer_scores("the answer is alinsky.", ["Alinsky"]) == {"em": 0.0, "f1": pytest.approx(0.5),
+                                                                   "contains": 1.0}
+    assert answer_scores("1989", ["1988"])["contains"] == 0
+
+
+def test_the_prompt_starts_with_the_query_template_in_question_first_order():
+    t = Template(query="<|im_start|>user\n{text}", case="keep")
+    hits = [Hit(1, 1.0, "d1", "Title", "Some   text.")]
+    first = build_prompt("Who?", hits, t, "<|im_end|>\n", "question-first")
+    assert first.prefix == "<|im_start|>user\nWho?" and first.text.startswith(first.prefix)
+    assert "[1] Title: Some text." in first.rest
+    last = build_prompt("Who?", hits, t, "<|im_end|>\n", "passages-first")
+    assert last.prefix == "" and last.text.startswith("<|im_start|>user\n[1] Title")
+    assert last.text.index("Who?") > last.text.index("Some text")
+    with pytest.raises(ValueError):
+        build_prompt("Who?", hits, t, "", "sideways")
+
+
+def test_answers_file_errors_name_the_line_and_field(tmp_path):
+    f = tmp_path / "answers.jsonl"
+    f.write_text('{"_id": "q1", "answers": ["a"]}\n{"_id": "q2", "answers": []}\n')
+    with pytest.raises(DataError, match=r"answers.jsonl:2: field 'answers'"):
+        read_answers(f)
+    with pytest.raises(FileNotFoundError, match="no answers file"):
+        read_answers(tmp_path / "missing.jsonl")
+    assert sample_questions([f"q{i}" for i in range(10)], 3, 0) == sample_questions([f"q{i}" for i in range(10)], 3, 0)
+
+
+# ---------------------------------------------------------------- ask: one forward, query vector and answer
+
+
+@pytest.fixture(scope="module")
+def memory_world(tmp_path_factory):
+    """A tiny model, a prepared set with titles, its stores, a trained tuner and its index."""
+    root = tmp_path_factory.mktemp("memory")
+    model = str(make_tiny_model(root / "model", layers=2))
+    write_beir(root / "tiny", n_docs=30, n_queries=24)
+    prepare_dataset(str(root / "tiny"), root / "prepared", n_negatives=2)
+    ds = load_prepared(root / "prepared")
+    for kind, length in (("corpus", 24), ("queries", 8)):
+        spec = ExtractSpec(model, (0, 1, 2), kind, length, compute_dtype="float32", shard_tokens=256,
+                           chunk_tokens=16)
+        extract(ds, spec, root / "stores" / f"{kind}.zarr", progress=False)
+    queries, corpus = (ActivationStore(root / "stores" / f"{k}.zarr") for k in ("queries", "corpus"))
+    cfg = TunerConfig(llm_width=32, stream_layer=2, cross_layer=0, **TUNER)
+    train([TrainingSet(ds, queries, corpus, ds.pairs("train").to_pylist(), ds.qrels["dev"])], cfg,
+          TrainConfig(epochs=1, batch_size=8), root / "tuner", progress=False)
+    index_dataset(root / "tuner" / "best", queries, corpus, list(ds.qrels["test"]), root / "index" / "lmort" / "tiny",
+                  root / "run.trec", "lmort", bf16=False, data=ds.name)
+    return {"root": root, "model": model, "ds": ds, "index": root / "index" / "lmort" / "tiny"}
+
+
+def test_the_prompts_own_forward_gives_the_vector_of_encode_texts(memory_world):
+    """The query vector read off the full LLM's forward of the prompt prefix equals `encode_texts` (the truncated
+    LLM, as the stores and `lmort search` compute it)."""
+    tuner = Tuner.load(memory_world["root"] / "tuner" / "best")
+    reader = Reader(memory_world["model"], dtype=torch.float32, device="cpu")
+    template = Template()
+    question = memory_world["ds"].queries["q20"]
+    states, cache = reader.prefix_forward(reader.ids(template.format_query(question), True), tuner.cfg.layers)
+    one_forward = reader.query_vector(tuner, states, bf16=False)
+    llm = FrozenLLM(memory_world["model"], max_layer=2, device="cpu", dtype=torch.float32)
+    separate = tuner.encode_texts(llm, [question], template, 8, bf16=False)
+    np.testing.assert_allclose(one_forward, separate, atol=1e-4)
+    assert cache.get_seq_length() == len(reader.ids(question, True))
+
+
+def test_generation_from_the_prefix_cache_equals_generation_from_scratch(memory_world):
+    reader = Reader(memory_world["model"], dtype=torch.float32, device="cpu")
+    parts = build_prompt("alpha beta", [Hit(1, 1.0, "d1", "", "gamma delta")], Template(), reader.tail)
+    prefix, rest = reader.prompt_ids(parts)
+    _, cache = reader.prefix_forward(prefix, [0])
+    cached = reader.continue_answer(prefix, rest, cache, max_new_tokens=6)
+    scratch, _ = reader.generate([parts], max_new_tokens=6, batch_size=1, progress=False)
+    assert cached == scratch[0]
+
+
+def test_ask_answers_with_the_passages_it_read_and_times_each_part(memory_world):
+    fusion = memory_world["root"] / "fusion.json"
+    fusion.write_text(json.dumps({memory_world["ds"].name: {"systems": {"lmort+bm25": {"dense_weight": 0.5}}}}))
+    memory = Memory(memory_world["index"], memory_world["ds"], fusion_json=fusion)
+    for retriever in ("lmort+bm25", "lmort", "bm25"):
+        a = memory.ask(memory_world["ds"].queries["q20"], k=3, retriever=retriever, max_new_tokens=4)
+        assert len(a.passages) == 3 and all(p.id in memory_world["ds"].corpus for p in a.passages)
+        assert set(a.ms) == {"forward", "retrieve", "generate", "total"} and a.ms["total"] > 0
+    # the dense ranking is the index's: the one-forward vector searches the same vectors
+    dense = memory.ask(memory_world["ds"].queries["q20"], k=3, retriever="lmort", max_new_tokens=1)
+    assert [p.rank for p in dense.passages] == [1, 2, 3]
+
+
+@pytest.mark.parametrize("kwargs,match", [
+    ({"question": "   "}, "empty"),
+    ({"k": 10_000}, "outside 1..30"),
+    ({"retriever": "minilm-l6"}, "offers"),
+])
+def test_ask_refuses_bad_input(memory_world, kwargs, match):
+    memory = Memory(memory_world["index"], memory_world["ds"])
+    args = {"question": "alpha", **kwargs}
+    with pytest.raises(DataError, match=match):
+        memory.ask(**args)
+
+
+def test_ask_refuses_an_index_of_another_model_or_template(memory_world, tmp_path):
+    import shutil
+
+    other = tmp_path / "index"
+    shutil.copytree(memory_world["index"], other)
+    meta = json.loads((other / "meta.json").read_text())
+    (other / "meta.json").write_text(json.dumps({**meta, "template": {**meta["template"], "case": "lower"}}))
+    with pytest.raises(DataError, match="another template"):
+        Memory(other, memory_world["ds"])
+    with pytest.raises(DataError, match="built with"):
+        Memory(memory_world["index"], memory_world["ds"], model="smollm2-135m")
+
+
+def test_lmort_ask_and_search_print_what_they_found(memory_world):
+    r = CliRunner().invoke(main, ["ask", "--index", str(memory_world["index"]), "--data",
+                                  str(memory_world["root"] / "prepared"), "--retriever", "lmort", "-k", "2",
+                                  "--max-new-tokens", "2", "alpha", "beta"])
+    assert r.exit_code == 0, r.output
+    lines = [line for line in r.output.splitlines() if line.strip()]
+    assert "answer: " in r.output and "read (lmort, question-first):" in lines and "ms: forward" in lines[-1]
+    assert lines[lines.index("read (lmort, question-first):") + 1].split()[0] == "1"
+    r = CliRunner().invoke(main, ["ask", "--index", str(memory_world["index"]), "--data",
+                                  str(memory_world["root"] / "prepared"), " "])
+    assert r.exit_code != 0 and "empty" in r.output
+    r = CliRunner().invoke(main, ["search", "--index", str(memory_world["index"]), "--data",
+                                  str(memory_world["root"] / "prepared"), "-k", "2", "alpha"])
+    assert r.exit_code == 0, r.output
+    import re
+
+    hit = re.search(r"(?m)\s1\s+-?\d+\.\d{4}\s+(\S+)\n\s+(.+)$", r.output)  # rank, score, id; the text below
+    assert hit and hit.group(1) in memory_world["ds"].corpus, r.output
+    assert hit.group(2).startswith(memory_world["ds"].corpus[hit.group(1)]["text"].split()[0])
