@@ -28,7 +28,7 @@ test-slow: install
 lint: install
 	$(BIN)/ruff check .
 
-# `make repro`: the default configuration (params.yaml); `make repro PROTOCOL=full`: a protocol of conf/protocol/,
+# `make repro`: the default configuration (params.yaml); `make repro PROTOCOL=full`: a protocol of configs/protocol/,
 # composed into params.yaml by DVC's Hydra composition and run as an experiment.
 repro: install
 ifdef PROTOCOL

@@ -8,7 +8,7 @@
 #                                   GGUF's own quantised bytes): builds the model folder, extracts the `large`
 #                                   stores (layers 0,2, every set at once), then `lmort scale` trains the points;
 #                                   each point.json reaches $OUT as soon as it is written.
-# Knobs (environment): SETS, ZERO, QUERIES, SIZES, VARIANTS, MIN_STEPS; the rest is the protocol large (conf/protocol/large.yaml).
+# Knobs (environment): SETS, ZERO, QUERIES, SIZES, VARIANTS, MIN_STEPS; the rest is the protocol large (configs/protocol/large.yaml).
 set -u
 phase=${1:?setup or run}
 export LMORT_CACHE=${LMORT_CACHE:-/tmp/lmort} PYTHONUNBUFFERED=1 PYTHONPATH=/tmp/site:$PWD

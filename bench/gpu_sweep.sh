@@ -7,7 +7,7 @@
 #                                   build the model, `lmort analyze` (the rule's pair), `lmort extract` of the seven
 #                                   layers for every set at once, then `lmort sweep` in $PROCS processes sharing
 #                                   the grid; every point.json reaches $OUT as soon as it is written.
-# Knobs (environment): PROCS (8), LAYERS, MIN_STEPS; the rest is the protocol layers (conf/protocol/layers.yaml).
+# Knobs (environment): PROCS (8), LAYERS, MIN_STEPS; the rest is the protocol layers (configs/protocol/layers.yaml).
 set -u
 phase=${1:?setup or run}
 export LMORT_CACHE=${LMORT_CACHE:-/tmp/lmort} PYTHONUNBUFFERED=1 PYTHONPATH=/tmp/site:$PWD

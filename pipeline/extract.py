@@ -39,10 +39,10 @@ class ExtractConfig:
     passage_max_length: int = 256
     dtype: str = "float16"  # how states are stored
     compute_dtype: str = "auto"  # how the LLM computes them: bfloat16 where native, else float32
-    case: str = "lower"  # lower-case every text before tokenising (upper-case text otherwise breaks retrieval)
+    case: str = Template.case  # lower-case every text before tokenising (upper-case text otherwise breaks retrieval)
     # how a query is written before tokenising: `lmort ask` reads the query vector off the prompt's own forward,
     # so a chat model's stores use the prompt's prefix here (the rag protocol: "<|im_start|>user\n{text}")
-    query_template: str = "{text}"
+    query_template: str = Template.query
     # rows (tokens) per Zarr chunk of a layer: a streamed training batch decodes every chunk its texts touch, so
     # smaller chunks decode less (bench/train_bench.py: 256 rows streamed at 89% of the in-memory steps/s, 1,024
     # rows at 76-88%) for about 5% more disk (the default's stores)

@@ -55,7 +55,7 @@ class Template:
 
     query: str = "{text}"
     passage: str = "{title}\n{text}"
-    case: str = "keep"
+    case: str = "lower"  # the one default of the case: ExtractConfig, the CLI and analyze() read it from here
 
     def __post_init__(self):
         if self.case not in CASES:

@@ -1,5 +1,5 @@
 """Parameters: the knobs of every stage, as DVC's `params:` sees them. params.yaml is composed by Hydra (as
-`dvc exp run` does) from conf/config.yaml, the default configuration, and one protocol of conf/protocol/."""
+`dvc exp run` does) from configs/config.yaml, the default configuration, and one protocol of configs/protocol/."""
 
 from __future__ import annotations
 
@@ -12,7 +12,7 @@ import yaml
 from .train import TrainConfig
 from .tuner import TunerConfig, variant_config
 
-CONF_DIR = Path(__file__).resolve().parents[1] / "conf"
+CONF_DIR = Path(__file__).resolve().parents[1] / "configs"
 
 
 def compose_params(out: Path, protocol: str = "default", overrides: tuple[str, ...] = (),

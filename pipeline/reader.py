@@ -130,8 +130,9 @@ class Reader:
         self.tail = chat_tail(self.tokenizer)
         self.pad_id = self.tokenizer.pad_token_id if self.tokenizer.pad_token_id is not None else (
             self.tokenizer.eos_token_id or 0)
-        self.stop_ids = [i for i in {self.tokenizer.eos_token_id, self.tokenizer.convert_tokens_to_ids("\n")}
-                         if isinstance(i, int) and i >= 0]
+        newline = self.tokenizer("\n", add_special_tokens=False)["input_ids"]
+        # an answer is one line: stop at the end of the turn or at the first newline token
+        self.stop_ids = sorted({self.tokenizer.eos_token_id, *(newline if len(newline) == 1 else [])} - {None})
 
     def ids(self, text: str, special: bool) -> list[int]:
         return self.tokenizer(text, add_special_tokens=special)["input_ids"]

@@ -36,6 +36,10 @@ from .pooling import mean_pool, pooling_mask
 from .precision import autocast, feed_dtype
 
 
+KINDS = ("lmort", "pooled-linear", "pooled-concat", "scalar-mix")
+SIMILARITIES = ("cosine", "dot")
+
+
 @dataclass
 class TunerConfig:
     llm_width: int
@@ -53,6 +57,13 @@ class TunerConfig:
     attention_sink: bool = True  # mask position 0 out of attention keys and pooling
     pool_layers: list[int] | None = None  # pooled-concat / scalar-mix: the layers pooled and fused
     cross_layers: list[int] | None = None  # lmort: cross-attend to these layers at once instead of cross_layer
+
+    def __post_init__(self):
+        """A misspelt knob is an error when the config is built, not a silently different tuner."""
+        if self.kind not in KINDS:
+            raise ValueError(f"tuner kind must be one of {', '.join(KINDS)}, not {self.kind!r}")
+        if self.similarity not in SIMILARITIES:
+            raise ValueError(f"tuner similarity must be one of {', '.join(SIMILARITIES)}, not {self.similarity!r}")
 
     @property
     def layers(self) -> list[int]:

@@ -21,6 +21,7 @@ from . import (
     report,
     scale,
     search,
+    squad,
     sweep,
     tiny,
     train,
@@ -36,5 +37,6 @@ def main() -> None:
 
 for command in (prepare.command, analyze.command, extract.command, train.command, index.index_command,
                 search.command, ask.command, baselines.command, evaluate.evaluate_command, fuse.command, rag.command,
-                report.command, scale.command, sweep.command, fingerprint.command, compose.command, tiny.command):
+                squad.command, report.command, scale.command, sweep.command, fingerprint.command, compose.command,
+                tiny.command):
     main.add_command(command)

@@ -1,4 +1,4 @@
-"""`lmort compose`: write the params file of a protocol (conf/protocol/<name>.yaml over conf/config.yaml), as
+"""`lmort compose`: write the params file of a protocol (configs/protocol/<name>.yaml over configs/config.yaml), as
 `dvc exp run -S protocol=<name>` composes it, for commands run outside DVC (benchmarks, a GPU machine)."""
 
 from __future__ import annotations
@@ -16,7 +16,7 @@ from pipeline.params import CONF_DIR, compose_params
 @click.command("compose")
 @click.option("--protocol", default="default", show_default=True,
               type=click.Choice(sorted(p.stem for p in (CONF_DIR / "protocol").glob("*.yaml"))),
-              help="A protocol of conf/protocol/.")
+              help="A protocol of configs/protocol/.")
 @click.option("--set", "overrides", multiple=True, help="A Hydra override, e.g. --set tuner.blocks=3.")
 @click.option("--out", type=click.Path(path_type=Path), default="params.yaml", show_default=True)
 @friendly_errors

@@ -1,5 +1,5 @@
 """Configurations are composed, not copied: params.yaml is what `dvc exp run` composes for the default protocol,
-and every protocol in conf/protocol/ composes into a configuration the stages accept."""
+and every protocol in configs/protocol/ composes into a configuration the stages accept."""
 
 from pathlib import Path
 

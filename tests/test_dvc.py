@@ -44,16 +44,24 @@ def test_quick_configuration_under_dvc(tmp_path):
            "GIT_COMMITTER_EMAIL": "t@t", "DVC_NO_ANALYTICS": "1"}
     sh("git init -q && git add -A && git commit -qm clone", clone, env)
     sh("lmort tiny --out cache/tiny", clone, env)
-    # the protocol is composed by Hydra (conf/protocol/quick.yaml over conf/config.yaml) into params.yaml
+    # the protocol is composed by Hydra (configs/protocol/quick.yaml over configs/config.yaml) into params.yaml
     out = sh("dvc exp run -S protocol=quick", clone, env)
     assert "name: quick" in (clone / "params.yaml").read_text()
     for stage in ("prepare@tiny", "train-data", "analyze", "extract@tiny", "sweep", "train-stores", "train@lmort",
-                  "train@scalar-mix", "index@lmort-tiny", "evaluate", "scale", "report"):
+                  "train@scalar-mix", "index@lmort-tiny", "index-dev@lmort-tune0", "fuse", "evaluate", "scale", "rag",
+                  "report"):
         assert f"Running stage '{stage}'" in out, stage
     report = (clone / "reports" / "quick" / "REPORT.md").read_text()
     for needle in ("Layer geometry", "lmort", "pooled-linear", "scalar-mix", "bm25", "raw-layer-", "Efficiency",
-                   "Data scaling", "Which layers?", "On dev: the"):
+                   "Data scaling", "Which layers?", "On dev: the", "Hybrid retrieval", "| lmort+bm25 |",
+                   "| pooled-linear+bm25-rrf |", "tiny/dev"):
         assert needle in report, needle
+    # the fused rows are scored beside the plain systems, their weights chosen on the dev split
+    fusion = json.loads((clone / "cache" / "quick" / "fusion" / "fusion.json").read_text())
+    assert fusion["tiny"]["tuned_on"] == "tiny/dev"
+    assert 0 <= fusion["tiny"]["systems"]["lmort+bm25"]["dense_weight"] <= 1
+    assert {"lmort+bm25", "pooled-linear+bm25-rrf"} <= set(json.loads((clone / "cache" / "quick" /
+                                                                       "metrics.json").read_text())["tiny"])
     swept = sorted(p.parent.name for p in (clone / "cache" / "quick" / "sweep").glob("*/point.json"))
     assert swept == ["first-last", "lmort-multi", "lmort-u0-a3", "lmort-u3-a0", "scalar-mix"], swept
     assert (clone / "cache" / "quick" / "metrics.json").exists()

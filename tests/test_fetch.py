@@ -188,3 +188,4 @@ def test_a_failed_fetch_is_one_line_naming_the_url_and_writes_nothing(tmp_path):
     assert "cranfield" in (r.stderr + r.stdout).strip().splitlines()[-1]
     assert not (tmp_path / "cache" / "beir" / "cranfield").exists()
     assert not any(p.name.startswith(".cranfield") for p in (tmp_path / "cache" / "beir").iterdir())
+

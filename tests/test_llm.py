@@ -1,3 +1,4 @@
+import pytest
 import torch
 from transformers import AutoModel
 
@@ -52,3 +53,18 @@ def test_the_packages_the_gguf_loader_needs_are_declared():
     pyproject = tomllib.loads((Path(__file__).resolve().parents[1] / "pyproject.toml").read_text())
     declared = {re.split(r"[<>=\[ ;]", d)[0].lower() for d in pyproject["project"]["dependencies"]}
     assert {"transformers", "gguf", "accelerate"} <= declared
+
+
+def test_the_template_lower_cases_by_default_and_keeps_case_when_asked():
+    from pipeline.extract import EXTRACT
+    from pipeline.llm import Template
+
+    assert Template().case == EXTRACT.case == "lower"  # one default: the library and the CLI extract the same text
+    assert Template().format_query("CELL Biology") == "cell biology"
+    keep = Template(case="keep")
+    assert keep.format_query("CELL") == "CELL"
+    assert keep.format_passage("Title", "Text") == "Title\nText"
+    assert keep.format_passage("  ", "Text only") == "Text only"  # no title: no empty first line
+    assert keep.format_passage("Title only", " ") == "Title only"
+    with pytest.raises(ValueError, match="case"):
+        Template(case="upper")

@@ -246,3 +246,44 @@ def test_lmort_ask_and_search_print_what_they_found(memory_world):
     hit = re.search(r"(?m)\s1\s+-?\d+\.\d{4}\s+(\S+)\n\s+(.+)$", r.output)  # rank, score, id; the text below
     assert hit and hit.group(1) in memory_world["ds"].corpus, r.output
     assert hit.group(2).startswith(memory_world["ds"].corpus[hit.group(1)]["text"].split()[0])
+
+
+def test_lmort_rag_chooses_on_dev_and_scores_every_system_on_the_same_test_questions(memory_world, tmp_path,
+                                                                                      monkeypatch):
+    from pipeline.baselines import bm25_run
+
+    ds = memory_world["ds"]
+    beir = memory_world["root"] / "tiny"
+    # every question's answer: the first word of its relevant document
+    answers = {q: [ds.corpus[d]["text"].split()[0]] for split in ds.qrels.values() for q, docs in split.items()
+               for d in docs}
+    (beir / "answers.jsonl").write_text("".join(json.dumps({"_id": q, "answers": a}) + "\n"
+                                                for q, a in answers.items()))
+    runs = tmp_path / "runs"
+    for split in ("test", "dev"):
+        write_trec_run(bm25_run(ds, list(ds.qrels[split])), runs / ds.name / split / "bm25.trec", "bm25")
+    params = tmp_path / "params.yaml"
+    params.write_text(json.dumps({
+        "model": memory_world["model"], "eval_split": "test", "fusion": {"dev_split": "dev"},
+        "extract": {"compute_dtype": "float32", "case": "keep", "query_template": "{text}"},
+        "rag": {"sets": [str(memory_world["root"] / "prepared")], "questions": 4, "dev_questions": 3, "seed": 0,
+                "systems": ["closed-book", "bm25", "oracle"], "orders": ["question-first", "passages-first"],
+                "ks": [1, 2], "max_new_tokens": 3, "batch_size": 2, "timing_questions": 2}}))
+    args = ["rag", "--params", str(params), "--runs", str(runs), "--dev-runs", str(runs), "--index-root",
+            str(tmp_path / "none"), "--answers", str(beir / "answers.jsonl"), "--out", str(tmp_path / "rag")]
+    r = CliRunner().invoke(main, args)
+    assert r.exit_code == 0, r.output
+    out = json.loads((tmp_path / "rag" / "rag.json").read_text())[ds.name]
+    assert len(out["choices"]) == 4 and out["choice"] == max(out["choices"], key=lambda c: c["dev F1"])
+    rows = {row["system"]: row for row in out["rows"]}
+    assert set(rows) == {"closed-book", "bm25", "oracle"} and out["questions"] == 4
+    assert rows["oracle"]["recall@k"] == 1.0 and rows["closed-book"]["recall@k"] is None
+    assert rows["bm25"]["retrieve s/q"] > 0 and rows["closed-book"]["retrieve s/q"] is None
+    assert rows["bm25"]["F1 minus oracle"] == pytest.approx(rows["bm25"]["F1"] - rows["oracle"]["F1"])
+    predictions = json.loads((tmp_path / "rag" / "predictions.json").read_text())[ds.name]
+    assert all(len(p) == 4 for p in predictions.values())
+    assert (tmp_path / "rag" / f"rag-{ds.name}.png").stat().st_size > 0
+    # a missing answers file: one line, non-zero, nothing written
+    r = CliRunner().invoke(main, [*args[:-4], "--answers", str(tmp_path / "nope.jsonl"), "--out",
+                                  str(tmp_path / "rag2")])
+    assert r.exit_code != 0 and "no answers file" in r.output and not (tmp_path / "rag2").exists()

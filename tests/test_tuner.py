@@ -129,3 +129,10 @@ def test_scalar_mix_starts_as_a_plain_average_and_learns_its_weights():
     x, mask = states(), torch.ones(3, 7, dtype=torch.bool)
     tuner(x, mask).sum().backward()
     assert tuner.mix.grad is not None and tuner.mix.grad.abs().sum() > 0
+
+
+@pytest.mark.parametrize("knob", [{"similarity": "cosin"}, {"kind": "lmortt"}])
+def test_a_misspelt_tuner_knob_is_refused_when_the_config_is_built(knob):
+    """`similarity: cosin` once trained a dot-product tuner silently."""
+    with pytest.raises(ValueError, match=next(iter(knob))):
+        TunerConfig(llm_width=8, stream_layer=0, cross_layer=0, **knob)
