@@ -13,6 +13,7 @@ import torch.nn.functional as F
 
 from .atomic import atomic_file
 from .data import Prepared
+from .extract import EXTRACT
 from .geometry import alignment_per_layer, choose_layers, uniformity_per_layer
 from .llm import FrozenLLM, Template, default_device, parameter_count
 from .metrics import evaluate
@@ -58,9 +59,9 @@ def pooled_all_layers(llm: FrozenLLM, texts: list[str], max_length: int, desc: s
 
 def analyze(
     model: str, datasets: list[Prepared], out: Path, split: str = "train", max_pairs: int = ANALYZE.max_pairs,
-    seed: int = ANALYZE.seed, template: Template = Template(), query_max_length: int = 64,
-    passage_max_length: int = 256, eval_dataset: Prepared | None = None, eval_split: str = "test",
-    compute_dtype: str = "auto",
+    seed: int = ANALYZE.seed, template: Template = Template(), query_max_length: int = EXTRACT.query_max_length,
+    passage_max_length: int = EXTRACT.passage_max_length, eval_dataset: Prepared | None = None,
+    eval_split: str = "test", compute_dtype: str = EXTRACT.compute_dtype,
 ) -> dict:
     t0 = time.time()
     llm = FrozenLLM(model, dtype=resolve_compute_dtype(compute_dtype, default_device()))

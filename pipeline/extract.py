@@ -22,7 +22,18 @@ from .atomic import check_writable
 from .data import Prepared
 from .llm import FrozenLLM, Template, default_device
 from .precision import dtype_name, resolve_compute_dtype
-from .store import DTYPES, FORMAT_VERSION, Plan, StoreWriter, build_history, store_bytes, store_lock, write_shard
+from .store import (
+    CHUNK_TOKENS,
+    DTYPES,
+    FORMAT_VERSION,
+    SHARD_TOKENS,
+    Plan,
+    StoreWriter,
+    build_history,
+    store_bytes,
+    store_lock,
+    write_shard,
+)
 
 log = logging.getLogger(__name__)
 
@@ -43,10 +54,7 @@ class ExtractConfig:
     # how a query is written before tokenising: `lmort ask` reads the query vector off the prompt's own forward,
     # so a chat model's stores use the prompt's prefix here (the rag protocol: "<|im_start|>user\n{text}")
     query_template: str = Template.query
-    # rows (tokens) per Zarr chunk of a layer: a streamed training batch decodes every chunk its texts touch, so
-    # smaller chunks decode less (bench/train_bench.py: 256 rows streamed at 89% of the in-memory steps/s, 1,024
-    # rows at 76-88%) for about 5% more disk (the default's stores)
-    chunk_tokens: int = 256
+    chunk_tokens: int = CHUNK_TOKENS  # rows per Zarr chunk of a layer (pipeline/store.py says why 256)
 
 
 EXTRACT = ExtractConfig()
@@ -63,7 +71,7 @@ class ExtractSpec:
     template: Template = field(default_factory=Template)
     dtype: str = "float16"  # how states are stored
     compute_dtype: str = "auto"  # how the LLM computes them; resolved to float32 or bfloat16 before any work
-    shard_tokens: int = 32768
+    shard_tokens: int = SHARD_TOKENS
     chunk_tokens: int = EXTRACT.chunk_tokens
     batch_tokens: int | None = None  # None: FrozenLLM's default for its device
 

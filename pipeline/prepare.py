@@ -18,12 +18,24 @@ from .paths import cache_root
 log = logging.getLogger(__name__)
 
 
+@dataclass(frozen=True)
+class PrepareConfig:
+    """prepare's knobs: the one source of their defaults (the `prepare:` params and `lmort prepare`'s options)."""
+
+    negatives: int = 16  # BM25 hard negatives kept per training query
+    dev_fraction: float = 0.1  # training queries carved into dev where a set has no dev split
+    seed: int = 0
+
+
+DEFAULT = PrepareConfig()
+
+
 def training_pairs(
     queries: dict[str, str],
     qrels: dict[str, dict[str, int]],
     bm25: BM25,
     judged: dict[str, set[str]],
-    n_negatives: int = 16,
+    n_negatives: int = DEFAULT.negatives,
     depth: int = 100,
 ) -> pa.Table:
     """One row per query with positives and BM25 hard negatives.
@@ -58,16 +70,6 @@ def carve_dev(qrels: dict[str, dict[str, int]], fraction: float, seed: int, max_
     return ({q: d for q, d in qrels.items() if q not in dev}, {q: d for q, d in qrels.items() if q in dev})
 
 
-@dataclass(frozen=True)
-class PrepareConfig:
-    """prepare's knobs: the one source of their defaults (the `prepare:` params and `lmort prepare`'s options)."""
-
-    negatives: int = 16  # BM25 hard negatives kept per training query
-    dev_fraction: float = 0.1  # training queries carved into dev where a set has no dev split
-    seed: int = 0
-
-
-DEFAULT = PrepareConfig()
 
 
 def prepare_dataset(

@@ -35,6 +35,9 @@ def point_name(variant: str, size: str | None, queries: int | None) -> str:
     return f"{variant}-{size or 'fixed'}-{queries or 'all'}"
 
 
+MIN_STEPS = 500  # every scaling and sweep point trains at least this many steps (the one default)
+
+
 def recipe_for(sets: list[TrainingSet], cfg: TrainConfig, queries: int | None, min_steps: int,
                evaluations: int = 3) -> TrainConfig:
     """One rule for every point: at least one pass over the sample and at least `min_steps` steps (small samples

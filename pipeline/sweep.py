@@ -18,11 +18,11 @@ from .atomic import atomic_file
 from .scaling import run_point
 from .tables import markdown_table
 from .train import TrainConfig, TrainingSet
-from .tuner import TunerConfig
+from .tuner import FUSION, TunerConfig
 
 log = logging.getLogger(__name__)
 
-BASELINES = ("pooled-linear", "first-last", "scalar-mix", "lmort-multi")  # pooled-linear: one point per layer
+BASELINES = ("pooled-linear", *FUSION)  # pooled-linear: one point per layer
 
 
 @dataclass(frozen=True)
@@ -193,7 +193,7 @@ def sweep_tables(points: list[dict], sel: dict, top: int = 5) -> str:
         if "test_rank" in sel:
             lines.append(verdict(sel["test_rank"], "On test (reported, never chosen on)"))
         lines.append("")
-    fused = [p for p in points if p["variant"] in ("first-last", "scalar-mix", "lmort-multi")]
+    fused = [p for p in points if p["variant"] in FUSION]
     if grid and fused:
         best_fused = max(fused, key=lambda p: p["dev_ndcg@10"] or -1)
         lines += [f"Best fusion baseline on dev: {best_fused['point']} ({best_fused['dev_ndcg@10']} dev, "

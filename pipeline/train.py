@@ -284,7 +284,7 @@ def train(sets: list[TrainingSet], tuner_cfg: TunerConfig, cfg: TrainConfig, out
         batches = epoch_batches(sets, cfg, epoch)
         bar = tqdm(prefetched(batches, sets, tuner_cfg.layers, cfg.prefetch, feed), total=len(batches),
                    desc=f"epoch {epoch + 1}/{cfg.epochs}", unit="step", disable=not progress)
-        for states in bar:
+        for (s_i, _), states in zip(batches, bar):
             lr = cfg.lr * min((state["step"] + 1) / max(1, cfg.warmup * total),
                               max(0.0, (total - state["step"]) / max(1, total * (1 - cfg.warmup))))
             for group in opt.param_groups:
@@ -296,7 +296,7 @@ def train(sets: list[TrainingSet], tuner_cfg: TunerConfig, cfg: TrainConfig, out
             torch.nn.utils.clip_grad_norm_(tuner.parameters(), cfg.clip)
             opt.step()
             state["step"] += 1
-            state["losses"].append({"step": state["step"], "loss": float(loss.detach())})
+            state["losses"].append({"step": state["step"], "loss": float(loss.detach()), "set": sets[s_i].data.name})
             bar.set_postfix(loss=f"{float(loss.detach()):.3f}")
         state["seconds"] += time.time() - t0
         state["epoch"] += 1
@@ -348,15 +348,25 @@ def write_logs(state: dict, summary: dict, out: Path, live: Path) -> None:
 
     atomic_dir(live, log_curves)
     fig, (a, b) = plt.subplots(1, 2, figsize=(9, 3.5))
-    steps = [x["step"] for x in state["losses"]]
-    losses = [x["loss"] for x in state["losses"]]
-    a.plot(steps, losses, lw=0.6, alpha=0.5)
-    if len(losses) >= 10:
-        w = max(2, len(losses) // 20)
-        a.plot(steps[w - 1 :], np.convolve(losses, np.ones(w) / w, mode="valid"), lw=1.5)
-    a.set(xlabel="step", ylabel="InfoNCE loss", title="training loss")
-    b.plot([x["epoch"] for x in state["dev"]], [x["dev_ndcg@10"] or 0 for x in state["dev"]], "o-")
-    b.set(xlabel="epoch", ylabel="dev nDCG@10", title="model selection (dev only)")
+    # each batch comes from one set and the sets differ in difficulty: one smoothed line per set shows each trend
+    by_set: dict[str, list[dict]] = {}
+    for x in state["losses"]:
+        by_set.setdefault(x.get("set", "all"), []).append(x)
+    for name, points in sorted(by_set.items()):
+        steps, losses = [x["step"] for x in points], [x["loss"] for x in points]
+        w = max(1, min(len(losses) // 10, 25))
+        a.plot(steps[w - 1 :], np.convolve(losses, np.ones(w) / w, mode="valid"), lw=1.5,
+               label=f"{name} (mean of {w})" if w > 1 else name)
+    a.legend(fontsize=7)
+    a.set(xlabel="step", ylabel="InfoNCE loss", title="training loss per training set")
+    dev = [x for x in state["dev"] if x["dev_ndcg@10"] is not None]
+    if len(dev) > 1:
+        b.plot([x["epoch"] for x in dev], [x["dev_ndcg@10"] for x in dev], "o-")
+        b.set(xlabel="epoch", ylabel="dev nDCG@10", title="model selection (dev only)")
+    else:  # scored once (train.dev_every): a number, not a one-dot curve
+        b.axis("off")
+        b.text(0.5, 0.5, f"dev nDCG@10 {dev[0]['dev_ndcg@10']:.3f}\nafter epoch {dev[0]['epoch']} (scored once)"
+               if dev else "dev not scored", ha="center", va="center", fontsize=12)
     fig.tight_layout()
     atomic_file(out / "training.png", lambda tmp: fig.savefig(tmp, dpi=110))
     plt.close(fig)

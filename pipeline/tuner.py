@@ -35,6 +35,15 @@ from .batching import length_buckets
 from .pooling import mean_pool, pooling_mask
 from .precision import autocast, feed_dtype
 
+# Tuner sizes (`tuner.size` in the params): the block stack's shape. On SmolLM2-135M (width 576):
+#   small    width 128, 2 blocks, FFN 2x:   0.56M parameters, 0.4% of the LLM (the first configurations)
+#   reduced  width 224, 3 blocks, FFN 4x:   2.7M, about 2% (the paper's dimension-reduced variant: 0.13B on GPT-j)
+#   paper    the LLM's width (no projection), 3 blocks, FFN 4x: 16M, about 12% (the paper: 0.8B on GPT-j-6B)
+SIZES = {
+    "small": dict(width=128, blocks=2, heads=4, ff_ratio=2),
+    "reduced": dict(width=224, blocks=3, heads=7, ff_ratio=4),
+    "paper": dict(width=None, blocks=3, heads=None, ff_ratio=4),  # heads of 64 dimensions, as in the LLM
+}
 
 KINDS = ("lmort", "pooled-linear", "pooled-concat", "scalar-mix")
 SIMILARITIES = ("cosine", "dot")
@@ -46,10 +55,11 @@ class TunerConfig:
     stream_layer: int  # feeds the self-attention stream (the U-layer in LMORT)
     cross_layer: int  # keys and values of the cross-attention (the A-layer in LMORT)
     kind: str = "lmort"  # "lmort" (blocks), "pooled-linear", "pooled-concat" or "scalar-mix"
-    width: int | None = 128  # model width after the input projection; None = the LLM's width, no projection
-    blocks: int = 2  # width, blocks, heads, ff_ratio: the `small` size (SIZES), the default configuration's
-    heads: int | None = 4  # None: width // 64
-    ff_ratio: int = 2
+    # width, blocks, heads, ff_ratio: the `small` size of SIZES, the default configuration's
+    width: int | None = SIZES["small"]["width"]  # width after the input projection; None = the LLM's, no projection
+    blocks: int = SIZES["small"]["blocks"]
+    heads: int | None = SIZES["small"]["heads"]  # None: width // 64
+    ff_ratio: int = SIZES["small"]["ff_ratio"]
     out_dim: int = 256
     dropout: float = 0.1
     similarity: str = "cosine"  # "cosine" (with temperature) or "dot"
@@ -230,16 +240,6 @@ class Tuner(nn.Module):
                                 mask.to(device).bool()).float().cpu().numpy()
         return out
 
-
-# Tuner sizes (`tuner.size` in the params): the block stack's shape. On SmolLM2-135M (width 576):
-#   small    width 128, 2 blocks, FFN 2x:   0.56M parameters, 0.4% of the LLM (the first configurations)
-#   reduced  width 224, 3 blocks, FFN 4x:   2.7M, about 2% (the paper's dimension-reduced variant: 0.13B on GPT-j)
-#   paper    the LLM's width (no projection), 3 blocks, FFN 4x: 16M, about 12% (the paper: 0.8B on GPT-j-6B)
-SIZES = {
-    "small": dict(width=128, blocks=2, heads=4, ff_ratio=2),
-    "reduced": dict(width=224, blocks=3, heads=7, ff_ratio=4),
-    "paper": dict(width=None, blocks=3, heads=None, ff_ratio=4),  # heads of 64 dimensions, as in the LLM
-}
 
 VARIANTS = ("lmort", "swapped", "a-only", "u-only", "emb-only", "last-only", "pooled-linear")
 FUSION = ("first-last", "scalar-mix", "lmort-multi")  # read several stored layers: need `stored_layers`

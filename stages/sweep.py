@@ -14,6 +14,7 @@ from pipeline.atomic import atomic_file, check_writable
 from pipeline.command_line import friendly_errors, names
 from pipeline.llm import device_name
 from pipeline.params import load_params, train_config, tuner_config
+from pipeline.scaling import MIN_STEPS
 from pipeline.sweep import collect, plan, plot_heatmap, run_sweep, selection, sweep_tables
 from pipeline.train import open_training_sets
 
@@ -77,7 +78,7 @@ def command(stores, data, tests, geometry, params_file, overrides, shard, out, p
                                     bool(first.fingerprint.get("attention_sink")), stored, pair)
 
             bar = lambda xs: tqdm(xs, desc=f"sweep points ({i}/{n})", unit="point")  # noqa: E731
-            run_sweep(sets, evals, points[i::n], config_of, train_config(params), int(sw.get("min_steps", 500)),
+            run_sweep(sets, evals, points[i::n], config_of, train_config(params), int(sw.get("min_steps", MIN_STEPS)),
                       out, {"size": size, "device": device_name()}, bar)
     if points_only:
         return

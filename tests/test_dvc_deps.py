@@ -110,3 +110,16 @@ def test_the_default_configuration_is_the_library_defaults():
     shape = SIZES[tuner.pop("size")]
     defaults = asdict(TunerConfig(llm_width=1, stream_layer=0, cross_layer=0))
     assert all(defaults[k] == v for k, v in {**shape, **tuner}.items()), (shape, tuner)
+    # the scaling and sweep points' minimum steps, the analysis' lengths and dtype, the stores' chunking
+    from pipeline.analyze import analyze
+    from pipeline.extract import EXTRACT, ExtractSpec
+    from pipeline.llm import Template
+    from pipeline.scaling import MIN_STEPS
+    from pipeline.store import CHUNK_TOKENS, SHARD_TOKENS
+
+    assert params["scaling"]["min_steps"] == params["sweep"]["min_steps"] == MIN_STEPS
+    defaults_of = analyze.__defaults__
+    assert EXTRACT.query_max_length in defaults_of and EXTRACT.passage_max_length in defaults_of
+    assert ExtractSpec("m", (0,), "queries", 8).chunk_tokens == CHUNK_TOKENS == params["extract"]["chunk_tokens"]
+    assert ExtractSpec("m", (0,), "queries", 8).shard_tokens == SHARD_TOKENS
+    assert Template().case == params["extract"]["case"] and Template().query == params["extract"]["query_template"]
