@@ -23,6 +23,12 @@ WEIGHT_STEP = 0.05  # the dense weight's grid on dev: 0, 0.05, ..., 1 (0 leaves 
 log = logging.getLogger(__name__)
 
 
+def fused_systems(params: dict) -> list[str]:
+    """The dense systems a configuration fuses with BM25: its `fusion.variants` (tuners) and `fusion.baselines`."""
+    fusion = params.get("fusion") or {}
+    return [*(fusion.get("variants") or []), *(fusion.get("baselines") or [])]
+
+
 def fused_name(system: str, method: str = "wsum") -> str:
     """`lmort` -> `lmort+bm25` (weighted sum) or `lmort+bm25-rrf`."""
     return system + METHODS[method]

@@ -12,7 +12,7 @@ import yaml
 from pipeline.atomic import atomic_file, check_writable
 from pipeline.baselines import BASELINE_RUNS
 from pipeline.command_line import friendly_errors, names
-from pipeline.fusion import METHODS, fused_name
+from pipeline.fusion import METHODS, fused_name, fused_systems
 from pipeline.metrics import MEASURES, evaluate, read_trec_run
 from pipeline.prepare import ensure_prepared
 from pipeline.report import ablation_rows
@@ -25,7 +25,7 @@ def configured_systems(params: dict) -> Callable[[str], bool]:
     configuration left behind (a variant since removed) are not scored."""
     variants = set(params.get("variants", []))
     prefixes = tuple(BASELINE_RUNS[b] for b in names((str(params.get("baselines", "")),)) if b in BASELINE_RUNS)
-    fused = {fused_name(s, m) for s in (params.get("fusion") or {}).get("systems") or [] for m in METHODS}
+    fused = {fused_name(s, m) for s in fused_systems(params) for m in METHODS}
     return lambda system: system in variants or system in fused or system.startswith(prefixes)
 
 

@@ -11,7 +11,7 @@ import yaml
 from pipeline.atomic import atomic_file, check_writable
 from pipeline.command_line import friendly_errors, names
 from pipeline.data import DataError
-from pipeline.fusion import METHODS, check_run_of, choose, fuse, fused_name, significance
+from pipeline.fusion import METHODS, check_run_of, choose, fuse, fused_name, fused_systems, significance
 from pipeline.metrics import read_trec_run, write_trec_run
 from pipeline.prepare import ensure_prepared
 from pipeline.runs import find_run
@@ -48,10 +48,11 @@ def tuning_set(data: str, params: dict) -> tuple[str, str] | None:
               help="Writes OUT/runs/<data>/<split>/<system>+bm25[-rrf].trec, OUT/fusion.json and OUT/fusion.md.")
 @friendly_errors
 def command(params_file, runs_dirs, dev_dirs, out) -> None:
-    """Fuse each `fusion.systems` run with BM25's (min-max weighted sum and RRF), chosen on dev."""
+    """Fuse each `fusion.variants` and `fusion.baselines` run with BM25's (min-max weighted sum and RRF), chosen
+    on dev."""
     check_writable(out)
     params = yaml.safe_load(params_file.read_text())
-    systems = (params.get("fusion") or {}).get("systems") or []
+    systems = fused_systems(params)
     split = params.get("eval_split", "test")
     report: dict = {}
     for data in params.get("eval_sets", []):

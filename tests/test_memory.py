@@ -98,7 +98,7 @@ def test_lmort_fuse_refuses_runs_of_another_split(tmp_path, monkeypatch):
         write_trec_run({q: {"d1": 1.0, "d2": 0.5} for q in dev_q}, dev / "tiny" / "dev" / f"{system}.trec", system)
     params = tmp_path / "params.yaml"
     params.write_text(json.dumps({"eval_sets": ["tiny"], "train_sets": "tiny", "eval_split": "test",
-                                  "fusion": {"systems": ["lmort"], "dev_split": "dev"}}))
+                                  "fusion": {"variants": ["lmort"], "dev_split": "dev"}}))
     r = CliRunner().invoke(main, ["fuse", "--params", str(params), "--runs", str(runs), "--dev-runs", str(dev),
                                   "--out", str(tmp_path / "fusion")])
     assert r.exit_code != 0 and test_q and "test" in r.output and len(r.output.strip().splitlines()) == 1, r.output
@@ -220,7 +220,8 @@ def test_ask_refuses_an_index_of_another_model_or_template(memory_world, tmp_pat
     other = tmp_path / "index"
     shutil.copytree(memory_world["index"], other)
     meta = json.loads((other / "meta.json").read_text())
-    (other / "meta.json").write_text(json.dumps({**meta, "template": {**meta["template"], "case": "lower"}}))
+    other_case = "keep" if meta["template"]["case"] == "lower" else "lower"
+    (other / "meta.json").write_text(json.dumps({**meta, "template": {**meta["template"], "case": other_case}}))
     with pytest.raises(DataError, match="another template"):
         Memory(other, memory_world["ds"])
     with pytest.raises(DataError, match="built with"):

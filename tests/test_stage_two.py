@@ -11,7 +11,7 @@ from safetensors.torch import load_file
 
 from pipeline.data import load_prepared
 from pipeline.extract import ExtractSpec, extract
-from pipeline.index import build_index, search
+from pipeline.index import build_index, retrieve
 from pipeline.llm import FrozenLLM, Template
 from pipeline.metrics import evaluate
 from pipeline.prepare import prepare_dataset
@@ -99,14 +99,19 @@ def test_killed_training_resumes_to_the_same_weights(world, tmp_path, monkeypatc
     assert not (tmp_path / "b" / ".checkpoint.old").exists()
 
 
-def test_faiss_equals_brute_force():
+@pytest.mark.parametrize("kind", ["flat", "hnsw", "ivf"])
+def test_every_index_kind_finds_each_documents_own_vector(kind):
+    """The project's index kinds (exact, HNSW, IVF with its nprobe): a document's own vector finds it first, and
+    an unknown kind is refused."""
     rng = np.random.default_rng(0)
-    docs = rng.standard_normal((300, 16)).astype(np.float32)
-    queries = rng.standard_normal((20, 16)).astype(np.float32)
-    scores, idx = search(build_index(docs), queries, 10)
-    brute = queries @ docs.T
-    np.testing.assert_array_equal(idx, np.argsort(-brute, axis=1)[:, :10])
-    np.testing.assert_allclose(scores, np.sort(brute, axis=1)[:, ::-1][:, :10], rtol=1e-5)
+    docs = rng.standard_normal((400, 16)).astype(np.float32)
+    docs /= np.linalg.norm(docs, axis=1, keepdims=True)
+    run = retrieve(build_index(docs, kind, use_gpu=False), [f"d{i}" for i in range(400)],
+                   [f"q{i}" for i in range(50)], docs[:50], k=5)
+    hits = sum(max(run[f"q{i}"], key=run[f"q{i}"].get) == f"d{i}" for i in range(50))
+    assert hits == 50 if kind != "ivf" else hits >= 45  # IVF probes an eighth of its lists
+    with pytest.raises(ValueError, match="unknown index kind"):
+        build_index(docs, "annoy")
 
 
 @pytest.mark.parametrize("bf16", [False, True])
