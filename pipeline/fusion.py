@@ -1,23 +1,27 @@
-"""Hybrid retrieval: a dense run fused with BM25's, its weight chosen on dev, never on a test split (ranx).
+"""Hybrid retrieval: a dense run fused with BM25's, its weight chosen on dev, never on a test split.
 
 Why min-max: each query's scores are mapped to [0, 1] before the weighted sum. The dense scores are cosines in a
 narrow band and BM25's are unbounded and heavy-tailed, so raw scores cannot be summed; z-scores assume a roughly
 normal spread over the top 100, which BM25's long tail is not, and they let one outlier set the scale. Min-max is
 the convention of the hybrid-retrieval literature and of the probes that motivated this (issue 24). RRF, which
 ignores scores entirely, is computed beside it as the score-free reference.
+
+The fusion is the two lines of arithmetic above; what decides it is measured with the project's metric of record
+(ir-measures' nDCG@10, the number every report prints) and tested with scipy's paired t-test. ranx does all three,
+but its numba kernels cost about a minute of compilation in every fresh environment and seconds per weight tried
+(its typed dictionaries), for the same arithmetic.
 """
 
 from __future__ import annotations
 
 import logging
-import warnings
 from dataclasses import asdict, dataclass
 
 from .data import DataError
 from .metrics import Qrels, Run
 
 NORMALISATION = "min-max"
-METHODS = {"wsum": "+bm25", "rrf": "+bm25-rrf"}  # ranx method: suffix of the fused system's name
+METHODS = {"wsum": "+bm25", "rrf": "+bm25-rrf"}  # method: suffix of the fused system's name
 WEIGHT_STEP = 0.05  # the dense weight's grid on dev: 0, 0.05, ..., 1 (0 leaves BM25 alone)
 
 log = logging.getLogger(__name__)
@@ -50,20 +54,33 @@ class FusionChoice:
         return asdict(self)
 
 
-def _ranx_run(run: Run, name: str, queries=None):
-    """A ranx Run; with `queries`, exactly those (a query without results scores 0, as in `metrics.evaluate`)."""
-    from ranx import Run as RanxRun
+def per_query_ndcg(run: Run, qrels: Qrels) -> dict[str, float]:
+    """nDCG@10 of each judged query (ir-measures, as every report; a query without results scores 0)."""
+    import ir_measures
+    from ir_measures import nDCG
 
-    if queries is not None:
-        run = {q: run.get(q) or {"__none__": 0.0} for q in queries}
-    return RanxRun.from_dict({q: docs for q, docs in run.items() if docs}, name=name)
+    judged = {q: d for q, d in qrels.items() if any(g > 0 for g in d.values())}
+    filled = {q: (run.get(q) or {"__none__": 0.0}) for q in judged}
+    scores = {q: 0.0 for q in judged}
+    for m in ir_measures.iter_calc([nDCG @ 10], judged, filled):
+        scores[m.query_id] = float(m.value)
+    return scores
 
 
-def _ranx_qrels(qrels: Qrels):
-    from ranx import Qrels as RanxQrels
+def mean_ndcg(run: Run, qrels: Qrels) -> float:
+    scores = per_query_ndcg(run, qrels)
+    return sum(scores.values()) / max(1, len(scores))
 
-    return RanxQrels.from_dict({q: {d: g for d, g in docs.items() if g > 0} for q, docs in qrels.items()
-                                if any(g > 0 for g in docs.values())})
+
+def _min_max(docs: dict[str, float]) -> dict[str, float]:
+    if not docs:
+        return {}
+    lo, hi = min(docs.values()), max(docs.values())
+    return {d: (s - lo) / (hi - lo) if hi > lo else 1.0 for d, s in docs.items()}
+
+
+def _ranks(docs: dict[str, float]) -> dict[str, int]:
+    return {d: r for r, (d, _) in enumerate(sorted(docs.items(), key=lambda x: (-x[1], x[0])), 1)}
 
 
 def check_same_queries(dense: Run, bm25: Run, what: str) -> None:
@@ -88,61 +105,55 @@ def check_run_of(run: Run, qrels: Qrels, what: str) -> None:
 
 def fuse(dense: Run, bm25: Run, method: str, dense_weight: float | None = None, rrf_k: int | None = None,
          k: int = 100) -> Run:
-    """The fused run (top k per query): wsum = dense_weight * minmax(dense) + (1 - dense_weight) * minmax(bm25)
-    per query; rrf = sum of 1 / (rrf_k + rank)."""
-    from ranx import fuse as ranx_fuse
-
+    """The fused run (top k per query). wsum: dense_weight * minmax(dense) + (1 - dense_weight) * minmax(bm25), per
+    query, a document missing from one run scoring 0 there; rrf: the sum over both runs of 1 / (rrf_k + rank)."""
     check_same_queries(dense, bm25, "fuse")
-    params = {"weights": [dense_weight, 1 - dense_weight]} if method == "wsum" else {"k": rrf_k}
-    with warnings.catch_warnings():
-        warnings.simplefilter("ignore")  # numba's uint64 -> int64 cast notice inside ranx
-        fused = ranx_fuse(runs=[_ranx_run(dense, "dense"), _ranx_run(bm25, "bm25")], norm=NORMALISATION,
-                          method=method, params=params).to_dict()
-    return {q: dict(sorted(fused.get(q, {}).items(), key=lambda x: -x[1])[:k]) for q in dense}
+    out = {}
+    for q in dense:
+        if method == "wsum":
+            a, b = _min_max(dense[q]), _min_max(bm25[q])
+            scores = {d: dense_weight * a.get(d, 0.0) + (1 - dense_weight) * b.get(d, 0.0) for d in a.keys() | b}
+        elif method == "rrf":
+            a, b = _ranks(dense[q]), _ranks(bm25[q])
+            scores = {d: sum(1 / (rrf_k + r[d]) for r in (a, b) if d in r) for d in a.keys() | b}
+        else:
+            raise ValueError(f"unknown fusion method {method!r} ({', '.join(METHODS)})")
+        out[q] = dict(sorted(scores.items(), key=lambda x: (-x[1], x[0]))[:k])
+    return out
 
 
 def choose(dense_dev: Run, bm25_dev: Run, qrels_dev: Qrels, method: str, tuned_on: str) -> FusionChoice:
-    """Pick the method's parameters by nDCG@10 on dev (ranx.optimize_fusion: the dense weight on a 0.05 grid
-    from 0 to 1, or RRF's k); ties go to the smaller dense weight, the one closer to BM25 alone."""
-    from ranx import evaluate, optimize_fusion
-
+    """Pick the method's parameter by nDCG@10 on dev: the dense weight on a 0.05 grid from 0 to 1 (ties go to the
+    smaller weight, the one closer to BM25 alone), or RRF's k from 10 to 100 (ties to 60, the usual constant)."""
     check_same_queries(dense_dev, bm25_dev, f"fusion dev runs on {tuned_on}")
-    qrels = _ranx_qrels(qrels_dev)
-    judged = list(qrels.keys())
-    runs = [_ranx_run(dense_dev, "dense", judged), _ranx_run(bm25_dev, "bm25", judged)]
-    with warnings.catch_warnings():
-        warnings.simplefilter("ignore")
-        if method == "wsum":
-            grid = [round(i * WEIGHT_STEP, 4) for i in range(int(round(1 / WEIGHT_STEP)) + 1)]
-            scores = {a: evaluate(qrels, _ranx_run(fuse(dense_dev, bm25_dev, "wsum", a), "fused", judged),
-                               "ndcg@10")
-                      for a in grid}
-            best = max(grid, key=lambda a: (round(scores[a], 6), -a))
-            dense_weight, rrf_k, fused = best, None, scores[best]
-        else:
-            params = optimize_fusion(qrels=qrels, runs=runs, norm=NORMALISATION, method="rrf", metric="ndcg@10",
-                                     show_progress=False)
-            dense_weight, rrf_k = None, int(params["k"])
-            fused = evaluate(qrels, _ranx_run(fuse(dense_dev, bm25_dev, "rrf", rrf_k=rrf_k), "fused", judged),
-                             "ndcg@10")
-        dense, bm25 = (float(evaluate(qrels, r, "ndcg@10")) for r in runs)
-    return FusionChoice(method, dense_weight, rrf_k, tuned_on, float(fused), dense, bm25)
+    if method == "wsum":
+        grid = [round(i * WEIGHT_STEP, 4) for i in range(int(round(1 / WEIGHT_STEP)) + 1)]
+        scores = {a: mean_ndcg(fuse(dense_dev, bm25_dev, "wsum", a), qrels_dev) for a in grid}
+        best = max(grid, key=lambda a: (round(scores[a], 6), -a))
+        dense_weight, rrf_k = best, None
+    else:
+        grid = list(range(10, 101, 10))
+        scores = {k: mean_ndcg(fuse(dense_dev, bm25_dev, "rrf", rrf_k=k), qrels_dev) for k in grid}
+        best = max(grid, key=lambda k: (round(scores[k], 6), -abs(k - 60)))
+        dense_weight, rrf_k = None, best
+    return FusionChoice(method, dense_weight, rrf_k, tuned_on, scores[best], mean_ndcg(dense_dev, qrels_dev),
+                        mean_ndcg(bm25_dev, qrels_dev))
 
 
 def significance(qrels: Qrels, runs: dict[str, Run], baseline: str = "bm25", max_p: float = 0.05) -> dict:
-    """{system: {"delta": nDCG@10 minus the baseline's, "p": two-sided paired t-test p-value, "significant"}}
-    for every system against the baseline, on the same queries (ranx.compare)."""
-    from ranx import compare
+    """{system: {"delta": nDCG@10 minus the baseline's, "p": two-sided paired t-test p-value over the judged
+    queries (scipy), "significant": p < max_p}} for every other system, on the same queries."""
+    from scipy.stats import ttest_rel
 
-    qrels_rx = _ranx_qrels(qrels)
-    names = [baseline, *[s for s in runs if s != baseline]]
-    rx = [_ranx_run(runs[s], s, list(qrels_rx.keys())) for s in names]
-    with warnings.catch_warnings():
-        warnings.simplefilter("ignore")
-        report = compare(qrels=qrels_rx, runs=rx, metrics=["ndcg@10"], stat_test="student", max_p=max_p).to_dict()
-    base = report[baseline]["scores"]["ndcg@10"]
+    base = per_query_ndcg(runs[baseline], qrels)
+    queries = sorted(base)
     out = {}
-    for s in names[1:]:
-        p = float(report[baseline]["comparisons"][s]["ndcg@10"])
-        out[s] = {"delta": float(report[s]["scores"]["ndcg@10"] - base), "p": p, "significant": p < max_p}
+    for system, run in runs.items():
+        if system == baseline:
+            continue
+        other = per_query_ndcg(run, qrels)
+        a, b = [other[q] for q in queries], [base[q] for q in queries]
+        delta = (sum(a) - sum(b)) / max(1, len(queries))
+        p = 1.0 if a == b else float(ttest_rel(a, b).pvalue)
+        out[system] = {"delta": delta, "p": p, "significant": p < max_p}
     return out

@@ -116,7 +116,7 @@ def fusion_section(fusion: dict) -> list[str]:
             "BM25 alone); `<system>+bm25-rrf` is reciprocal rank fusion with its k picked on the same dev runs. "
             "In-domain sets choose on their own dev split (carved from train where a set has none), zero-shot sets "
             "on the configuration's zero-shot dev collection, never tested on. `p`: paired t-test against BM25 "
-            "on the test queries (ranx), significant below 0.05.", "",
+            "on the test queries (scipy), significant below 0.05.", "",
             markdown_table(rows, ["set", "system", "chosen on", "dense weight", "rrf k", "dev", "dev bm25",
                                   "dev dense", "test minus bm25", "p", "significant"], floatfmt=".3f"), ""]
 
