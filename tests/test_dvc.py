@@ -80,8 +80,9 @@ def test_quick_configuration_under_dvc(tmp_path):
     sh("git add -A && git commit -qm 'ran' -q", clone, env)
     again = sh("dvc repro", clone, env)
     assert "Running stage" not in again, again
-    exp = sh("dvc exp run -n blocks2 -S protocol=quick -S tuner.blocks=2", clone, env)
-    assert "Running stage 'train@" in exp, exp
+    # one experiment changes a tuner knob and a sweep knob: both retrain, stage one is reused
+    exp = sh("dvc exp run -n blocks2 -S protocol=quick -S tuner.blocks=2 -S sweep.min_steps=8", clone, env)
+    assert "Running stage 'train@" in exp and "Running stage 'sweep'" in exp, exp
     assert "Running stage 'extract@" not in exp and "Running stage 'analyze'" not in exp, exp
     assert "extract@tiny" in exp  # reported as unchanged, skipped
     # DVC recorded the experiment's dvclive metrics (git-tracked beside the report), so `dvc exp show` compares them
@@ -89,14 +90,13 @@ def test_quick_configuration_under_dvc(tmp_path):
     recorded = [e["data"] for e in walk(shown) if e.get("name") == "blocks2" and "data" in e]
     best = recorded[0]["metrics"]["reports/quick/live/lmort/metrics.json"]["data"]["best"]
     assert isinstance(best["dev_ndcg@10"], float) and best["steps"] > 0, best
-    # the layer sweep trains from the same store: a changed sweep knob retrains its points, never stage one
-    sweep = sh("dvc exp run -S protocol=quick -S sweep.min_steps=8", clone, env)
-    assert "Running stage 'sweep'" in sweep and "Running stage 'extract@" not in sweep, sweep
+    # the layer sweep trains from the same store: the changed sweep knob retrained its points, never stage one
     steps = [json.loads(p.read_text())["steps"] for p in (clone / "cache" / "quick" / "sweep").glob("*/point.json")]
     assert len(steps) == 5 and min(steps) >= 8, steps  # every point trained again to the new minimum
     # an evaluation-only set added beside the stores retrains no tuner: train reads the training sets' stores only
     shutil.copytree(clone / "cache" / "tiny" / "beir" / "tiny", clone / "cache" / "tiny" / "beir" / "tiny2")
-    more = sh("dvc exp run -S protocol=quick -S 'datasets=[tiny,tiny2]' -S 'eval_sets=[tiny,tiny2]'", clone, env)
+    more = sh("dvc exp run -S protocol=quick -S tuner.blocks=2 -S sweep.min_steps=8 -S 'datasets=[tiny,tiny2]' "
+              "-S 'eval_sets=[tiny,tiny2]'", clone, env)  # the last experiment's recipe, one more eval set
     assert "Running stage 'extract@tiny2'" in more and "Running stage 'index@lmort-tiny2'" in more, more
     assert "Running stage 'train-stores'" in more and "Running stage 'train@" not in more, more
     assert "Running stage 'analyze'" not in more, more
