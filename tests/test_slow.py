@@ -68,3 +68,33 @@ def test_attention_sink_and_store_round_trip_on_smollm2(scifact_slice, tmp_path)
     norms = got[15][0, : len(tok[0])].norm(dim=-1)
     assert norms[0] > 20 * norms[1:].median()  # the attention sink METHOD.md warns about
     assert np.isfinite(store.group["layer_15"][:]).all()  # float16 never overflowed
+
+
+@pytest.mark.parametrize("question", ["Who founded modern community organizing?",
+                                      "What percentage of the population is over 65 in Japan, as of 2010?"])
+def test_smollm2_prompt_forward_gives_the_stored_query_vector_in_bf16(question):
+    """`lmort ask`'s one forward: the chat prompt's prefix through the full SmolLM2 (with its head), read at the
+    tuner's layers, gives the vector `encode_texts` computes through the truncated LLM (what the stores hold),
+    within bfloat16's precision; and the prefix's cache continues into the same answer as a fresh prompt."""
+    from pipeline.hits import Hit
+    from pipeline.llm import FrozenLLM, Template
+    from pipeline.reader import Reader, build_prompt
+    from pipeline.tuner import Tuner, TunerConfig
+
+    torch.manual_seed(0)
+    tuner = Tuner(TunerConfig(llm_width=576, stream_layer=6, cross_layer=0)).eval()
+    template = Template(query="<|im_start|>user\n{text}", case="keep")
+    reader = Reader("smollm2-135m", dtype=torch.bfloat16, device="cpu")
+    prefix = reader.ids(template.format_query(question), True)
+    states, cache = reader.prefix_forward(prefix, tuner.cfg.layers)
+    one_forward = reader.query_vector(tuner, states)
+    llm = FrozenLLM("smollm2-135m", max_layer=6, device="cpu", dtype=torch.bfloat16)
+    separate = tuner.encode_texts(llm, [question], template, 64)
+    assert float((one_forward @ separate.T).item()) > 0.995  # unit vectors: cosine
+    np.testing.assert_allclose(one_forward, separate, atol=2e-2)
+    parts = build_prompt(question, [Hit(1, 1.0, "d", "Saul Alinsky", "Saul Alinsky founded community organizing.")],
+                         template, reader.tail)
+    head, rest = reader.prompt_ids(parts)
+    assert head == prefix
+    cached = reader.continue_answer(head, rest, cache, max_new_tokens=12)
+    assert cached == reader.generate([parts], 12, batch_size=1, progress=False)[0][0]
