@@ -42,8 +42,10 @@ def default_layers(geometry: Path, last_layer: bool = EXTRACT.last_layer) -> lis
               help="lower: lower-case every text before tokenising (recorded in the fingerprint; online search "
                    "applies it too).")
 @click.option("--query-template", default=EXTRACT.query_template, show_default=True,
-              help="How a query is written before tokenising ({text}: the query). `lmort ask` needs the prompt's "
-                   "prefix here, e.g. '<|im_start|>user\\n{text}' for a chat model (in the fingerprint).")
+              callback=lambda _ctx, _param, value: value.replace("\\n", "\n"),
+              help="How a query is written before tokenising ({text}: the query; \\n: a newline, since DVC runs "
+                   "each line of a command apart). `lmort ask` needs the prompt's prefix here, e.g. "
+                   "'<|im_start|>user\\n{text}' for a chat model (in the fingerprint).")
 @click.option("--shard-tokens", default=ExtractSpec.shard_tokens, show_default=True)
 @click.option("--chunk-tokens", default=EXTRACT.chunk_tokens, show_default=True,
               help="Rows per Zarr chunk of a layer (smaller: streamed training decodes less; more files).")

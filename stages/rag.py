@@ -33,6 +33,15 @@ def answers_file(data: str, given: str | None) -> Path:
     return Path(folder) / "answers.jsonl"
 
 
+def reader_template(index_dirs: dict[str, Path], params: dict) -> Template:
+    """The stores' own template (an index's meta.json), so the reader's prompt starts with exactly the text the
+    query vectors were read from; without an index, the params' (`\\n` written for a newline, as extract reads it)."""
+    for folder in sorted(index_dirs.values()):
+        return Template(**json.loads((folder / "meta.json").read_text())["template"])
+    extract = params["extract"]
+    return Template(query=extract["query_template"].replace("\\n", "\n"), case=extract["case"])
+
+
 def bar_plot(rows: list[dict], path: Path, title: str) -> None:
     import matplotlib
 
@@ -83,10 +92,11 @@ def command(params_file, runs_dirs, dev_dirs, index_root, answers, out) -> None:
         reader = Reader(params["model"], dtype=resolve_compute_dtype(params["extract"]["compute_dtype"],
                                                                      default_device()))
         torch.manual_seed(0)
-        template = Template(query=params["extract"]["query_template"], case=params["extract"]["case"])
         split, dev_split = params.get("eval_split", "test"), (params.get("fusion") or {}).get("dev_split", "dev")
         for data in rag["sets"]:
             ds = ensure_prepared(data)
+            index_dirs = {p.parent.name: p for p in Path(index_root).glob(f"*/{ds.name}")}
+            template = reader_template(index_dirs, params)
             refs = read_answers(answers_file(data, answers))
             missing = [q for q in ds.qrels[split] if q not in refs]
             if missing:
@@ -109,7 +119,6 @@ def command(params_file, runs_dirs, dev_dirs, index_root, answers, out) -> None:
             fusion_json = Path(out).parent / "fusion" / "fusion.json"
             fused = json.loads(fusion_json.read_text()).get(ds.name, {}).get("systems", {}) \
                 if fusion_json.exists() else {}
-            index_dirs = {p.parent.name: p for p in Path(index_root).glob(f"*/{ds.name}")}
             rows, preds = [], {}
             for system in rag["systems"]:
                 run = None if system in (CLOSED_BOOK, ORACLE) else \
