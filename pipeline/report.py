@@ -105,7 +105,8 @@ def fusion_section(fusion: dict) -> list[str]:
             rows.append({"set": data, "system": name, "chosen on": c["tuned_on"],
                          "dense weight": c["dense_weight"], "rrf k": c["rrf_k"], "dev": c["dev_fused"],
                          "dev bm25": c["dev_bm25"], "dev dense": c["dev_dense"], "test minus bm25": s.get("delta"),
-                         "p": s.get("p"), "significant": ("yes" if s.get("significant") else "no") if s else None})
+                         "p": f"{s['p']:.2g}" if s else None,
+                         "significant": ("yes" if s.get("significant") else "no") if s else None})
     if not rows:
         return []
     from .fusion import NORMALISATION
