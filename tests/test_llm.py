@@ -68,3 +68,19 @@ def test_the_template_lower_cases_by_default_and_keeps_case_when_asked():
     assert keep.format_passage("Title only", " ") == "Title only"
     with pytest.raises(ValueError, match="case"):
         Template(case="upper")
+
+
+def test_weights_hash_is_the_files_sha256_stamped_until_a_file_changes(tmp_path):
+    import hashlib
+
+    from pipeline.llm import weights_hash
+
+    (tmp_path / "model.safetensors").write_bytes(b"weights one")
+    first = weights_hash(str(tmp_path))
+    assert first == hashlib.sha256(b"weights one").hexdigest()[:16]
+    assert (tmp_path / ".weights.sha256").read_text().endswith(first)
+    (tmp_path / ".weights.sha256").write_text((tmp_path / ".weights.sha256").read_text()[:-16] + "f" * 16)
+    assert weights_hash(str(tmp_path)) == "f" * 16  # the stamp is read, not the weights, while the files are as stamped
+    (tmp_path / "model.safetensors").write_bytes(b"weights two!")  # another size: the stamp no longer applies
+    assert weights_hash(str(tmp_path)) == hashlib.sha256(b"weights two!").hexdigest()[:16]
+    assert weights_hash("org/model") == "hub:org/model"

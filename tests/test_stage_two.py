@@ -497,3 +497,32 @@ def test_an_output_that_cannot_be_written_is_refused_before_any_work(world, tmp_
     else:  # a full disk: the first output checked is named (for index, the index folder before the run file)
         assert "GB free" in message
     assert not (tmp_path / "new").exists()
+
+
+def test_training_stops_after_patience_evaluations_without_a_better_dev_score(world, tmp_path):
+    """With a learning rate of 0 the dev score never improves after epoch 1: patience 2 stops after epoch 3, and
+    the kept tuner is epoch 1's."""
+    cfg = TunerConfig(llm_width=32, stream_layer=2, cross_layer=0, **TUNER)
+    summary = train([training_set(world)], cfg, TrainConfig(epochs=6, batch_size=8, lr=0.0, patience=2, dev_every=1),
+                    tmp_path / "run", progress=False)
+    assert summary["epochs_run"] == 3 and summary["best_epoch"] == 1
+    assert json.loads((tmp_path / "run" / "best" / "tuner.json").read_text())["epoch"] == 1
+
+
+def test_a_checkpoint_from_other_settings_is_not_resumed(world, tmp_path, monkeypatch):
+    """A checkpoint left by a run with another learning rate is discarded: the new run equals a fresh one."""
+    import pipeline.train as tr
+
+    cfg = TunerConfig(llm_width=32, stream_layer=2, cross_layer=0, **TUNER)
+    monkeypatch.setattr(tr, "write_logs", lambda *a, **k: (_ for _ in ()).throw(KeyboardInterrupt()))
+    with pytest.raises(KeyboardInterrupt):  # killed after its last epoch: the checkpoint stays
+        train([training_set(world)], cfg, TrainConfig(epochs=1, batch_size=8, lr=1e-2), tmp_path / "run",
+              progress=False)
+    assert (tmp_path / "run" / "checkpoint" / "state.json").exists()
+    monkeypatch.undo()
+    other = TrainConfig(epochs=1, batch_size=8, lr=1e-3)
+    train([training_set(world)], cfg, other, tmp_path / "run", progress=False)
+    train([training_set(world)], cfg, other, tmp_path / "fresh", progress=False)
+    a = load_file(tmp_path / "run" / "best" / "model.safetensors")
+    b = load_file(tmp_path / "fresh" / "best" / "model.safetensors")
+    assert all(torch.equal(a[k], b[k]) for k in b)
