@@ -6,6 +6,8 @@ from pathlib import Path
 
 import pytest
 
+from pipeline.data import load_prepared
+from pipeline.prepare import prepare_dataset
 from pipeline.tiny import make_tiny_model, write_beir
 
 
@@ -17,6 +19,20 @@ def tiny_model(tmp_path_factory) -> str:
 @pytest.fixture
 def tiny_beir(tmp_path) -> Path:
     return write_beir(tmp_path / "tiny")
+
+
+@pytest.fixture
+def prepared(tiny_beir, tmp_path):
+    """The tiny set, prepared (4 BM25 negatives a query)."""
+    prepare_dataset(str(tiny_beir), tmp_path / "prepared", n_negatives=4)
+    return load_prepared(tmp_path / "prepared")
+
+
+def write_geometry(folder: Path, a_layer: int = 1, u_layer: int = 2, num_layers: int = 2) -> Path:
+    """A geometry.json as `lmort analyze` writes it (the layers stage two reads), for tests that skip analyze."""
+    path = Path(folder) / "geometry.json"
+    path.write_text(f'{{"a_layer": {a_layer}, "u_layer": {u_layer}, "num_layers": {num_layers}}}')
+    return path
 
 
 @pytest.fixture(autouse=True)

@@ -4,15 +4,7 @@ import pytest
 from click.testing import CliRunner
 
 from pipeline.analyze import analyze, sample_pairs
-from pipeline.data import load_prepared
-from pipeline.prepare import prepare_dataset
 from stages.cli import main
-
-
-@pytest.fixture
-def prepared(tiny_beir, tmp_path):
-    prepare_dataset(str(tiny_beir), tmp_path / "prepared", n_negatives=4)
-    return load_prepared(tmp_path / "prepared")
 
 
 def test_analyze_writes_curves_choice_and_verdict(tiny_model, prepared, tmp_path):

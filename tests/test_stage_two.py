@@ -7,6 +7,7 @@ import numpy as np
 import pytest
 import torch
 from click.testing import CliRunner
+from conftest import write_geometry
 from safetensors.torch import load_file
 
 from pipeline.data import load_prepared
@@ -55,8 +56,7 @@ def test_training_with_the_model_weights_absent(world, tmp_path, monkeypatch):
     shutil.move(world["model"], moved)
     monkeypatch.setattr(FrozenLLM, "__init__", lambda *a, **k: pytest.fail("stage two loaded the LLM"))
     try:
-        geometry = tmp_path / "geometry.json"
-        geometry.write_text('{"a_layer": 1, "u_layer": 2, "num_layers": 2}')
+        geometry = write_geometry(tmp_path)
         params = tmp_path / "p.yaml"
         params.write_text("tuner: {width: 16, blocks: 1, heads: 2, out_dim: 16}\ntrain: {epochs: 1, batch_size: 8}\n")
         result = CliRunner().invoke(main, ["train", "--stores", str(world["stores"]), "--data", str(world["ds"].folder),
@@ -304,8 +304,7 @@ def test_scaling_curve_trains_each_point_once_from_the_stores(world, tmp_path, m
     import pipeline.scaling as sc
 
     monkeypatch.setattr(FrozenLLM, "__init__", lambda *a, **k: pytest.fail("stage two loaded the LLM"))
-    geometry = tmp_path / "geometry.json"
-    geometry.write_text('{"a_layer": 1, "u_layer": 2, "num_layers": 2}')
+    geometry = write_geometry(tmp_path)
     params = tmp_path / "p.yaml"
     params.write_text("tuner: {width: 16, blocks: 1, heads: 2, out_dim: 16}\ntrain: {batch_size: 8, epochs: 1}\n"
                       "scaling: {variants: [lmort, pooled-linear], sizes: [null], queries: [16, all], min_steps: 6}\n")
@@ -335,8 +334,7 @@ def test_layer_sweep_trains_each_pair_once_from_one_store_and_feeds_dev_selectio
     from pipeline.sweep import collect
 
     monkeypatch.setattr(FrozenLLM, "__init__", lambda *a, **k: pytest.fail("stage two loaded the LLM"))
-    geometry = tmp_path / "geometry.json"
-    geometry.write_text('{"a_layer": 1, "u_layer": 2, "num_layers": 2}')
+    geometry = write_geometry(tmp_path)
     params = tmp_path / "p.yaml"
     params.write_text("tuner: {width: 16, blocks: 1, heads: 2, out_dim: 16}\ntrain: {batch_size: 8, epochs: 1}\n"
                       "sweep: {pairs: [[2, 1], [0, 2]], baselines: [pooled-linear, first-last, scalar-mix], "
@@ -452,8 +450,7 @@ def test_a_sweep_over_layers_the_store_lacks_is_refused():
 
 
 def _commands(world, tmp, out):
-    g = tmp / "geometry.json"
-    g.write_text('{"a_layer": 1, "u_layer": 2, "num_layers": 2}')
+    g = write_geometry(tmp)
     p = tmp / "p.yaml"
     p.write_text("tuner: {width: 16, blocks: 1, heads: 2, out_dim: 16}\ntrain: {epochs: 1, batch_size: 8}\n")
     tuner = tmp / "tuner"

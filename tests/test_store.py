@@ -8,17 +8,9 @@ import numpy as np
 import pytest
 import torch
 
-from pipeline.data import load_prepared
 from pipeline.extract import ExtractSpec, extract, texts_of
 from pipeline.llm import FrozenLLM
-from pipeline.prepare import prepare_dataset
 from pipeline.store import ActivationStore, StoreError, StoreWriter, store_lock
-
-
-@pytest.fixture
-def prepared(tiny_beir, tmp_path):
-    prepare_dataset(str(tiny_beir), tmp_path / "prepared", n_negatives=4)
-    return load_prepared(tmp_path / "prepared")
 
 
 def spec_for(model, **kw):
