@@ -105,11 +105,9 @@ def build_prompt(question: str, passages: list[Hit], template: Template, tail: s
 
 
 def first_line(text: str) -> str:
-    """The answer is the generation's first non-empty line (the reader sometimes adds an explanation)."""
-    for line in text.strip().splitlines():
-        if line.strip():
-            return line.strip()
-    return ""
+    """The answer: the generation with its whitespace collapsed (a reader that writes "The answer is:" on one line
+    puts the answer on the next)."""
+    return " ".join(text.split())
 
 
 # ---------------------------------------------------------------- the reader
@@ -130,9 +128,8 @@ class Reader:
         self.tail = chat_tail(self.tokenizer)
         self.pad_id = self.tokenizer.pad_token_id if self.tokenizer.pad_token_id is not None else (
             self.tokenizer.eos_token_id or 0)
-        newline = self.tokenizer("\n", add_special_tokens=False)["input_ids"]
-        # an answer is one line: stop at the end of the turn or at the first newline token
-        self.stop_ids = sorted({self.tokenizer.eos_token_id, *(newline if len(newline) == 1 else [])} - {None})
+        # stop at the end of the turn (a newline would cut "The answer is:\n<the answer>" before the answer)
+        self.stop_ids = [self.tokenizer.eos_token_id] if self.tokenizer.eos_token_id is not None else []
 
     def ids(self, text: str, special: bool) -> list[int]:
         return self.tokenizer(text, add_special_tokens=special)["input_ids"]
@@ -154,7 +151,7 @@ class Reader:
         t0 = time.time()
         for start in tqdm(range(0, len(order), batch_size), desc=desc, unit="batch", disable=not progress):
             idx = order[start : start + batch_size]
-            width = max(len(seqs[i]) for i in idx)
+            width = -(-max(len(seqs[i]) for i in idx) // 32) * 32  # few distinct shapes: oneDNN reuses kernels
             ids = torch.full((len(idx), width), self.pad_id, dtype=torch.long)
             mask = torch.zeros((len(idx), width), dtype=torch.long)
             for row, i in enumerate(idx):
