@@ -89,6 +89,10 @@ def check_same_queries(dense: Run, bm25: Run, what: str) -> None:
         only = sorted(set(dense) ^ set(bm25))[:3]
         raise DataError(f"{what}: the dense and BM25 runs have different queries ({len(dense)} against {len(bm25)}, "
                         f"e.g. {only}): runs of different sets or splits")
+
+
+def check_same_corpus(dense: Run, bm25: Run, what: str) -> None:
+    """Whole runs over one corpus share documents (one question's two top 100s may not: `fuse` does not ask)."""
     dense_docs = {d for docs in dense.values() for d in docs}
     bm25_docs = {d for docs in bm25.values() for d in docs}
     if dense_docs and bm25_docs and not dense_docs & bm25_docs:
@@ -126,6 +130,7 @@ def choose(dense_dev: Run, bm25_dev: Run, qrels_dev: Qrels, method: str, tuned_o
     """Pick the method's parameter by nDCG@10 on dev: the dense weight on a 0.05 grid from 0 to 1 (ties go to the
     smaller weight, the one closer to BM25 alone), or RRF's k from 10 to 100 (ties to 60, the usual constant)."""
     check_same_queries(dense_dev, bm25_dev, f"fusion dev runs on {tuned_on}")
+    check_same_corpus(dense_dev, bm25_dev, f"fusion dev runs on {tuned_on}")
     if method == "wsum":
         grid = [round(i * WEIGHT_STEP, 4) for i in range(int(round(1 / WEIGHT_STEP)) + 1)]
         scores = {a: mean_ndcg(fuse(dense_dev, bm25_dev, "wsum", a), qrels_dev) for a in grid}

@@ -11,7 +11,16 @@ import yaml
 from pipeline.atomic import atomic_file, check_writable
 from pipeline.command_line import friendly_errors, names
 from pipeline.data import DataError
-from pipeline.fusion import METHODS, check_run_of, choose, fuse, fused_name, fused_systems, significance
+from pipeline.fusion import (
+    METHODS,
+    check_run_of,
+    check_same_corpus,
+    choose,
+    fuse,
+    fused_name,
+    fused_systems,
+    significance,
+)
 from pipeline.metrics import read_trec_run, write_trec_run
 from pipeline.prepare import ensure_prepared
 from pipeline.runs import find_run
@@ -78,6 +87,7 @@ def command(params_file, runs_dirs, dev_dirs, out) -> None:
         for system in systems:
             dense_dev = read(dev_dirs, dev.name, tune_split, system, dev.qrels[tune_split])
             dense = read(runs_dirs, ds.name, split, system, ds.qrels[split])
+            check_same_corpus(dense, bm25, f"{system} and bm25 on {ds.name}/{split}")
             tested[system] = dense
             for method in METHODS:
                 picked = choose(dense_dev, bm25_dev, dev.qrels[tune_split], method, f"{dev.name}/{tune_split}")

@@ -11,7 +11,7 @@ from click.testing import CliRunner
 from pipeline.ask import Memory
 from pipeline.data import DataError, load_prepared
 from pipeline.extract import ExtractSpec, extract
-from pipeline.fusion import check_same_queries, choose, fuse, significance
+from pipeline.fusion import check_same_corpus, check_same_queries, choose, fuse, significance
 from pipeline.hits import Hit
 from pipeline.index import index_dataset
 from pipeline.llm import FrozenLLM, Template
@@ -74,7 +74,8 @@ def test_runs_of_different_sets_or_splits_are_refused():
     with pytest.raises(DataError, match="different queries"):
         check_same_queries({"q1": {"a": 1.0}}, {"q2": {"a": 1.0}}, "fuse")
     with pytest.raises(DataError, match="different corpora"):
-        check_same_queries({"q1": {"a": 1.0}}, {"q1": {"z": 1.0}}, "fuse")
+        check_same_corpus({"q1": {"a": 1.0}}, {"q1": {"z": 1.0}}, "fuse")
+    assert fuse({"q1": {"a": 1.0}}, {"q1": {"z": 1.0}}, "wsum", 0.5)["q1"] == {"a": 0.5, "z": 0.5}  # one question
 
 
 def test_significance_marks_a_real_gain_and_not_a_tie():
