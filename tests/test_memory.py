@@ -7,10 +7,10 @@ import numpy as np
 import pytest
 import torch
 from click.testing import CliRunner
+from conftest import build_world
 
 from pipeline.ask import Memory
 from pipeline.data import DataError, load_prepared
-from pipeline.extract import ExtractSpec, extract
 from pipeline.fusion import check_same_corpus, check_same_queries, choose, fuse, significance
 from pipeline.hits import Hit
 from pipeline.index import index_dataset
@@ -20,7 +20,7 @@ from pipeline.prepare import prepare_dataset
 from pipeline.rag import read_answers, sample_questions
 from pipeline.reader import Reader, answer_scores, build_prompt, normalize_answer
 from pipeline.store import ActivationStore
-from pipeline.tiny import make_tiny_model, write_beir
+from pipeline.tiny import write_beir
 from pipeline.train import TrainConfig, TrainingSet, train
 from pipeline.tuner import Tuner, TunerConfig
 from stages.cli import main
@@ -147,16 +147,9 @@ def test_answers_file_errors_name_the_line_and_field(tmp_path):
 @pytest.fixture(scope="module")
 def memory_world(tmp_path_factory):
     """A tiny model, a prepared set with titles, its stores, a trained tuner and its index."""
-    root = tmp_path_factory.mktemp("memory")
-    model = str(make_tiny_model(root / "model", layers=2))
-    write_beir(root / "tiny", n_docs=30, n_queries=24)
-    prepare_dataset(str(root / "tiny"), root / "prepared", n_negatives=2)
-    ds = load_prepared(root / "prepared")
-    for kind, length in (("corpus", 24), ("queries", 8)):
-        spec = ExtractSpec(model, (0, 1, 2), kind, length, compute_dtype="float32", shard_tokens=256,
-                           chunk_tokens=16)
-        extract(ds, spec, root / "stores" / f"{kind}.zarr", progress=False)
-    queries, corpus = (ActivationStore(root / "stores" / f"{k}.zarr") for k in ("queries", "corpus"))
+    world = build_world(tmp_path_factory.mktemp("memory"), n_docs=30, n_queries=24, negatives=2)
+    root, model, ds = world["root"], world["model"], world["ds"]
+    queries, corpus = (ActivationStore(root / "stores" / "tiny" / f"{k}.zarr") for k in ("queries", "corpus"))
     cfg = TunerConfig(llm_width=32, stream_layer=2, cross_layer=0, **TUNER)
     train([TrainingSet(ds, queries, corpus, ds.pairs("train").to_pylist(), ds.qrels["dev"])], cfg,
           TrainConfig(epochs=1, batch_size=8), root / "tuner", progress=False)

@@ -7,17 +7,14 @@ import numpy as np
 import pytest
 import torch
 from click.testing import CliRunner
-from conftest import write_geometry
+from conftest import build_world, write_geometry
 from safetensors.torch import load_file
 
-from pipeline.data import load_prepared
 from pipeline.extract import ExtractSpec, extract
 from pipeline.index import build_index, retrieve
 from pipeline.llm import FrozenLLM, Template
 from pipeline.metrics import evaluate
-from pipeline.prepare import prepare_dataset
 from pipeline.store import ActivationStore
-from pipeline.tiny import make_tiny_model, write_beir
 from pipeline.train import TrainConfig, TrainingSet, info_nce, train
 from pipeline.tuner import Tuner, TunerConfig
 from stages.cli import main
@@ -28,15 +25,7 @@ TUNER = dict(width=16, blocks=1, heads=2, out_dim=16, dropout=0.1, temperature=0
 @pytest.fixture(scope="module")
 def world(tmp_path_factory):
     """A tiny model, a prepared tiny set and its two stores (layers 0, 1, 2)."""
-    root = tmp_path_factory.mktemp("world")
-    model = str(make_tiny_model(root / "model", layers=2))
-    write_beir(root / "tiny", n_docs=60, n_queries=48)
-    prepare_dataset(str(root / "tiny"), root / "prepared", n_negatives=4)
-    ds = load_prepared(root / "prepared")
-    for kind, length in (("corpus", 24), ("queries", 8)):
-        spec = ExtractSpec(model, (0, 1, 2), kind, length, compute_dtype="float32", shard_tokens=256, chunk_tokens=16)
-        extract(ds, spec, root / "stores" / "tiny" / f"{kind}.zarr", progress=False)
-    return {"root": root, "model": model, "ds": ds, "stores": root / "stores"}
+    return build_world(tmp_path_factory.mktemp("world"), n_docs=60, n_queries=48, negatives=4)
 
 
 def training_set(world):
