@@ -26,7 +26,8 @@ from pipeline.precision import autocast, bf16_native, feed_dtype
 from pipeline.prepare import ensure_prepared
 from pipeline.store import open_stores
 from pipeline.tables import markdown_table
-from pipeline.train import TrainingSet, epoch_batches, info_nce, load_within_budget, prefetched
+from pipeline.train import epoch_batches, info_nce, load_within_budget, prefetched
+from pipeline.training_sets import TrainingSet
 from pipeline.tuner import Tuner
 
 

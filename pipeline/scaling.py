@@ -16,16 +16,8 @@ import numpy as np
 
 from .atomic import atomic_file
 from .metrics import evaluate
-from .train import (
-    TrainConfig,
-    TrainingSet,
-    data_setup,
-    epoch_batches,
-    numeric_settings,
-    sample_queries,
-    split_ndcg,
-    train,
-)
+from .train import TrainConfig, data_setup, epoch_batches, numeric_settings, split_ndcg, train
+from .training_sets import TrainingSet, sample_queries
 from .tuner import Tuner, TunerConfig
 
 log = logging.getLogger(__name__)

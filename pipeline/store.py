@@ -130,7 +130,7 @@ class ActivationStore:
 
     def identity(self) -> dict:
         """What a reader of this store depends on: its fingerprint and its build history (which changes whenever
-        the store is rebuilt), but not its path: `lmort fingerprint` records it for DVC."""
+        the store is rebuilt), but not its path: `lmort identify` records it for DVC."""
         return {"fingerprint": self.fingerprint, "texts": len(self.ids), "history": build_history(self.path)}
 
     def dask(self, layer: int):

@@ -17,7 +17,8 @@ import numpy as np
 from .atomic import atomic_file
 from .scaling import run_point
 from .tables import markdown_table
-from .train import TrainConfig, TrainingSet
+from .train import TrainConfig
+from .training_sets import TrainingSet
 from .tuner import FUSION, TunerConfig
 
 log = logging.getLogger(__name__)

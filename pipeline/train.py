@@ -14,7 +14,8 @@ import shutil
 import time
 from collections import deque
 from concurrent.futures import ThreadPoolExecutor
-from dataclasses import asdict, dataclass, field, replace
+from dataclasses import asdict, dataclass
+from functools import partial
 from pathlib import Path
 
 import numpy as np
@@ -24,12 +25,11 @@ from safetensors.torch import load_file, save_file
 from tqdm.auto import tqdm
 
 from .atomic import atomic_dir, atomic_file, existing_dir
-from .data import Prepared
 from .index import build_index, retrieve
 from .metrics import evaluate
 from .precision import autocast, feed_dtype
-from .prepare import ensure_prepared
-from .store import ActivationStore, check_compatible, open_stores
+from .store import check_compatible
+from .training_sets import TrainingSet, sample_queries
 from .tuner import Tuner, TunerConfig
 
 log = logging.getLogger(__name__)
@@ -55,33 +55,6 @@ class TrainConfig:
     memory_gb: float = 8.0  # stores' layers up to this size are loaded into memory; larger ones are streamed
     prefetch: int = 4  # batches read ahead by a background thread
     bf16: bool = True  # bf16 autocast (training, dev scoring) where the device computes bfloat16 natively
-
-
-@dataclass
-class TrainingSet:
-    """One data set's training pairs with its two stores; `dev` pairs select the model."""
-
-    data: Prepared
-    queries: ActivationStore
-    corpus: ActivationStore
-    pairs: list[dict] = field(default_factory=list)
-    dev_qrels: dict | None = None
-
-
-def sample_queries(sets: list[TrainingSet], max_queries: int | None, seed: int) -> list[TrainingSet]:
-    """A seeded uniform sample of `max_queries` training queries pooled over all sets (each set keeps its share),
-    from the same stores: the data-scaling curve's points differ only in this number. Smaller samples are
-    subsets of larger ones (one permutation), so the curve adds queries rather than redrawing them."""
-    if max_queries is None:
-        return sets
-    pooled = [(s_i, r) for s_i, ts in enumerate(sets) for r in range(len(ts.pairs))]
-    keep = torch.randperm(len(pooled), generator=torch.Generator().manual_seed(seed))[:max_queries].tolist()
-    chosen: dict[int, list[int]] = {}
-    for i in sorted(keep):
-        s_i, r = pooled[i]
-        chosen.setdefault(s_i, []).append(r)
-    # every set stays (with its dev split, so dev scores compare across the curve), even with no queries drawn
-    return [replace(ts, pairs=[ts.pairs[r] for r in chosen.get(s_i, [])]) for s_i, ts in enumerate(sets)]
 
 
 IO_ONLY = ("memory_gb", "prefetch")  # how batches are read, not what is computed: streamed == loaded (a test)
@@ -215,21 +188,33 @@ def dev_ndcg(tuner: Tuner, sets: list[TrainingSet], progress: bool = False, bf16
     return float(np.mean(scores)) if scores else None
 
 
+# ------------------------------------------------------------------ the learning-rate schedule
+
+
+def warmup_linear_decay(step: int, total: int, warmup: float) -> float:
+    """The learning-rate factor before optimizer step `step` (0-based): a linear warm-up over the first `warmup`
+    fraction of the `total` steps, then a linear decay to 0. It is torch's LambdaLR with this factor rather than
+    transformers' get_linear_schedule_with_warmup, whose warm-up starts at 0 (the first step learns nothing) and
+    rounds the warm-up to whole steps: the committed reports were trained with this one, and stay reproducible."""
+    return min((step + 1) / max(1, warmup * total), max(0.0, (total - step) / max(1, total * (1 - warmup))))
+
+
 # ------------------------------------------------------------------ checkpoints (safetensors + JSON)
 
 
-def _save_checkpoint(tuner, opt, state: dict, folder: Path) -> None:
+def _save_checkpoint(tuner, opt, schedule, state: dict, folder: Path) -> None:
     sd = opt.state_dict()
     tensors = {f"{pid}.{k}": v.contiguous() for pid, st in sd["state"].items() for k, v in st.items()}
+    saved = {**state, "param_groups": sd["param_groups"], "schedule": schedule.state_dict()}
 
     def write(tmp: Path):
         save_file({k: v.detach().cpu().contiguous() for k, v in tuner.state_dict().items()}, tmp / "model.safetensors")
         save_file(tensors, tmp / "optimizer.safetensors")
-        (tmp / "state.json").write_text(json.dumps({**state, "param_groups": sd["param_groups"]}, indent=1))
+        (tmp / "state.json").write_text(json.dumps(saved, indent=1))
     atomic_dir(folder, write)
 
 
-def _load_checkpoint(tuner, opt, folder: Path) -> dict:
+def _load_checkpoint(tuner, opt, schedule, folder: Path) -> dict:
     state = json.loads((folder / "state.json").read_text())
     tuner.load_state_dict(load_file(folder / "model.safetensors"))
     flat = load_file(folder / "optimizer.safetensors")
@@ -238,10 +223,71 @@ def _load_checkpoint(tuner, opt, folder: Path) -> dict:
         pid, name = key.split(".", 1)
         opt_state.setdefault(int(pid), {})[name] = v
     opt.load_state_dict({"state": opt_state, "param_groups": state.pop("param_groups")})
+    schedule.load_state_dict(state.pop("schedule"))
     return state
 
 
+def resume_or_start(tuner, opt, schedule, setup: dict, out: Path) -> dict:
+    """The training state: a checkpoint's in `out` when it was made with the same `setup` (settings, stores, pairs),
+    else a fresh one (a checkpoint of other settings is removed, with the best tuner it had saved)."""
+    fresh = {"epoch": 0, "step": 0, "best": None, "best_epoch": None, "bad_epochs": 0, "losses": [], "dev": [],
+             "seconds": 0.0, "setup": setup}
+    ckpt = existing_dir(out / "checkpoint")
+    if not (ckpt / "state.json").exists():
+        return fresh
+    saved = json.loads((ckpt / "state.json").read_text())
+    if saved.get("setup") == setup and "schedule" in saved:
+        log.info(f"resuming {out} after epoch {saved['epoch']}")
+        return _load_checkpoint(tuner, opt, schedule, ckpt)
+    log.info(f"{out}: the checkpoint is for other settings; training from scratch")  # a changed parameter
+    for old in (ckpt, out / "best"):
+        shutil.rmtree(old, ignore_errors=True)
+    return fresh
+
+
 # ------------------------------------------------------------------ the loop
+
+
+def train_epoch(tuner: Tuner, opt, schedule, sets: list[TrainingSet], cfg: TrainConfig, state: dict, device: str,
+                progress: bool) -> float:
+    """One epoch of InfoNCE steps (its batches and dropout seeded by the epoch); returns its mean loss."""
+    epoch = state["epoch"]
+    torch.manual_seed(cfg.seed * 7919 + epoch)  # dropout of this epoch
+    t0 = time.time()
+    tuner.train()
+    amp, feed = autocast(device, cfg.bf16), feed_dtype(device, cfg.bf16)
+    batches = epoch_batches(sets, cfg, epoch)
+    bar = tqdm(prefetched(batches, sets, tuner.cfg.layers, cfg.prefetch, feed), total=len(batches),
+               desc=f"epoch {epoch + 1}/{cfg.epochs}", unit="step", disable=not progress)
+    losses = []
+    for (s_i, _), states in zip(batches, bar):
+        with amp:
+            loss = info_nce(tuner, states, device)
+        opt.zero_grad(set_to_none=True)
+        loss.backward()
+        torch.nn.utils.clip_grad_norm_(tuner.parameters(), cfg.clip)
+        opt.step()
+        schedule.step()
+        state["step"] += 1
+        losses.append(float(loss.detach()))
+        state["losses"].append({"step": state["step"], "loss": losses[-1], "set": sets[s_i].data.name})
+        bar.set_postfix(loss=f"{losses[-1]:.3f}")
+    state["seconds"] += time.time() - t0
+    state["epoch"] += 1
+    return float(np.mean(losses)) if losses else float("nan")
+
+
+def select_on_dev(tuner: Tuner, sets: list[TrainingSet], cfg: TrainConfig, state: dict, out: Path,
+                  stores: dict) -> float | None:
+    """Score dev; keep the tuner in `out/best` when it is the best so far, else count an epoch without gain."""
+    score = dev_ndcg(tuner, sets, bf16=cfg.bf16)
+    state["dev"].append({"epoch": state["epoch"], "dev_ndcg@10": score})
+    if score is None or state["best"] is None or score > state["best"]:
+        state.update(best=score, best_epoch=state["epoch"], bad_epochs=0)
+        tuner.save(out / "best", {"epoch": state["epoch"], "dev_ndcg@10": score, "stores": stores})
+    else:
+        state["bad_epochs"] += 1
+    return score
 
 
 def train(sets: list[TrainingSet], tuner_cfg: TunerConfig, cfg: TrainConfig, out: Path,
@@ -250,7 +296,7 @@ def train(sets: list[TrainingSet], tuner_cfg: TunerConfig, cfg: TrainConfig, out
     folder `live` (default `out/live`: metrics.json, plots/metrics/{train/loss,dev/ndcg@10}.tsv)."""
     out = Path(out)
     sets = sample_queries(sets, cfg.max_queries, cfg.seed)
-    stores_fp = check_compatible([s for ts in sets for s in (ts.queries, ts.corpus)])  # one model, layers, template
+    stores = check_compatible([s for ts in sets for s in (ts.queries, ts.corpus)])  # one model, layers, template
     device = device or ("cuda" if torch.cuda.is_available() else "cpu")
     # stores that fit the memory budget are loaded (on a GPU they move there once: a step is then a gather there);
     # the others are streamed from Zarr, with the next batches read ahead
@@ -260,60 +306,20 @@ def train(sets: list[TrainingSet], tuner_cfg: TunerConfig, cfg: TrainConfig, out
     torch.manual_seed(cfg.seed)
     tuner = Tuner(tuner_cfg).to(device)
     opt = torch.optim.AdamW(tuner.parameters(), lr=cfg.lr, weight_decay=cfg.weight_decay)
-    steps_per_epoch = len(epoch_batches(sets, cfg, 0))
-    total = max(1, steps_per_epoch * cfg.epochs)
+    total = max(1, len(epoch_batches(sets, cfg, 0)) * cfg.epochs)
+    schedule = torch.optim.lr_scheduler.LambdaLR(opt, partial(warmup_linear_decay, total=total, warmup=cfg.warmup))
     # what a checkpoint must match to be resumed: settings, the stores' fingerprints, the pairs and dev qrels
     setup = {"tuner": tuner_cfg.to_dict(), "train": numeric_settings(cfg), **data_setup(sets)}
-    state = {"epoch": 0, "step": 0, "best": None, "best_epoch": None, "bad_epochs": 0, "losses": [], "dev": [],
-             "seconds": 0.0, "setup": setup}
-    ckpt = existing_dir(out / "checkpoint")
-    if (ckpt / "state.json").exists():
-        if json.loads((ckpt / "state.json").read_text()).get("setup") == setup:
-            state = _load_checkpoint(tuner, opt, ckpt)
-            log.info(f"resuming {out} after epoch {state['epoch']}")
-        else:  # another configuration trained here before (a changed parameter): start over
-            log.info(f"{out}: the checkpoint is for other settings; training from scratch")
-            for old in (ckpt, out / "best"):
-                shutil.rmtree(old, ignore_errors=True)
-    amp, feed = autocast(device, cfg.bf16), feed_dtype(device, cfg.bf16)
+    state = resume_or_start(tuner, opt, schedule, setup, out)
     while state["epoch"] < cfg.epochs and state["bad_epochs"] < cfg.patience:
-        epoch = state["epoch"]
-        torch.manual_seed(cfg.seed * 7919 + epoch)  # dropout of this epoch
-        t0 = time.time()
-        tuner.train()
-        batches = epoch_batches(sets, cfg, epoch)
-        bar = tqdm(prefetched(batches, sets, tuner_cfg.layers, cfg.prefetch, feed), total=len(batches),
-                   desc=f"epoch {epoch + 1}/{cfg.epochs}", unit="step", disable=not progress)
-        for (s_i, _), states in zip(batches, bar):
-            lr = cfg.lr * min((state["step"] + 1) / max(1, cfg.warmup * total),
-                              max(0.0, (total - state["step"]) / max(1, total * (1 - cfg.warmup))))
-            for group in opt.param_groups:
-                group["lr"] = lr
-            with amp:
-                loss = info_nce(tuner, states, device)
-            opt.zero_grad(set_to_none=True)
-            loss.backward()
-            torch.nn.utils.clip_grad_norm_(tuner.parameters(), cfg.clip)
-            opt.step()
-            state["step"] += 1
-            state["losses"].append({"step": state["step"], "loss": float(loss.detach()), "set": sets[s_i].data.name})
-            bar.set_postfix(loss=f"{float(loss.detach()):.3f}")
-        state["seconds"] += time.time() - t0
-        state["epoch"] += 1
-        loss = np.mean([x["loss"] for x in state["losses"][-steps_per_epoch:]])
+        loss = train_epoch(tuner, opt, schedule, sets, cfg, state, device, progress)
         if state["epoch"] % cfg.dev_every == 0 or state["epoch"] == cfg.epochs:
-            score = dev_ndcg(tuner, sets, bf16=cfg.bf16)
-            state["dev"].append({"epoch": state["epoch"], "dev_ndcg@10": score})
-            if score is None or state["best"] is None or score > state["best"]:
-                state.update(best=score, best_epoch=state["epoch"], bad_epochs=0)
-                tuner.save(out / "best", {"epoch": state["epoch"], "dev_ndcg@10": score, "stores": stores_fp})
-            else:
-                state["bad_epochs"] += 1
-            shown = score if score is None else round(score, 4)
-            log.info(f"epoch {state['epoch']}: loss {loss:.4f}, dev nDCG@10 {shown}")
+            score = select_on_dev(tuner, sets, cfg, state, out, stores)
+            log.info(f"epoch {state['epoch']}: loss {loss:.4f}, dev nDCG@10 "
+                     f"{score if score is None else round(score, 4)}")
         else:
             log.info(f"epoch {state['epoch']}: loss {loss:.4f}")
-        _save_checkpoint(tuner, opt, state, ckpt)
+        _save_checkpoint(tuner, opt, schedule, state, out / "checkpoint")
     summary = {"parameters": tuner.num_parameters(), "epochs_run": state["epoch"], "best_epoch": state["best_epoch"],
                "dev_ndcg@10": state["best"], "train_seconds": round(state["seconds"], 1),
                "steps": state["step"], "tuner": tuner_cfg.to_dict(), "train": asdict(cfg)}
@@ -370,33 +376,3 @@ def write_logs(state: dict, summary: dict, out: Path, live: Path) -> None:
     fig.tight_layout()
     atomic_file(out / "training.png", lambda tmp: fig.savefig(tmp, dpi=110))
     plt.close(fig)
-
-
-# ------------------------------------------------------------------ what a run reads
-
-
-def training_identity(names: list[str], stores: Path | None = None) -> dict:
-    """What a training run (or the analysis) reads of each named set: the prepared tables (sha256 per file) and,
-    with `stores`, its two stores' identities. DVC's train and analyze stages depend on this record instead of
-    the whole data and stores folders, so adding an evaluation-only set reruns neither."""
-    out = {}
-    for name in names:
-        folder = ensure_prepared(name).folder
-        record = {"prepared": {f.name: hashlib.sha256(f.read_bytes()).hexdigest()
-                               for f in sorted(Path(folder).iterdir()) if f.is_file()}}
-        if stores is not None:
-            queries, corpus = open_stores(stores, name)
-            record["stores"] = {"queries": queries.identity(), "corpus": corpus.identity()}
-        out[Path(name).name] = record
-    return out
-
-
-def open_training_sets(stores: Path, names: list[str], pairs: bool = True) -> list[TrainingSet]:
-    """Each named set's prepared data with its two stores, its training pairs (when `pairs`) and its dev qrels."""
-    sets = []
-    for name in names:
-        ds = ensure_prepared(name)
-        queries, corpus = open_stores(stores, ds.name)
-        sets.append(TrainingSet(ds, queries, corpus, ds.pairs("train").to_pylist() if pairs else [],
-                                ds.qrels.get("dev")))
-    return sets

@@ -13,8 +13,8 @@ from . import (
     compose,
     evaluate,
     extract,
-    fingerprint,
     fuse,
+    identify,
     index,
     prepare,
     rag,
@@ -37,6 +37,6 @@ def main() -> None:
 
 for command in (prepare.command, analyze.command, extract.command, train.command, index.index_command,
                 search.command, ask.command, baselines.command, evaluate.evaluate_command, fuse.command, rag.command,
-                squad.command, report.command, scale.command, sweep.command, fingerprint.command, compose.command,
+                squad.command, report.command, scale.command, sweep.command, identify.command, compose.command,
                 tiny.command):
     main.add_command(command)

@@ -14,7 +14,7 @@ from pipeline.command_line import friendly_errors, names
 from pipeline.llm import device_name
 from pipeline.params import load_params, train_config, tuner_config
 from pipeline.scaling import MIN_STEPS, collect, curve_table, plot_curve, point_name, reference_scores, run_point
-from pipeline.train import open_training_sets
+from pipeline.training_sets import open_training_sets
 
 
 @click.command("scale")

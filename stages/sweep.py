@@ -16,7 +16,7 @@ from pipeline.llm import device_name
 from pipeline.params import load_params, train_config, tuner_config
 from pipeline.scaling import MIN_STEPS
 from pipeline.sweep import collect, plan, plot_heatmap, run_sweep, selection, sweep_tables
-from pipeline.train import open_training_sets
+from pipeline.training_sets import open_training_sets
 
 
 def shard_of(text: str) -> tuple[int, int]:

@@ -21,7 +21,8 @@ from pipeline.rag import read_answers, sample_questions
 from pipeline.reader import Reader, answer_scores, build_prompt, normalize_answer
 from pipeline.store import ActivationStore
 from pipeline.tiny import write_beir
-from pipeline.train import TrainConfig, TrainingSet, train
+from pipeline.train import TrainConfig, train
+from pipeline.training_sets import TrainingSet
 from pipeline.tuner import Tuner, TunerConfig
 from stages.cli import main
 

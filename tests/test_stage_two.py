@@ -15,7 +15,8 @@ from pipeline.index import build_index, retrieve
 from pipeline.llm import FrozenLLM, Template
 from pipeline.metrics import evaluate
 from pipeline.store import ActivationStore
-from pipeline.train import TrainConfig, TrainingSet, info_nce, train
+from pipeline.train import TrainConfig, info_nce, train
+from pipeline.training_sets import TrainingSet
 from pipeline.tuner import Tuner, TunerConfig
 from stages.cli import main
 
@@ -233,7 +234,7 @@ def test_a_small_set_repeats_its_queries_but_never_within_a_batch(world):
 
 
 def test_query_samples_are_nested_and_keep_every_dev_split(world):
-    from pipeline.train import sample_queries
+    from pipeline.training_sets import sample_queries
 
     ts = training_set(world)
     other = TrainingSet(ts.data, ts.queries, ts.corpus, ts.pairs[:6], {"q": {"d": 1}})

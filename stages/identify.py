@@ -1,4 +1,4 @@
-"""`lmort fingerprint`: record what a training run reads (the training sets' prepared tables and, with --stores,
+"""`lmort identify`: record what a training run reads (the training sets' prepared tables and, with --stores,
 their stores' fingerprints and build histories), so that dvc.yaml's analyze and train stages depend on the
 training sets only: adding an evaluation-only set rewrites this record unchanged, and DVC keeps every tuner."""
 
@@ -11,10 +11,10 @@ import click
 
 from pipeline.atomic import atomic_file, check_writable
 from pipeline.command_line import friendly_errors, names
-from pipeline.train import training_identity
+from pipeline.training_sets import training_identity
 
 
-@click.command("fingerprint")
+@click.command("identify")
 @click.option("--data", "data", multiple=True, required=True, help="The training sets (names or folders).")
 @click.option("--stores", type=click.Path(path_type=Path, exists=True),
               help="Also record these sets' stores (folder of <set>/{queries,corpus}.zarr).")
