@@ -112,15 +112,11 @@ def _check_unique(path: Path, rows: list[tuple[int, dict]]) -> None:
         seen[obj["_id"]] = lineno
 
 
-def load_beir(folder: Path, name: str | None = None) -> BeirSet:
-    """Read and validate a BEIR folder; raise DataError on the first bad line."""
-    folder = Path(folder)
-    cpath, qpath = folder / "corpus.jsonl", folder / "queries.jsonl"
-    for p in (cpath, qpath):
-        _require_file(p)
+def _read_corpus(cpath: Path, notes: list[str]) -> dict[str, dict]:
+    """The documents with a title or a text; the empty ones are skipped and counted in `notes`, with their lines."""
     crow = _read_jsonl(cpath, ("_id", "text"))
     _check_unique(cpath, crow)
-    corpus, notes, empty = {}, [], []
+    corpus, empty = {}, []
     for lineno, o in crow:
         title, text = _text_field(cpath, lineno, o, "title"), _text_field(cpath, lineno, o, "text")
         if not (title.strip() or text.strip()):
@@ -132,6 +128,11 @@ def load_beir(folder: Path, name: str | None = None) -> BeirSet:
                      f"on lines {', '.join(empty[:10])}{' ...' if len(empty) > 10 else ''}")
     if not corpus:
         raise DataError(f"{cpath}: no documents with text")
+    return corpus
+
+
+def _read_queries(qpath: Path) -> dict[str, str]:
+    """Every query; an empty one is an error (a query cannot be skipped without changing the qrels' meaning)."""
     qrow = _read_jsonl(qpath, ("_id", "text"))
     _check_unique(qpath, qrow)
     queries = {}
@@ -142,29 +143,47 @@ def load_beir(folder: Path, name: str | None = None) -> BeirSet:
         queries[o["_id"]] = text
     if not queries:
         raise DataError(f"{qpath}: no queries")
-    qrels = {}
+    return queries
+
+
+def _read_qrels(tsv: Path, queries: dict, corpus: dict, notes: list[str]) -> dict[str, dict[str, int]]:
+    """One split's judgements; those naming an unknown query or document are skipped and counted in `notes`, and a
+    file where every judgement does is an error (the qrels of another corpus)."""
+    qrels: dict[str, dict[str, int]] = {}
+    unknown = judged = 0
+    for lineno, line in _lines(tsv):
+        parts = line.rstrip("\r\n").split("\t")
+        if lineno == 1 and parts[0] == "query-id":
+            continue
+        if len(parts) != 3:
+            raise DataError(f"{tsv}:{lineno}: expected 3 tab-separated fields, got {len(parts)}")
+        qid, did, score = parts
+        grade = _grade(tsv, lineno, score)
+        judged += 1
+        if qid not in queries or did not in corpus:
+            unknown += 1
+            continue
+        qrels.setdefault(qid, {})[did] = grade
+    if judged and unknown == judged:
+        raise DataError(f"{tsv}: none of its {judged} judgements names a known query and document "
+                        f"(ids from the folder's queries.jsonl and corpus.jsonl)")
+    if unknown:
+        notes.append(f"{tsv}: skipped {unknown} judgements naming unknown query or document ids")
+    return qrels
+
+
+def load_beir(folder: Path, name: str | None = None) -> BeirSet:
+    """Read and validate a BEIR folder; raise DataError on the first bad line."""
+    folder = Path(folder)
+    cpath, qpath = folder / "corpus.jsonl", folder / "queries.jsonl"
+    for p in (cpath, qpath):
+        _require_file(p)
+    notes: list[str] = []
+    corpus = _read_corpus(cpath, notes)
+    queries = _read_queries(qpath)
     qdir = folder / "qrels"
-    for tsv in sorted(qdir.glob("*.tsv")) if qdir.exists() else []:
-        split, unknown, judged = tsv.stem, 0, 0
-        qrels[split] = {}
-        for lineno, line in _lines(tsv):
-            parts = line.rstrip("\r\n").split("\t")
-            if lineno == 1 and parts[0] == "query-id":
-                continue
-            if len(parts) != 3:
-                raise DataError(f"{tsv}:{lineno}: expected 3 tab-separated fields, got {len(parts)}")
-            qid, did, score = parts
-            grade = _grade(tsv, lineno, score)
-            judged += 1
-            if qid not in queries or did not in corpus:
-                unknown += 1
-                continue
-            qrels[split].setdefault(qid, {})[did] = grade
-        if judged and unknown == judged:
-            raise DataError(f"{tsv}: none of its {judged} judgements names a known query and document "
-                            f"(ids from {qpath.name} and {cpath.name})")
-        if unknown:
-            notes.append(f"{tsv}: skipped {unknown} judgements naming unknown query or document ids")
+    qrels = {tsv.stem: _read_qrels(tsv, queries, corpus, notes)
+             for tsv in (sorted(qdir.glob("*.tsv")) if qdir.exists() else [])}
     return BeirSet(name or folder.name, corpus, queries, qrels, notes)
 
 

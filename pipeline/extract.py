@@ -127,7 +127,7 @@ def shard_states(spec: ExtractSpec, shard: tuple[int, int, int, int], token_ids:
     return out, int(starts[-1])
 
 
-def _write(path, shard, shard_index: int, states: dict, record: dict, owner: str) -> int:
+def _write_shard(path, shard, shard_index: int, states: dict, record: dict, owner: str) -> int:
     write_shard(Path(path), shard, shard_index, states, record, owner)
     return record["tokens"]
 
@@ -144,7 +144,7 @@ def compute_shard(path: str, spec: ExtractSpec, shard_index: int, shard: tuple[i
     """Compute and write one shard (what a dask worker runs), unless its writer lost the lock meanwhile;
     returns its token count."""
     states, record = timed_shard(spec, shard, token_ids, owner)
-    return _write(path, shard, shard_index, states, record, owner)
+    return _write_shard(path, shard, shard_index, states, record, owner)
 
 
 def extract(ds: Prepared, spec: ExtractSpec, out: Path, force: bool = False, workers: int = 0,
@@ -167,9 +167,7 @@ def extract(ds: Prepared, spec: ExtractSpec, out: Path, force: bool = False, wor
                "layers": list(spec.layers), "max_length": spec.max_length, "compute_dtype": spec.compute_dtype,
                "estimated_bytes": plan.slots * llm.hidden_size * itemsize * len(spec.layers)}
     if dry_run:  # the cost only: no store, no lock, nothing on disk
-        log.info(f"{out}: {len(ids)} texts, {tokens:,} tokens ({truncated} truncated at {spec.max_length}), "
-              f"layers {list(spec.layers)} computed in {spec.compute_dtype}, "
-              f"about {summary['estimated_bytes'] / 1e9:.2f} GB uncompressed (dry run: nothing written)")
+        log.info(f"{_describe(summary)} (dry run: nothing written)")
         return summary
     check_writable(out, summary["estimated_bytes"] // 2)  # zstd keeps about half of float16 states
     with store_lock(out) as owner:
@@ -179,31 +177,42 @@ def extract(ds: Prepared, spec: ExtractSpec, out: Path, force: bool = False, wor
         ordered = [token_ids[i] for i in writer.plan.order]
         shard_tokens = {i: ordered[s[0]:s[1]] for i, s in enumerate(writer.plan.shards)}
         todo_tokens = sum(len(t) for i in pending for t in shard_tokens[i])
-        log.info(f"{out}: {len(ids)} texts, {tokens:,} tokens ({truncated} truncated at {spec.max_length}), "
-              f"layers {list(spec.layers)} computed in {spec.compute_dtype}, "
-              f"about {summary['estimated_bytes'] / 1e9:.2f} GB uncompressed; "
-              f"{len(pending)}/{len(writer.plan.shards)} shards to compute ({todo_tokens:,} tokens)")
+        log.info(f"{_describe(summary)}; {len(pending)}/{len(writer.plan.shards)} shards to compute "
+                 f"({todo_tokens:,} tokens)")
         t0 = time.time()
         with tqdm(total=todo_tokens, unit="tok", unit_scale=True, desc=f"extract {spec.kind}",
                   disable=not progress) as bar:
             if pending and (workers or scheduler):
                 _run_dask(str(out), spec, pending, writer.plan.shards, shard_tokens, workers, scheduler, bar, owner)
-            else:  # compute shard i + 1 while a thread compresses and writes shard i
-                with ThreadPoolExecutor(max_workers=1) as io:
-                    writing = None
-                    for i in pending:
-                        states, record = timed_shard(spec, writer.plan.shards[i], shard_tokens[i], owner)
-                        if writing is not None:
-                            bar.update(writing.result())
-                        writing = io.submit(_write, out, writer.plan.shards[i], i, states, record, owner)
-                    if writing is not None:
-                        bar.update(writing.result())
+            else:
+                _run_local(out, spec, pending, writer.plan.shards, shard_tokens, bar, owner)
         seconds = time.time() - t0
         # the store's statistics sum over every run that computed its shards (a resume adds, never replaces)
         writer.finish(build_history(out))
     summary.update({**writer.stats, "bytes_on_disk": store_bytes(out), "shards_computed_now": len(pending),
                     "seconds_now": round(seconds, 1)})
     return summary
+
+
+def _describe(summary: dict) -> str:
+    """One line on what a store holds or will hold."""
+    return (f"{summary['store']}: {summary['texts']} texts, {summary['tokens']:,} tokens ({summary['truncated']} "
+            f"truncated at {summary['max_length']}), layers {summary['layers']} computed in "
+            f"{summary['compute_dtype']}, about {summary['estimated_bytes'] / 1e9:.2f} GB uncompressed")
+
+
+def _run_local(out: Path, spec: ExtractSpec, pending: list[int], shards, shard_tokens: dict, bar, owner: str) -> None:
+    """Compute the pending shards in this process: shard i + 1 is computed while a thread compresses and writes
+    shard i."""
+    with ThreadPoolExecutor(max_workers=1) as io:
+        writing = None
+        for i in pending:
+            states, record = timed_shard(spec, shards[i], shard_tokens[i], owner)
+            if writing is not None:
+                bar.update(writing.result())
+            writing = io.submit(_write_shard, out, shards[i], i, states, record, owner)
+        if writing is not None:
+            bar.update(writing.result())
 
 
 def _run_dask(path, spec, pending, shards, shard_tokens, workers, scheduler, bar, owner: str) -> None:

@@ -14,18 +14,14 @@ but its numba kernels cost about a minute of compilation in every fresh environm
 
 from __future__ import annotations
 
-import logging
 from dataclasses import asdict, dataclass
 
 from .data import DataError
-from .metrics import Qrels, Run
+from .metrics import Qrels, Run, per_query_ndcg
 
 NORMALISATION = "min-max"
 METHODS = {"wsum": "+bm25", "rrf": "+bm25-rrf"}  # method: suffix of the fused system's name
 WEIGHT_STEP = 0.05  # the dense weight's grid on dev: 0, 0.05, ..., 1 (0 leaves BM25 alone)
-
-log = logging.getLogger(__name__)
-
 
 def fused_systems(params: dict) -> list[str]:
     """The dense systems a configuration fuses with BM25: its `fusion.variants` (tuners) and `fusion.baselines`."""
@@ -52,19 +48,6 @@ class FusionChoice:
 
     def as_dict(self) -> dict:
         return asdict(self)
-
-
-def per_query_ndcg(run: Run, qrels: Qrels) -> dict[str, float]:
-    """nDCG@10 of each judged query (ir-measures, as every report; a query without results scores 0)."""
-    import ir_measures
-    from ir_measures import nDCG
-
-    judged = {q: d for q, d in qrels.items() if any(g > 0 for g in d.values())}
-    filled = {q: (run.get(q) or {"__none__": 0.0}) for q in judged}
-    scores = {q: 0.0 for q in judged}
-    for m in ir_measures.iter_calc([nDCG @ 10], judged, filled):
-        scores[m.query_id] = float(m.value)
-    return scores
 
 
 def mean_ndcg(run: Run, qrels: Qrels) -> float:

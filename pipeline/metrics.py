@@ -16,14 +16,33 @@ Run = dict[str, dict[str, float]]
 Qrels = dict[str, dict[str, int]]
 
 
+def _judged(run: Run, qrels: Qrels) -> tuple[Qrels, Run]:
+    """The queries with a relevant document, and the run over exactly those: ir-measures skips a query without
+    results, so each such query gets an impossible document and counts as 0."""
+    judged = {q: d for q, d in qrels.items() if any(g > 0 for g in d.values())}
+    return judged, {q: (run.get(q) or {"__none__": 0.0}) for q in judged}
+
+
 def evaluate(run: Run, qrels: Qrels) -> dict[str, float]:
     """Mean nDCG@10, Recall@100 and MRR@10 over the judged queries (a query missing from the run scores 0)."""
-    qrels = {q: d for q, d in qrels.items() if any(g > 0 for g in d.values())}
-    run = {q: run.get(q, {}) for q in qrels}
-    # ir-measures skips queries without results; give each an impossible doc so it counts as 0.
-    run = {q: (r or {"__none__": 0.0}) for q, r in run.items()}
+    qrels, run = _judged(run, qrels)
     agg = ir_measures.calc_aggregate(list(MEASURES.values()), qrels, run)
     return {name: float(agg[m]) for name, m in MEASURES.items()}
+
+
+def per_query_ndcg(run: Run, qrels: Qrels) -> dict[str, float]:
+    """nDCG@10 of each judged query, on the same terms as `evaluate` (what paired tests and fusion choices read)."""
+    qrels, run = _judged(run, qrels)
+    scores = {q: 0.0 for q in qrels}
+    for m in ir_measures.iter_calc([MEASURES["nDCG@10"]], qrels, run):
+        scores[m.query_id] = float(m.value)
+    return scores
+
+
+def mean_or_none(values: list) -> float | None:
+    """The mean, or None when there is nothing to average or a value is missing (a system without every set gets
+    no average)."""
+    return sum(values) / len(values) if values and None not in values else None
 
 
 def write_trec_run(run: Run, path: Path, tag: str) -> None:

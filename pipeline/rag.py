@@ -7,6 +7,7 @@ the test questions; then every system answers the same seeded sample of test que
 from __future__ import annotations
 
 import json
+import logging
 import random
 import time
 from pathlib import Path
@@ -20,6 +21,7 @@ from .metrics import Run
 from .reader import Reader, answer_scores, build_prompt
 
 CLOSED_BOOK, ORACLE = "closed-book", "oracle"
+log = logging.getLogger(__name__)
 
 
 def read_answers(path: Path) -> dict[str, list[str]]:
@@ -88,6 +90,31 @@ def score_reader(reader: Reader, ds: Prepared, split: str, qids: list[str], answ
             "predictions": dict(zip(qids, predictions))}
 
 
+def choose_prompt(reader: Reader, ds: Prepared, split: str, qids: list[str], answers: dict[str, list[str]],
+                  run: Run, orders: list[str], ks: list[int], template: Template, max_new_tokens: int,
+                  batch_size: int) -> tuple[dict, list[dict]]:
+    """The prompt order and k with the best F1 on dev questions, reading `run`'s passages (BM25's): returns the
+    choice and every candidate's dev scores."""
+    choices = []
+    for order in orders:
+        for k in ks:
+            r = score_reader(reader, ds, split, qids, answers, run, k, order, template,
+                             max_new_tokens=max_new_tokens, batch_size=batch_size, desc=f"dev {order} k={k}")
+            choices.append({"order": order, "k": k, "dev F1": r["f1"], "dev EM": r["em"],
+                            "dev answer in output": r["contains"], "generate s/q": r["generate_s_per_question"]})
+            log.info(f"dev {order} k={k}: F1 {r['f1']:.3f}, EM {r['em']:.3f}")
+    return max(choices, key=lambda c: c["dev F1"]), choices
+
+
+def with_gaps(rows: list[dict]) -> list[dict]:
+    """Each row's F1 minus the oracle's and minus closed-book's (None where that system was not run)."""
+    by = {r["system"]: r for r in rows}
+    for r in rows:
+        r["F1 minus oracle"] = r["F1"] - by[ORACLE]["F1"] if ORACLE in by else None
+        r["F1 minus closed-book"] = r["F1"] - by[CLOSED_BOOK]["F1"] if CLOSED_BOOK in by else None
+    return rows
+
+
 def time_retrieval(system: str, questions: list[str], ds: Prepared, index_dirs: dict[str, Path],
                    fusion: dict | None = None) -> float | None:
     """Seconds per question to retrieve online, one question at a time, as `lmort search` would: BM25 (bm25s),
@@ -99,6 +126,9 @@ def time_retrieval(system: str, questions: list[str], ds: Prepared, index_dirs: 
     if system in (CLOSED_BOOK, ORACLE):
         return None
     dense_name, _, fused = system.partition("+")
+    weight = ((fusion or {}).get(system) or {}).get("dense_weight")
+    if fused and weight is None:
+        raise DataError(f"{system}: no dev-chosen fusion weight for {ds.name} (run `lmort fuse` first)")
     bm25 = BM25(ds.corpus) if fused or system == "bm25" else None
     dense = None if system == "bm25" else _dense_searcher(dense_name, ds, index_dirs)
     t0 = time.perf_counter()
@@ -109,7 +139,6 @@ def time_retrieval(system: str, questions: list[str], ds: Prepared, index_dirs: 
         if bm25 is not None:
             runs["bm25"] = bm25.search({"q": q})["q"]
         if len(runs) == 2:
-            weight = (fusion or {}).get(system, {}).get("dense_weight", 0.5)
             fuse({"q": runs["dense"]}, {"q": runs["bm25"]}, "wsum", weight)
     return (time.perf_counter() - t0) / max(1, len(questions))
 

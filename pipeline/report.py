@@ -7,17 +7,12 @@ import shutil
 from pathlib import Path
 
 from .atomic import atomic_file
-from .metrics import MEASURES
+from .metrics import MEASURES, mean_or_none
 from .tables import markdown_table
 
 
 def _json(path: Path):
     return json.loads(Path(path).read_text()) if Path(path).exists() else None
-
-
-def _mean(values: list) -> float | None:
-    """The mean, or None when a value is missing (a system without every set gets no average)."""
-    return sum(values) / len(values) if values and None not in values else None
 
 
 def layers_label(tuner: dict) -> str:
@@ -40,10 +35,10 @@ def ablation_rows(metrics: dict, tuners: Path | None = None, measure: str = "nDC
         row = {"system": system}
         for ds, per in metrics.items():
             row[ds] = per.get(system, {}).get(measure)
-        row["average"] = _mean([row[ds] for ds in metrics])
+        row["average"] = mean_or_none([row[ds] for ds in metrics])
         if in_domain is not None:
-            row["in-domain"] = _mean([row[ds] for ds in metrics if ds in in_domain])
-            row["zero-shot"] = _mean([row[ds] for ds in metrics if ds not in in_domain])
+            row["in-domain"] = mean_or_none([row[ds] for ds in metrics if ds in in_domain])
+            row["zero-shot"] = mean_or_none([row[ds] for ds in metrics if ds not in in_domain])
         train = _json(tuners / system / "train.json") if tuners else None
         if train:
             row["parameters"] = f"{train['parameters']:,}"

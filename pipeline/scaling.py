@@ -7,7 +7,6 @@ points trained elsewhere (a GPU machine) can be dropped in beside the others."""
 from __future__ import annotations
 
 import json
-import logging
 import math
 from dataclasses import asdict, replace
 from pathlib import Path
@@ -15,12 +14,10 @@ from pathlib import Path
 import numpy as np
 
 from .atomic import atomic_file
-from .metrics import evaluate
+from .metrics import evaluate, mean_or_none
 from .train import TrainConfig, data_setup, epoch_batches, numeric_settings, split_ndcg, train
 from .training_sets import TrainingSet, sample_queries
 from .tuner import Tuner, TunerConfig
-
-log = logging.getLogger(__name__)
 
 
 def point_name(variant: str, size: str | None, queries: int | None) -> str:
@@ -41,7 +38,7 @@ def recipe_for(sets: list[TrainingSet], cfg: TrainConfig, queries: int | None, m
                    patience=max(cfg.patience, evaluations + 1))
 
 
-def test_ndcg(tuner_dir: Path, evals: list[TrainingSet], bf16: bool) -> dict[str, float]:
+def ndcg_on_test_splits(tuner_dir: Path, evals: list[TrainingSet], bf16: bool) -> dict[str, float]:
     """nDCG@10 of a saved tuner on each evaluation set's test split (full corpus, exact search)."""
     from .llm import default_device
 
@@ -49,11 +46,13 @@ def test_ndcg(tuner_dir: Path, evals: list[TrainingSet], bf16: bool) -> dict[str
     return {ts.data.name: round(split_ndcg(tuner, ts, ts.data.qrels["test"], bf16=bf16), 4) for ts in evals}
 
 
-def _mean(scores: dict[str, float]) -> float | None:
-    return round(float(np.mean(list(scores.values()))), 4) if scores else None
+def mean_score(scores: dict[str, float]) -> float | None:
+    """The mean of the sets' scores, rounded as point.json keeps them (None without sets)."""
+    mean = mean_or_none(list(scores.values()))
+    return None if mean is None else round(mean, 4)
 
 
-def run_point(sets: list[TrainingSet], evals: list[TrainingSet], tuner_cfg: TunerConfig, cfg: TrainConfig,
+def train_point(sets: list[TrainingSet], evals: list[TrainingSet], tuner_cfg: TunerConfig, cfg: TrainConfig,
               queries: int | None, min_steps: int, folder: Path, label: dict, scores_key: str = "zero_shot") -> dict:
     """Train one point (resuming a killed one) and score it on the `evals` sets' test splits (under
     `scores_key`, their mean under `<scores_key>_mean`); returns and writes `point.json`."""
@@ -65,16 +64,13 @@ def run_point(sets: list[TrainingSet], evals: list[TrainingSet], tuner_cfg: Tune
         point = json.loads(done.read_text())
         same = (numeric_settings(TrainConfig(**point["train"])) == numeric_settings(recipe)
                 and TunerConfig(**point["tuner"]).to_dict() == tuner_cfg.to_dict())
-        old = point.get("inputs")
-        if same and old is None:  # a point from before inputs were recorded: trusted as it is
-            log.info(f"{done}: reused (made before its inputs were recorded)")
-            return point
+        old = point.get("inputs") or {}
         if same and {**old, "tests": inputs["tests"]} == inputs:
             if old["tests"] == inputs["tests"]:
                 return point
             if (folder / "tuner" / "best").exists():  # the same tuner, other test sets: score again, no training
-                point[scores_key] = test_ndcg(folder / "tuner" / "best", evals, recipe.bf16)
-                point[f"{scores_key}_mean"] = _mean(point[scores_key])
+                point[scores_key] = ndcg_on_test_splits(folder / "tuner" / "best", evals, recipe.bf16)
+                point[f"{scores_key}_mean"] = mean_score(point[scores_key])
                 point["inputs"] = inputs
                 atomic_file(done, lambda tmp: tmp.write_text(json.dumps(point, indent=1)))
                 return point
@@ -83,9 +79,9 @@ def run_point(sets: list[TrainingSet], evals: list[TrainingSet], tuner_cfg: Tune
              "epochs_run": summary["epochs_run"], "best_epoch": summary["best_epoch"],
              "parameters": summary["parameters"], "train_seconds": summary["train_seconds"],
              "dev_ndcg@10": round(summary["dev_ndcg@10"], 4),
-             scores_key: test_ndcg(folder / "tuner" / "best", evals, recipe.bf16),
+             scores_key: ndcg_on_test_splits(folder / "tuner" / "best", evals, recipe.bf16),
              "train": asdict(recipe), "tuner": tuner_cfg.to_dict(), "inputs": inputs}
-    point[f"{scores_key}_mean"] = _mean(point[scores_key])
+    point[f"{scores_key}_mean"] = mean_score(point[scores_key])
     atomic_file(done, lambda tmp: tmp.write_text(json.dumps(point, indent=1)))
     return point
 
@@ -117,7 +113,7 @@ def reference_scores(sets: list[TrainingSet], evals: list[TrainingSet], metrics:
     return ref
 
 
-def collect(root: Path) -> list[dict]:
+def read_points(root: Path) -> list[dict]:
     """Every finished point under a scaling folder, wherever it was trained."""
     return sorted((json.loads(p.read_text()) for p in Path(root).glob("*/point.json")),
                   key=lambda p: (p["variant"], p.get("size") or "", p["queries"]))

@@ -125,9 +125,6 @@ class ActivationStore:
         self.width = int(self.group[f"layer_{self.layers[0]}"].shape[1])
         self._memory: dict[int, np.ndarray | torch.Tensor] = {}
 
-    def __len__(self) -> int:
-        return len(self.ids)
-
     def identity(self) -> dict:
         """What a reader of this store depends on: its fingerprint and its build history (which changes whenever
         the store is rebuilt), but not its path: `lmort identify` records it for DVC."""

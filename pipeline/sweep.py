@@ -2,7 +2,7 @@
 fusion baselines and a pooled-linear probe per layer, all trained with one recipe from one multi-layer store
 (stage one ran once). Dev nDCG@10 ranks them; test splits are scored and reported, never chosen on.
 
-Each point is a scaling-curve point (`scaling.run_point`: a folder with `point.json` written last), so a killed
+Each point is a scaling-curve point (`scaling.train_point`: a folder with `point.json` written last), so a killed
 sweep resumes, several processes can share a grid (`shard`), and points trained elsewhere drop in."""
 
 from __future__ import annotations
@@ -15,7 +15,7 @@ from pathlib import Path
 import numpy as np
 
 from .atomic import atomic_file
-from .scaling import run_point
+from .scaling import train_point
 from .tables import markdown_table
 from .train import TrainConfig
 from .training_sets import TrainingSet
@@ -81,14 +81,14 @@ def run_sweep(sets: list[TrainingSet], tests: list[TrainingSet], points: list[Sw
                 store.release(tuner_cfg.layers)
         info = {**label, "variant": p.variant, "point": p.name, "u_layer": p.u_layer, "a_layer": p.a_layer,
                 "layers": tuner_cfg.layers}
-        point = run_point(sets, tests, tuner_cfg, cfg, None, min_steps, Path(out) / p.name, info, "test")
+        point = train_point(sets, tests, tuner_cfg, cfg, None, min_steps, Path(out) / p.name, info, "test")
         log.info(f"{p.name}: dev {point['dev_ndcg@10']}, test {point['test_mean']} ({point['steps']} steps, "
                  f"{point['train_seconds']} s)")
         done.append(point)
     return done
 
 
-def collect(root: Path, planned: list[SweepPoint] | None = None) -> list[dict]:
+def read_grid(root: Path, planned: list[SweepPoint] | None = None) -> list[dict]:
     """The finished points under a sweep folder; with `planned`, only those (a folder may keep points of an
     earlier grid, which must not enter this one's ranking)."""
     names = None if planned is None else {p.name for p in planned}

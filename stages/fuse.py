@@ -46,6 +46,50 @@ def tuning_set(data: str, params: dict) -> tuple[str, str] | None:
     return zero_shot, fusion.get("zero_shot_split", "test")
 
 
+def _read_checked(dirs, data: str, split: str, system: str, qrels: dict) -> dict:
+    """`system`'s run on data/split from the first of `dirs` that has it, checked against the split's qrels."""
+    path = find_run(dirs, data, split, system)
+    run = read_trec_run(path)
+    check_run_of(run, qrels, str(path))
+    return run
+
+
+def fuse_set(ds, dev, tune_split: str, split: str, systems: list[str], runs_dirs, dev_dirs, out: Path) -> dict:
+    """Every system fused with BM25 on one evaluation set, each method's weight or k chosen on `dev`/`tune_split`;
+    writes the fused runs and returns what was chosen, with the paired tests against BM25 on `split`."""
+    bm25_dev = _read_checked(dev_dirs, dev.name, tune_split, "bm25", dev.qrels[tune_split])
+    bm25 = _read_checked(runs_dirs, ds.name, split, "bm25", ds.qrels[split])
+    tested = {"bm25": bm25}
+    per_set: dict = {"tuned_on": f"{dev.name}/{tune_split}", "systems": {}}
+    for system in systems:
+        dense_dev = _read_checked(dev_dirs, dev.name, tune_split, system, dev.qrels[tune_split])
+        dense = _read_checked(runs_dirs, ds.name, split, system, ds.qrels[split])
+        check_same_corpus(dense, bm25, f"{system} and bm25 on {ds.name}/{split}")
+        tested[system] = dense
+        for method in METHODS:
+            picked = choose(dense_dev, bm25_dev, dev.qrels[tune_split], method, f"{dev.name}/{tune_split}")
+            name = fused_name(system, method)
+            run = fuse(dense, bm25, method, picked.dense_weight, picked.rrf_k)
+            write_trec_run(run, Path(out) / "runs" / ds.name / split / f"{name}.trec", name)
+            tested[name] = run
+            per_set["systems"][name] = picked.as_dict()
+            click.echo(f"{ds.name}: {name} chosen on {picked.tuned_on} "
+                       f"({'weight ' + str(picked.dense_weight) if method == 'wsum' else 'k ' + str(picked.rrf_k)}"
+                       f"; dev nDCG@10 {picked.dev_fused:.4f} against BM25's {picked.dev_bm25:.4f})")
+    per_set["significance"] = significance(ds.qrels[split], tested)
+    return per_set
+
+
+def fusion_table(report: dict) -> str:
+    """fusion.md: what each fused system was tuned on, its weight or k, dev scores and the test gain over BM25."""
+    rows = [{"set": data, "system": name, "tuned on": r["tuned_on"], "dense weight": c["dense_weight"],
+             "rrf k": c["rrf_k"], "dev fused": c["dev_fused"], "dev dense": c["dev_dense"], "dev bm25": c["dev_bm25"],
+             "test minus bm25": r["significance"][name]["delta"], "p": r["significance"][name]["p"]}
+            for data, r in report.items() for name, c in r["systems"].items()]
+    return markdown_table(rows, ["set", "system", "tuned on", "dense weight", "rrf k", "dev fused", "dev dense",
+                                 "dev bm25", "test minus bm25", "p"])
+
+
 @click.command("fuse")
 @click.option("--params", "params_file", type=click.Path(path_type=Path, exists=True, dir_okay=False),
               required=True, help="The configuration (eval_sets, train_sets, fusion.*).")
@@ -74,38 +118,8 @@ def command(params_file, runs_dirs, dev_dirs, out) -> None:
         dev = ensure_prepared(tune_data)
         if tune_split not in dev.qrels:
             raise DataError(f"{dev.name} has no {tune_split} split to choose the fusion of {data} on")
-        def read(dirs, d, s, system, qrels):
-            path = find_run(dirs, d, s, system)
-            run = read_trec_run(path)
-            check_run_of(run, qrels, str(path))
-            return run
-
-        bm25_dev = read(dev_dirs, dev.name, tune_split, "bm25", dev.qrels[tune_split])
-        bm25 = read(runs_dirs, ds.name, split, "bm25", ds.qrels[split])
-        tested = {"bm25": bm25}
-        per_set = report.setdefault(ds.name, {"tuned_on": f"{dev.name}/{tune_split}", "systems": {}})
-        for system in systems:
-            dense_dev = read(dev_dirs, dev.name, tune_split, system, dev.qrels[tune_split])
-            dense = read(runs_dirs, ds.name, split, system, ds.qrels[split])
-            check_same_corpus(dense, bm25, f"{system} and bm25 on {ds.name}/{split}")
-            tested[system] = dense
-            for method in METHODS:
-                picked = choose(dense_dev, bm25_dev, dev.qrels[tune_split], method, f"{dev.name}/{tune_split}")
-                name = fused_name(system, method)
-                run = fuse(dense, bm25, method, picked.dense_weight, picked.rrf_k)
-                write_trec_run(run, Path(out) / "runs" / ds.name / split / f"{name}.trec", name)
-                tested[name] = run
-                per_set["systems"][name] = picked.as_dict()
-                click.echo(f"{ds.name}: {name} chosen on {picked.tuned_on} "
-                           f"({'weight ' + str(picked.dense_weight) if method == 'wsum' else 'k ' + str(picked.rrf_k)}"
-                           f"; dev nDCG@10 {picked.dev_fused:.4f} against BM25's {picked.dev_bm25:.4f})")
-        per_set["significance"] = significance(ds.qrels[split], tested)
-    rows = [{"set": data, "system": name, "tuned on": r["tuned_on"], "dense weight": c["dense_weight"],
-             "rrf k": c["rrf_k"], "dev fused": c["dev_fused"], "dev dense": c["dev_dense"], "dev bm25": c["dev_bm25"],
-             "test minus bm25": r["significance"][name]["delta"], "p": r["significance"][name]["p"]}
-            for data, r in report.items() for name, c in r["systems"].items()]
-    md = markdown_table(rows, ["set", "system", "tuned on", "dense weight", "rrf k", "dev fused", "dev dense",
-                               "dev bm25", "test minus bm25", "p"])
+        report[ds.name] = fuse_set(ds, dev, tune_split, split, systems, runs_dirs, dev_dirs, out)
+    md = fusion_table(report)
     atomic_file(Path(out) / "fusion.json", lambda tmp: tmp.write_text(json.dumps(report, indent=1)))
     atomic_file(Path(out) / "fusion.md", lambda tmp: tmp.write_text(md))
     click.echo(md)

@@ -16,7 +16,16 @@ from pipeline.fetch import locate_dataset
 from pipeline.llm import Template
 from pipeline.metrics import read_trec_run
 from pipeline.prepare import ensure_prepared
-from pipeline.rag import CLOSED_BOOK, ORACLE, read_answers, sample_questions, score_reader, time_retrieval
+from pipeline.rag import (
+    CLOSED_BOOK,
+    ORACLE,
+    choose_prompt,
+    read_answers,
+    sample_questions,
+    score_reader,
+    time_retrieval,
+    with_gaps,
+)
 from pipeline.runs import find_run
 from pipeline.tables import markdown_table
 
@@ -61,6 +70,49 @@ def bar_plot(rows: list[dict], path: Path, title: str) -> None:
     plt.close(fig)
 
 
+def rag_set(reader, data: str, params: dict, runs_dirs, dev_dirs, index_root: Path, answers: str | None,
+            out: Path) -> tuple[dict, dict, str]:
+    """One set: the prompt chosen on dev questions, then every `rag.systems` entry on the test sample. Returns its
+    results, its predictions and its Markdown."""
+    rag, split = params["rag"], params.get("eval_split", "test")
+    dev_split = (params.get("fusion") or {}).get("dev_split", "dev")
+    ds = ensure_prepared(data)
+    index_dirs = {p.parent.name: p for p in Path(index_root).glob(f"*/{ds.name}")}
+    template = reader_template(index_dirs, params)
+    path = answers_file(data, answers)
+    refs = read_answers(path)
+    missing = [q for q in ds.qrels[split] if q not in refs]
+    if missing:
+        raise DataError(f"{path}: no answers for {len(missing)} {split} questions of {ds.name} (e.g. {missing[0]})")
+    test_q = sample_questions(list(ds.qrels[split]), rag["questions"], rag["seed"])
+    dev_q = sample_questions([q for q in ds.qrels[dev_split] if q in refs], rag["dev_questions"], rag["seed"])
+    best, choices = choose_prompt(reader, ds, dev_split, dev_q, refs,
+                                  read_trec_run(find_run(dev_dirs, ds.name, dev_split, "bm25")), rag["orders"],
+                                  rag["ks"], template, rag["max_new_tokens"], rag["batch_size"])
+    fusion_json = Path(out).parent / "fusion" / "fusion.json"
+    fused = json.loads(fusion_json.read_text()).get(ds.name, {}).get("systems", {}) if fusion_json.exists() else {}
+    rows, preds = [], {}
+    for system in rag["systems"]:
+        run = None if system in (CLOSED_BOOK, ORACLE) else read_trec_run(find_run(runs_dirs, ds.name, split, system))
+        r = score_reader(reader, ds, split, test_q, refs, run, best["k"], best["order"], template,
+                         oracle=system == ORACLE, max_new_tokens=rag["max_new_tokens"],
+                         batch_size=rag["batch_size"], desc=f"test {system}")
+        preds[system] = r.pop("predictions")
+        timed = [ds.queries[q] for q in test_q[: rag["timing_questions"]]]
+        rows.append({"system": system, "F1": r["f1"], "EM": r["em"], "answer in output": r["contains"],
+                     "recall@k": r["recall@k"], "retrieve s/q": time_retrieval(system, timed, ds, index_dirs, fused),
+                     "generate s/q": r["generate_s_per_question"]})
+        click.echo(f"{ds.name} {system}: F1 {r['f1']:.3f}, EM {r['em']:.3f}, in output {r['contains']:.3f}")
+    rows = with_gaps(rows)
+    result = {"split": split, "questions": len(test_q), "dev_split": dev_split, "dev_questions": len(dev_q),
+              "choice": best, "choices": choices, "rows": rows, "model": params["model"], "template": template.query}
+    bar_plot(rows, Path(out) / f"rag-{ds.name}.png",
+             f"{ds.name} {split}: {len(test_q)} questions, k={best['k']}, {best['order']}")
+    dev_table = markdown_table(choices, ["order", "k", "dev F1", "dev EM", "dev answer in output", "generate s/q"])
+    md = f"### {ds.name}\n\n{dev_table}\n{markdown_table(rows, COLUMNS)}\n"
+    return result, preds, md
+
+
 @click.command("rag")
 @click.option("--params", "params_file", type=click.Path(path_type=Path, exists=True, dir_okay=False),
               required=True, help="The configuration (model, extract's template, rag.*, fusion.*).")
@@ -78,11 +130,8 @@ def command(params_file, runs_dirs, dev_dirs, index_root, answers, out) -> None:
     """EM, F1, answer-in-output, Recall@k and seconds per question for every `rag.systems` entry."""
     check_writable(out)
     params = yaml.safe_load(params_file.read_text())
-    rag = params.get("rag") or {}
-    results: dict = {}
-    predictions: dict = {}
-    md = ""
-    if rag.get("sets"):
+    results, predictions, md = {}, {}, ""
+    if (params.get("rag") or {}).get("sets"):
         import torch
 
         from pipeline.llm import default_device
@@ -92,60 +141,11 @@ def command(params_file, runs_dirs, dev_dirs, index_root, answers, out) -> None:
         reader = Reader(params["model"], dtype=resolve_compute_dtype(params["extract"]["compute_dtype"],
                                                                      default_device()))
         torch.manual_seed(0)
-        split, dev_split = params.get("eval_split", "test"), (params.get("fusion") or {}).get("dev_split", "dev")
-        for data in rag["sets"]:
-            ds = ensure_prepared(data)
-            index_dirs = {p.parent.name: p for p in Path(index_root).glob(f"*/{ds.name}")}
-            template = reader_template(index_dirs, params)
-            refs = read_answers(answers_file(data, answers))
-            missing = [q for q in ds.qrels[split] if q not in refs]
-            if missing:
-                raise DataError(f"{answers_file(data, answers)}: no answers for {len(missing)} {split} questions "
-                                f"of {ds.name} (e.g. {missing[0]})")
-            test_q = sample_questions(list(ds.qrels[split]), rag["questions"], rag["seed"])
-            dev_q = sample_questions([q for q in ds.qrels[dev_split] if q in refs], rag["dev_questions"], rag["seed"])
-            bm25_dev = read_trec_run(find_run(dev_dirs, ds.name, dev_split, "bm25"))
-            choices = []
-            for order in rag["orders"]:
-                for k in rag["ks"]:
-                    r = score_reader(reader, ds, dev_split, dev_q, refs, bm25_dev, k, order, template,
-                                     max_new_tokens=rag["max_new_tokens"], batch_size=rag["batch_size"],
-                                     desc=f"dev {order} k={k}")
-                    choices.append({"order": order, "k": k, "dev F1": r["f1"], "dev EM": r["em"],
-                                    "dev answer in output": r["contains"],
-                                    "generate s/q": r["generate_s_per_question"]})
-                    click.echo(f"dev {order} k={k}: F1 {r['f1']:.3f}, EM {r['em']:.3f}")
-            best = max(choices, key=lambda c: c["dev F1"])
-            fusion_json = Path(out).parent / "fusion" / "fusion.json"
-            fused = json.loads(fusion_json.read_text()).get(ds.name, {}).get("systems", {}) \
-                if fusion_json.exists() else {}
-            rows, preds = [], {}
-            for system in rag["systems"]:
-                run = None if system in (CLOSED_BOOK, ORACLE) else \
-                    read_trec_run(find_run(runs_dirs, ds.name, split, system))
-                r = score_reader(reader, ds, split, test_q, refs, run, best["k"], best["order"], template,
-                                 oracle=system == ORACLE, max_new_tokens=rag["max_new_tokens"],
-                                 batch_size=rag["batch_size"], desc=f"test {system}")
-                preds[system] = r.pop("predictions")
-                timed = [ds.queries[q] for q in test_q[: rag["timing_questions"]]]
-                r["retrieve_s_per_question"] = time_retrieval(system, timed, ds, index_dirs, fused)
-                rows.append({"system": system, "F1": r["f1"], "EM": r["em"], "answer in output": r["contains"],
-                             "recall@k": r["recall@k"], "retrieve s/q": r["retrieve_s_per_question"],
-                             "generate s/q": r["generate_s_per_question"]})
-                click.echo(f"{ds.name} {system}: F1 {r['f1']:.3f}, EM {r['em']:.3f}, in output {r['contains']:.3f}")
-            by = {r["system"]: r for r in rows}
-            for r in rows:
-                r["F1 minus oracle"] = r["F1"] - by[ORACLE]["F1"] if ORACLE in by else None
-                r["F1 minus closed-book"] = r["F1"] - by[CLOSED_BOOK]["F1"] if CLOSED_BOOK in by else None
-            results[ds.name] = {"split": split, "questions": len(test_q), "dev_split": dev_split,
-                                "dev_questions": len(dev_q), "choice": best, "choices": choices, "rows": rows,
-                                "model": params["model"], "template": template.query}
-            predictions[ds.name] = preds
-            bar_plot(rows, Path(out) / f"rag-{ds.name}.png",
-                     f"{ds.name} {split}: {len(test_q)} questions, k={best['k']}, {best['order']}")
-            md += (f"### {ds.name}\n\n" + markdown_table(choices, ["order", "k", "dev F1", "dev EM",
-                                                                    "dev answer in output", "generate s/q"])
-                   + "\n" + markdown_table(rows, COLUMNS) + "\n")
+        for data in params["rag"]["sets"]:
+            name = ensure_prepared(data).name
+            results[name], predictions[name], part = rag_set(reader, data, params, runs_dirs, dev_dirs, index_root,
+                                                             answers, out)
+            md += part
     atomic_file(Path(out) / "rag.json", lambda tmp: tmp.write_text(json.dumps(results, indent=1)))
     atomic_file(Path(out) / "predictions.json", lambda tmp: tmp.write_text(json.dumps(predictions)))
     atomic_file(Path(out) / "rag.md", lambda tmp: tmp.write_text(md))

@@ -13,7 +13,7 @@ from pipeline.atomic import atomic_file, check_writable
 from pipeline.command_line import friendly_errors, names
 from pipeline.llm import device_name
 from pipeline.params import load_params, train_config, tuner_config
-from pipeline.scaling import MIN_STEPS, collect, curve_table, plot_curve, point_name, reference_scores, run_point
+from pipeline.scaling import MIN_STEPS, curve_table, plot_curve, point_name, read_points, reference_scores, train_point
 from pipeline.training_sets import open_training_sets
 
 
@@ -51,11 +51,11 @@ def command(stores, data, zero_shot, geometry, params_file, overrides, metrics, 
         tuner_cfg = tuner_config({**params, "tuner": {**params.get("tuner", {}), "size": size}}, variant, geometry,
                                  first.width, sink)
         label = {"variant": variant, "size": size, "device": device}
-        point = run_point(sets, evals, tuner_cfg, cfg, queries, int(scaling.get("min_steps", MIN_STEPS)),
+        point = train_point(sets, evals, tuner_cfg, cfg, queries, int(scaling.get("min_steps", MIN_STEPS)),
                           out / point_name(variant, size, queries), label)
         click.echo(f"{point_name(variant, size, queries)}: dev {point['dev_ndcg@10']}, zero-shot "
                    f"{point['zero_shot_mean']} ({point['steps']} steps, {point['train_seconds']} s)")
-    points = collect(out)
+    points = read_points(out)
     if points_only:
         return
     if not points:  # a configuration without a scaling section

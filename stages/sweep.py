@@ -15,7 +15,7 @@ from pipeline.command_line import friendly_errors, names
 from pipeline.llm import device_name
 from pipeline.params import load_params, train_config, tuner_config
 from pipeline.scaling import MIN_STEPS
-from pipeline.sweep import collect, plan, plot_heatmap, run_sweep, selection, sweep_tables
+from pipeline.sweep import plan, plot_heatmap, read_grid, run_sweep, selection, sweep_tables
 from pipeline.training_sets import open_training_sets
 
 
@@ -82,7 +82,7 @@ def command(stores, data, tests, geometry, params_file, overrides, shard, out, p
                       out, {"size": size, "device": device_name()}, bar)
     if points_only:
         return
-    found = collect(out, points) if out.exists() else []
+    found = read_grid(out, points) if out.exists() else []
     sel = selection(found, geo, planned=sum(p.variant == "lmort" for p in points))
     out.mkdir(parents=True, exist_ok=True)
     atomic_file(out / "selection.json", lambda tmp: tmp.write_text(json.dumps(sel, indent=1)))

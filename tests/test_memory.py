@@ -283,3 +283,14 @@ def test_lmort_rag_chooses_on_dev_and_scores_every_system_on_the_same_test_quest
     r = CliRunner().invoke(main, [*args[:-4], "--answers", str(tmp_path / "nope.jsonl"), "--out",
                                   str(tmp_path / "rag2")])
     assert r.exit_code != 0 and "no answers file" in r.output and not (tmp_path / "rag2").exists()
+
+
+def test_timing_a_fused_system_needs_its_dev_chosen_weight(memory_world):
+    """A fused system is timed with the weight `lmort fuse` chose on dev; without one it refuses, never guesses."""
+    from pipeline.data import DataError
+    from pipeline.rag import time_retrieval
+
+    ds = memory_world["ds"]
+    with pytest.raises(DataError, match="no dev-chosen fusion weight"):
+        time_retrieval("lmort+bm25", ["a question"], ds, {}, {"pooled-linear+bm25": {"dense_weight": 0.3}})
+    assert time_retrieval("bm25", ["a question"], ds, {}, {}) > 0

@@ -302,7 +302,7 @@ def test_scaling_curve_trains_each_point_once_from_the_stores(world, tmp_path, m
             str(world["ds"].folder), "--geometry", str(geometry), "--params", str(params), "--out", str(tmp_path / "s")]
     result = CliRunner().invoke(main, args)
     assert result.exit_code == 0, result.output
-    points = sc.collect(tmp_path / "s")
+    points = sc.read_points(tmp_path / "s")
     assert [(p["variant"], p["queries"]) for p in points] == [
         ("lmort", 16), ("lmort", len(world["ds"].pairs("train"))), ("pooled-linear", 16),
         ("pooled-linear", len(world["ds"].pairs("train")))]
@@ -321,7 +321,7 @@ def test_layer_sweep_trains_each_pair_once_from_one_store_and_feeds_dev_selectio
     """`lmort sweep`: LMORT per (U, A) pair plus the fusion baselines, all from the one multi-layer store (the LLM
     is never loaded); the rule's rank and the dev pick land in selection.json, which `lmort train` can follow."""
     import pipeline.scaling as sc
-    from pipeline.sweep import collect
+    from pipeline.sweep import read_grid
 
     monkeypatch.setattr(FrozenLLM, "__init__", lambda *a, **k: pytest.fail("stage two loaded the LLM"))
     geometry = write_geometry(tmp_path)
@@ -334,10 +334,10 @@ def test_layer_sweep_trains_each_pair_once_from_one_store_and_feeds_dev_selectio
             str(world["ds"].folder), "--geometry", str(geometry), "--params", str(params), "--out", str(out)]
     result = CliRunner().invoke(main, [*args, "--shard", "1/2"])  # half the points, as a second process would
     assert result.exit_code == 0, result.output
-    half = {p["point"] for p in collect(out)}
+    half = {p["point"] for p in read_grid(out)}
     result = CliRunner().invoke(main, [*args, "--shard", "0/2"])
     assert result.exit_code == 0, result.output
-    points = {p["point"]: p for p in collect(out)}
+    points = {p["point"]: p for p in read_grid(out)}
     assert half < set(points) and set(points) == {"lmort-u0-a2", "lmort-u2-a1", "first-last", "scalar-mix",
                                                   "pooled-linear-0", "pooled-linear-1", "pooled-linear-2"}
     assert points["lmort-u0-a2"]["tuner"]["stream_layer"] == 0 and points["lmort-u0-a2"]["tuner"]["cross_layer"] == 2
@@ -385,16 +385,16 @@ def test_layer_selection_takes_the_rule_the_dev_pick_or_an_explicit_pair(tmp_pat
 
 
 def test_a_finished_point_is_reused_only_for_the_same_inputs(world, tmp_path, monkeypatch):
-    """run_point: other test sets are scored again without training; other training pairs train again."""
+    """train_point: other test sets are scored again without training; other training pairs train again."""
     import pipeline.scaling as sc
 
     ts = training_set(world)
     cfg = TunerConfig(llm_width=32, stream_layer=2, cross_layer=1, **TUNER)
     recipe = TrainConfig(epochs=1, batch_size=8)
-    first = sc.run_point([ts], [], cfg, recipe, None, 4, tmp_path / "p", {"variant": "lmort"}, "test")
+    first = sc.train_point([ts], [], cfg, recipe, None, 4, tmp_path / "p", {"variant": "lmort"}, "test")
     assert first["test"] == {} and first["inputs"]["tests"] == []
     monkeypatch.setattr(sc, "train", lambda *a, **k: pytest.fail("trained again for other test sets"))
-    again = sc.run_point([ts], [ts], cfg, recipe, None, 4, tmp_path / "p", {"variant": "lmort"}, "test")
+    again = sc.train_point([ts], [ts], cfg, recipe, None, 4, tmp_path / "p", {"variant": "lmort"}, "test")
     assert set(again["test"]) == {world["ds"].name} and again["steps"] == first["steps"]
     class Retrained(Exception):
         pass
@@ -405,11 +405,11 @@ def test_a_finished_point_is_reused_only_for_the_same_inputs(world, tmp_path, mo
     monkeypatch.setattr(sc, "train", retrain)
     fewer = TrainingSet(ts.data, ts.queries, ts.corpus, ts.pairs[:-8], ts.dev_qrels)
     with pytest.raises(Retrained):  # other training pairs: the finished point is not reused
-        sc.run_point([fewer], [ts], cfg, recipe, None, 4, tmp_path / "p", {"variant": "lmort"}, "test")
+        sc.train_point([fewer], [ts], cfg, recipe, None, 4, tmp_path / "p", {"variant": "lmort"}, "test")
 
 
 def test_the_rule_rank_counts_only_strictly_better_pairs_and_the_plan_is_what_counts(tmp_path):
-    from pipeline.sweep import SweepPoint, collect, plan, selection
+    from pipeline.sweep import SweepPoint, plan, read_grid, selection
 
     def point(u, a, dev):
         return {"variant": "lmort", "point": SweepPoint("lmort", u, a).name, "u_layer": u, "a_layer": a,
@@ -423,8 +423,8 @@ def test_the_rule_rank_counts_only_strictly_better_pairs_and_the_plan_is_what_co
     for p in points:  # a folder holding an earlier, larger grid: only the planned points count
         (tmp_path / p["point"]).mkdir()
         (tmp_path / p["point"] / "point.json").write_text(json.dumps(p))
-    assert {p["point"] for p in collect(tmp_path, plan(None, [0, 2]))} == {p["point"] for p in points}
-    assert [p["point"] for p in collect(tmp_path, plan(None, [2]))] == ["lmort-u2-a2"]
+    assert {p["point"] for p in read_grid(tmp_path, plan(None, [0, 2]))} == {p["point"] for p in points}
+    assert [p["point"] for p in read_grid(tmp_path, plan(None, [2]))] == ["lmort-u2-a2"]
     assert [p.name for p in plan([0, 2, 6], [], [], ["first-last"])] == ["first-last"]  # [] = no grid
 
 
