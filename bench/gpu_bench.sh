@@ -79,7 +79,7 @@ EOF
   lmort train --stores cache/gpu-last-false/stores --data "$DATA" --geometry "$GEOMETRY" --variant lmort \
     --params params.yaml --out cache/gpu/tuners/lmort 2>&1 | grep -v "it/s]\|s/it]" | tail -6
   echo "train: $(took "$t") s wall"
-  cp cache/gpu/tuners/lmort/summary.json "$OUT/train_summary.json" 2>/dev/null
+  cp cache/gpu/tuners/lmort/train.json "$OUT/train.json"
 
   echo "## lmort index (faiss-cpu: faiss-gpu is not carried)"
   t=$(stamp)

@@ -26,7 +26,7 @@ from pipeline.precision import autocast, bf16_native, feed_dtype
 from pipeline.prepare import ensure_prepared
 from pipeline.store import open_stores
 from pipeline.tables import markdown_table
-from pipeline.train import epoch_batches, info_nce, load_within_budget, prefetched
+from pipeline.train import epoch_batches, load_within_budget, prefetched, train_step
 from pipeline.training_sets import TrainingSet
 from pipeline.tuner import Tuner
 
@@ -44,7 +44,7 @@ class LLMInTheLoop:
 
 
 def time_steps(tuner, ts, batches, device: str, lr=3e-4, bf16: bool = True, prefetch: int = 0,
-               feed: torch.dtype | None = None) -> float:
+               feed: torch.dtype | None = None, clip: float = 1.0) -> float:
     """Seconds per step, reading each batch's states as `lmort train` does (with `prefetch` batches ahead, in
     the dtype `lmort train` feeds unless `feed` is given)."""
     tuner = tuner.to(device)
@@ -54,11 +54,7 @@ def time_steps(tuner, ts, batches, device: str, lr=3e-4, bf16: bool = True, pref
     sync = torch.cuda.synchronize if device.startswith("cuda") else (lambda: None)
     t0 = time.time()
     for states in prefetched(batches, [ts], tuner.cfg.layers, prefetch, feed):
-        with amp:
-            loss = info_nce(tuner, states, device)
-        opt.zero_grad()
-        loss.backward()
-        opt.step()
+        train_step(tuner, opt, states, device, amp, clip)  # the step `lmort train` takes
     sync()
     return (time.time() - t0) / len(batches)
 

@@ -248,6 +248,17 @@ def resume_or_start(tuner, opt, schedule, setup: dict, out: Path) -> dict:
 # ------------------------------------------------------------------ the loop
 
 
+def train_step(tuner: Tuner, opt, states: dict, device: str, amp, clip: float) -> float:
+    """One optimizer step of InfoNCE on a batch's states (gradients clipped to `clip`); returns the loss."""
+    with amp:
+        loss = info_nce(tuner, states, device)
+    opt.zero_grad(set_to_none=True)
+    loss.backward()
+    torch.nn.utils.clip_grad_norm_(tuner.parameters(), clip)
+    opt.step()
+    return float(loss.detach())
+
+
 def train_epoch(tuner: Tuner, opt, schedule, sets: list[TrainingSet], cfg: TrainConfig, state: dict, device: str,
                 progress: bool) -> float:
     """One epoch of InfoNCE steps (its batches and dropout seeded by the epoch); returns its mean loss."""
@@ -261,15 +272,9 @@ def train_epoch(tuner: Tuner, opt, schedule, sets: list[TrainingSet], cfg: Train
                desc=f"epoch {epoch + 1}/{cfg.epochs}", unit="step", disable=not progress)
     losses = []
     for (s_i, _), states in zip(batches, bar):
-        with amp:
-            loss = info_nce(tuner, states, device)
-        opt.zero_grad(set_to_none=True)
-        loss.backward()
-        torch.nn.utils.clip_grad_norm_(tuner.parameters(), cfg.clip)
-        opt.step()
+        losses.append(train_step(tuner, opt, states, device, amp, cfg.clip))
         schedule.step()
         state["step"] += 1
-        losses.append(float(loss.detach()))
         state["losses"].append({"step": state["step"], "loss": losses[-1], "set": sets[s_i].data.name})
         bar.set_postfix(loss=f"{losses[-1]:.3f}")
     state["seconds"] += time.time() - t0
