@@ -9,17 +9,18 @@ import functools
 import click
 
 from .atomic import OutputError
-from .data import DataError
+from .data import ConfigError, DataError
 from .store import StoreError
 
 
 def friendly_errors(fn):
-    """Library errors (bad data, refused stores, missing files) become one clear line and a non-zero exit."""
+    """Library errors (bad data or configuration, refused stores, missing files) become one clear line and a
+    non-zero exit."""
     @functools.wraps(fn)
     def wrapper(*args, **kwargs):
         try:
             return fn(*args, **kwargs)
-        except (DataError, StoreError, OutputError, FileNotFoundError) as e:
+        except (DataError, ConfigError, StoreError, OutputError, FileNotFoundError) as e:
             raise click.ClickException(str(e)) from e
     return wrapper
 

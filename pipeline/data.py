@@ -21,6 +21,10 @@ class DataError(ValueError):
     """Bad input data; the message names the file, line and field."""
 
 
+class ConfigError(ValueError):
+    """A configuration that cannot be used (a misspelt knob or value); the message names the knob."""
+
+
 @dataclass
 class BeirSet:
     name: str

@@ -9,6 +9,7 @@ from pathlib import Path
 
 import yaml
 
+from .data import ConfigError
 from .train import TrainConfig
 from .tuner import TunerConfig, variant_config
 
@@ -46,7 +47,7 @@ def _pick(cls, section: dict) -> dict:
     names = {f.name for f in fields(cls)}
     unknown = set(section) - names
     if unknown:
-        raise ValueError(f"unknown {cls.__name__} parameters: {sorted(unknown)}")
+        raise ConfigError(f"unknown {cls.__name__} parameters: {sorted(unknown)}")
     return dict(section)
 
 

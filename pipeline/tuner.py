@@ -32,6 +32,7 @@ from tqdm.auto import tqdm
 
 from .atomic import atomic_dir
 from .batching import length_buckets
+from .data import ConfigError
 from .pooling import mean_pool, pooling_mask
 from .precision import autocast, feed_dtype
 
@@ -71,9 +72,9 @@ class TunerConfig:
     def __post_init__(self):
         """A misspelt knob is an error when the config is built, not a silently different tuner."""
         if self.kind not in KINDS:
-            raise ValueError(f"tuner kind must be one of {', '.join(KINDS)}, not {self.kind!r}")
+            raise ConfigError(f"tuner kind must be one of {', '.join(KINDS)}, not {self.kind!r}")
         if self.similarity not in SIMILARITIES:
-            raise ValueError(f"tuner similarity must be one of {', '.join(SIMILARITIES)}, not {self.similarity!r}")
+            raise ConfigError(f"tuner similarity must be one of {', '.join(SIMILARITIES)}, not {self.similarity!r}")
 
     @property
     def layers(self) -> list[int]:
@@ -252,14 +253,14 @@ def variant_config(variant: str, a_layer: int, u_layer: int, last_layer: int, ll
     the store's layers: first-last its first and last stored layer, scalar-mix and lmort-multi all of them."""
     if size is not None:
         if size not in SIZES:
-            raise ValueError(f"unknown tuner size {size!r}; choose from {', '.join(SIZES)}")
+            raise ConfigError(f"unknown tuner size {size!r}; choose from {', '.join(SIZES)}")
         both = sorted(set(SIZES[size]) & set(knobs))
         if both:
-            raise ValueError(f"tuner size {size!r} sets {', '.join(both)}; give either the size or those knobs")
+            raise ConfigError(f"tuner size {size!r} sets {', '.join(both)}; give either the size or those knobs")
         knobs = {**SIZES[size], **knobs}
     if variant in FUSION:
         if not stored_layers or len(stored_layers) < 2:
-            raise ValueError(f"variant {variant!r} fuses several stored layers; the store has {stored_layers}")
+            raise ConfigError(f"variant {variant!r} fuses several stored layers; the store has {stored_layers}")
         layers = sorted(stored_layers)
         if variant == "lmort-multi":
             return TunerConfig(llm_width=llm_width, stream_layer=u_layer, cross_layer=a_layer, kind="lmort",
@@ -272,7 +273,7 @@ def variant_config(variant: str, a_layer: int, u_layer: int, last_layer: int, ll
               "u-only": (u_layer, u_layer), "emb-only": (0, 0), "last-only": (last_layer, last_layer),
               "pooled-linear": (a_layer, a_layer)}
     if variant not in wiring:
-        raise ValueError(f"unknown variant {variant!r}; choose from {', '.join(VARIANTS + FUSION)}")
+        raise ConfigError(f"unknown variant {variant!r}; choose from {', '.join(VARIANTS + FUSION)}")
     stream, cross = wiring[variant]
     kind = "pooled-linear" if variant == "pooled-linear" else "lmort"
     return TunerConfig(llm_width=llm_width, stream_layer=stream, cross_layer=cross, kind=kind, **knobs)

@@ -20,3 +20,19 @@ def test_minilm_vectors_are_unit_length_batch_independent_and_rank_a_paraphrase_
     np.testing.assert_allclose(minilm_encode(texts[:1], progress=False)[0], vecs[0], atol=1e-5)
     sims = vecs @ vecs[0]
     assert sims[2] > sims[1] + 0.3
+
+
+def test_the_minilm_run_scores_each_document_by_the_cosine_of_its_own_vector(prepared):
+    """`minilm_run` (the `minilm-l6` rows): the top documents of a query with the cosine of the two encodings."""
+    from pipeline.baselines import doc_text, minilm_run
+
+    q = list(prepared.qrels["test"])[0]
+    run = minilm_run(prepared, [q], k=5)
+    assert len(run[q]) == 5
+    for d, score in run[q].items():
+        want = minilm_encode([prepared.queries[q]], progress=False) @ minilm_encode(
+            [doc_text(prepared.corpus[d])], progress=False).T
+        assert score == pytest.approx(float(want[0, 0]), abs=1e-4)
+    scores = minilm_encode([prepared.queries[q]], progress=False) @ minilm_encode(
+        [doc_text(prepared.corpus[d]) for d in prepared.corpus], progress=False).T
+    assert max(run[q].values()) == pytest.approx(float(scores.max()), abs=1e-4)  # none better was left out

@@ -59,12 +59,16 @@ def test_quick_configuration_under_dvc(tmp_path):
     # the fused rows are scored beside the plain systems, their weights chosen on the dev split
     fusion = json.loads((clone / "cache" / "quick" / "fusion" / "fusion.json").read_text())
     assert fusion["tiny"]["tuned_on"] == "tiny/dev"
-    assert 0 <= fusion["tiny"]["systems"]["lmort+bm25"]["dense_weight"] <= 1
-    assert {"lmort+bm25", "pooled-linear+bm25-rrf"} <= set(json.loads((clone / "cache" / "quick" /
-                                                                       "metrics.json").read_text())["tiny"])
+    chosen = fusion["tiny"]["systems"]["lmort+bm25"]
+    assert chosen["dev_fused"] >= max(chosen["dev_dense"], chosen["dev_bm25"]) - 1e-9  # the grid holds 0 and 1
+    assert round(chosen["dense_weight"] / 0.05, 6).is_integer()
+    metrics = json.loads((clone / "cache" / "quick" / "metrics.json").read_text())["tiny"]
+    assert {"lmort+bm25", "pooled-linear+bm25-rrf"} <= set(metrics)
+    for system in ("lmort", "bm25", "lmort+bm25"):  # the report prints the scores evaluate computed
+        row = next(line for line in report.splitlines() if line.startswith(f"| {system} |"))
+        assert f"{metrics[system]['nDCG@10']:.3f}" in row, row
     swept = sorted(p.parent.name for p in (clone / "cache" / "quick" / "sweep").glob("*/point.json"))
     assert swept == ["first-last", "lmort-multi", "lmort-u0-a3", "lmort-u3-a0", "scalar-mix"], swept
-    assert (clone / "cache" / "quick" / "metrics.json").exists()
     # dvclive: every variant's curves in `dvc plots show`, its best dev score in `dvc metrics show`
     plots = json.loads(sh("dvc plots show --json", clone, env))["data"]
     metrics = json.loads(sh("dvc metrics show --json", clone, env))

@@ -118,8 +118,13 @@ def test_the_default_configuration_is_the_library_defaults():
     from pipeline.store import CHUNK_TOKENS, SHARD_TOKENS
 
     assert params["scaling"]["min_steps"] == params["sweep"]["min_steps"] == MIN_STEPS
-    defaults_of = analyze.__defaults__
-    assert EXTRACT.query_max_length in defaults_of and EXTRACT.passage_max_length in defaults_of
+    import inspect
+
+    signature = inspect.signature(analyze).parameters
+    for knob in ("query_max_length", "passage_max_length", "compute_dtype"):
+        assert signature[knob].default == getattr(EXTRACT, knob) == params["extract"][knob], knob
+    spec = ExtractSpec("m", (0,), "queries", 8)
+    assert (spec.dtype, spec.compute_dtype) == (params["extract"]["dtype"], params["extract"]["compute_dtype"])
     assert ExtractSpec("m", (0,), "queries", 8).chunk_tokens == CHUNK_TOKENS == params["extract"]["chunk_tokens"]
     assert ExtractSpec("m", (0,), "queries", 8).shard_tokens == SHARD_TOKENS
     assert Template().case == params["extract"]["case"] and Template().query == params["extract"]["query_template"]

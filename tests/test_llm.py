@@ -66,6 +66,8 @@ def test_the_template_lower_cases_by_default_and_keeps_case_when_asked():
     assert keep.format_passage("Title", "Text") == "Title\nText"
     assert keep.format_passage("  ", "Text only") == "Text only"  # no title: no empty first line
     assert keep.format_passage("Title only", " ") == "Title only"
+    assert Template().format_passage("A Title", "Some TEXT") == "a title\nsome text"  # the default lower-cases
+    assert Template().format_passage(" ", "AB") == "ab"
     with pytest.raises(ValueError, match="case"):
         Template(case="upper")
 

@@ -93,18 +93,37 @@ def test_killed_training_resumes_to_the_same_weights(world, tmp_path, monkeypatc
 
 
 @pytest.mark.parametrize("kind", ["flat", "hnsw", "ivf"])
-def test_every_index_kind_finds_each_documents_own_vector(kind):
-    """The project's index kinds (exact, HNSW, IVF with its nprobe): a document's own vector finds it first, and
-    an unknown kind is refused."""
-    rng = np.random.default_rng(0)
-    docs = rng.standard_normal((400, 16)).astype(np.float32)
-    docs /= np.linalg.norm(docs, axis=1, keepdims=True)
+def test_every_index_kind_ranks_by_inner_product_and_reports_it(kind):
+    """The project's index kinds (exact, HNSW, IVF with its nprobe) rank by the inner product the tuners are trained
+    for, not by L2 distance (documents of varied norms tell the two apart), and report that product as the
+    score; an unknown kind is refused."""
+    rng = np.random.default_rng(1)
+    docs = (rng.standard_normal((400, 16)) * rng.uniform(0.2, 3, (400, 1))).astype(np.float32)
+    queries = rng.standard_normal((50, 16)).astype(np.float32)
     run = retrieve(build_index(docs, kind, use_gpu=False), [f"d{i}" for i in range(400)],
-                   [f"q{i}" for i in range(50)], docs[:50], k=5)
-    hits = sum(max(run[f"q{i}"], key=run[f"q{i}"].get) == f"d{i}" for i in range(50))
-    assert hits == 50 if kind != "ivf" else hits >= 45  # IVF probes an eighth of its lists
+                   [f"q{i}" for i in range(50)], queries, k=5)
+    exact = np.argmax(queries @ docs.T, axis=1)
+    nearest = np.argmin(((queries[:, None] - docs[None]) ** 2).sum(-1), axis=1)
+    assert (exact != nearest).sum() > 10  # the two rankings do differ on this data
+    top = [int(max(run[f"q{i}"], key=run[f"q{i}"].get)[1:]) for i in range(50)]
+    agree_ip, agree_l2 = (sum(t == e for t, e in zip(top, best)) for best in (exact, nearest))
+    # exact search agrees with the inner product everywhere; HNSW nearly; IVF probes an eighth of its lists
+    assert agree_ip >= {"flat": 50, "hnsw": 45, "ivf": 25}[kind] and agree_ip > agree_l2 + 10, (agree_ip, agree_l2)
+    assert run["q0"][f"d{top[0]}"] == pytest.approx(float(queries[0] @ docs[top[0]]), rel=1e-4)
     with pytest.raises(ValueError, match="unknown index kind"):
         build_index(docs, "annoy")
+
+
+def test_a_misspelt_tuner_knob_is_one_line_and_exit_1_from_lmort_train(world, tmp_path):
+    """`similarity: cosin` in params.yaml: one line naming the knob, exit 1, nothing written."""
+    params = tmp_path / "params.yaml"
+    params.write_text("tuner: {width: 16, blocks: 1, heads: 2, out_dim: 16, similarity: cosin}\n"
+                      "train: {epochs: 1, batch_size: 8}\n")
+    r = CliRunner().invoke(main, ["train", "--stores", str(world["stores"]), "--data", str(world["ds"].folder),
+                                  "--geometry", str(write_geometry(tmp_path)), "--params", str(params),
+                                  "--out", str(tmp_path / "run")])
+    assert r.exit_code == 1 and "Traceback" not in r.output, r.output
+    assert "similarity" in r.output.strip().splitlines()[-1] and not (tmp_path / "run").exists()
 
 
 @pytest.mark.parametrize("bf16", [False, True])
