@@ -226,21 +226,25 @@ class FrozenLLM:
 
     # ------------------------------------------------------------ forward
 
-    @torch.inference_mode()
-    def forward(self, batch: list[list[int]], layers: list[int]) -> tuple[dict[int, torch.Tensor], torch.Tensor]:
-        """Hidden states {layer: [B, T, H]} of a right-padded batch, and its [B, T] mask (both on the model's
-        device)."""
-        if max(layers) > self.max_layer:
-            raise ValueError(f"layer {max(layers)} is deeper than the loaded {self.max_layer} blocks")
-        # widths rounded up to a multiple of 16: few distinct shapes, so oneDNN reuses its compiled bf16 kernels
-        # instead of building new ones for every batch (right padding never changes a real token's state)
+    def pad(self, batch: list[list[int]]) -> tuple[torch.Tensor, torch.Tensor]:
+        """A right-padded [B, T] batch of token ids and its mask, on the model's device. Widths are rounded up to a
+        multiple of 16: few distinct shapes, so oneDNN reuses its compiled bf16 kernels instead of building new
+        ones for every batch (right padding never changes a real token's state)."""
         width = -(-max(map(len, batch)) // 16) * 16
         ids = torch.full((len(batch), width), self.pad_id, dtype=torch.long)
         mask = torch.zeros((len(batch), width), dtype=torch.long)
         for i, x in enumerate(batch):
             ids[i, : len(x)] = torch.tensor(x)
             mask[i, : len(x)] = 1
-        ids, mask = ids.to(self.device), mask.to(self.device)
+        return ids.to(self.device), mask.to(self.device)
+
+    @torch.inference_mode()
+    def forward(self, batch: list[list[int]], layers: list[int]) -> tuple[dict[int, torch.Tensor], torch.Tensor]:
+        """Hidden states {layer: [B, T, H]} of a right-padded batch, and its [B, T] mask (both on the model's
+        device)."""
+        if max(layers) > self.max_layer:
+            raise ValueError(f"layer {max(layers)} is deeper than the loaded {self.max_layer} blocks")
+        ids, mask = self.pad(batch)
         captured: dict[int, torch.Tensor] = {}
 
         def keep(layer):

@@ -114,20 +114,36 @@ def epoch_batches(sets: list[TrainingSet], cfg: TrainConfig, epoch: int):
     return out[: cfg.max_steps_per_epoch] if cfg.max_steps_per_epoch else out
 
 
-def read_batch(ts: TrainingSet, batch, layers: list[int], dtype: torch.dtype = torch.float32) -> dict:
-    """The states a batch needs, read from the stores (memory or Zarr) in `dtype`: what the prefetcher runs
-    ahead."""
+def batch_layout(batch) -> tuple[list[str], list[str], torch.Tensor, torch.Tensor]:
+    """A batch's query ids, its documents (each query's positive, then its hard negatives), the index of each
+    query's positive among them, and the [queries, documents] mask of false negatives: another query's document
+    that is also judged relevant to this query is not a negative."""
     qids = [b[0] for b in batch]
     docs, targets = [], []
     for _, pos, negs, _ in batch:
         targets.append(len(docs))
         docs += [pos, *negs]
-    qs, qm = ts.queries.batch(qids, layers, dtype)
-    ds, dm = ts.corpus.batch(docs, layers, dtype)
-    # another query's document that is also judged relevant to this query is not a negative
     false_neg = torch.tensor([[docs[j] in b[3] and j != targets[i] for j in range(len(docs))]
                               for i, b in enumerate(batch)])
-    return {"q": (qs, qm), "d": (ds, dm), "targets": torch.tensor(targets), "false_neg": false_neg}
+    return qids, docs, torch.tensor(targets), false_neg
+
+
+def read_batch(ts: TrainingSet, batch, layers: list[int], dtype: torch.dtype = torch.float32) -> dict:
+    """The states a batch needs, read from the stores (memory or Zarr) in `dtype`: what the prefetcher runs
+    ahead."""
+    qids, docs, targets, false_neg = batch_layout(batch)
+    qs, qm = ts.queries.batch(qids, layers, dtype)
+    ds, dm = ts.corpus.batch(docs, layers, dtype)
+    return {"q": (qs, qm), "d": (ds, dm), "targets": targets, "false_neg": false_neg}
+
+
+def contrastive_loss(q: torch.Tensor, d: torch.Tensor, targets: torch.Tensor, false_neg: torch.Tensor,
+                     scale: float) -> torch.Tensor:
+    """InfoNCE of queries `q` [B, D] against documents `d` [N, D]: each query's positive (`targets`) against every
+    other document of the batch, false negatives masked out."""
+    scores = (q @ d.T).float() * scale
+    scores = scores.masked_fill(false_neg.to(scores.device), float("-inf"))
+    return F.cross_entropy(scores, targets.to(scores.device))
 
 
 def info_nce(tuner: Tuner, states: dict, device) -> torch.Tensor:
@@ -135,9 +151,7 @@ def info_nce(tuner: Tuner, states: dict, device) -> torch.Tensor:
     (qs, qm), (ds, dm) = states["q"], states["d"]
     q = tuner({k: v.to(device) for k, v in qs.items()}, qm.to(device))
     d = tuner({k: v.to(device) for k, v in ds.items()}, dm.to(device))
-    scores = (q @ d.T).float() * tuner.score_scale()
-    scores = scores.masked_fill(states["false_neg"].to(device), float("-inf"))
-    return F.cross_entropy(scores, states["targets"].to(device))
+    return contrastive_loss(q, d, states["targets"], states["false_neg"], tuner.score_scale())
 
 
 def prefetched(batches, sets: list[TrainingSet], layers: list[int], depth: int,

@@ -21,18 +21,19 @@ class TrainingSet:
     """One data set's training pairs with its two stores; `dev` pairs select the model."""
 
     data: Prepared
-    queries: ActivationStore
-    corpus: ActivationStore
+    queries: ActivationStore | None  # None for the adapter baseline, which reads text, not stores
+    corpus: ActivationStore | None
     pairs: list[dict] = field(default_factory=list)
     dev_qrels: dict | None = None
 
 
-def open_training_sets(stores: Path, names: list[str], pairs: bool = True) -> list[TrainingSet]:
-    """Each named set's prepared data with its two stores, its training pairs (when `pairs`) and its dev qrels."""
+def open_training_sets(stores: Path | None, names: list[str], pairs: bool = True) -> list[TrainingSet]:
+    """Each named set's prepared data with its two stores (none without `stores`), its training pairs (when
+    `pairs`) and its dev qrels."""
     sets = []
     for name in names:
         ds = ensure_prepared(name)
-        queries, corpus = open_stores(stores, ds.name)
+        queries, corpus = open_stores(stores, ds.name) if stores is not None else (None, None)
         sets.append(TrainingSet(ds, queries, corpus, ds.pairs("train").to_pylist() if pairs else [],
                                 ds.qrels.get("dev")))
     return sets

@@ -1,4 +1,5 @@
-"""`lmort index`: encode a corpus from its store with a trained tuner, a FAISS index and a TREC run."""
+"""`lmort index`: encode a corpus from its store with a trained tuner (or online, with the adapter baseline), a FAISS
+index and a TREC run."""
 
 from __future__ import annotations
 
@@ -14,8 +15,9 @@ from pipeline.store import open_stores
 
 @click.command("index")
 @click.option("--tuner", "tuner_dir", type=click.Path(path_type=Path, exists=True), required=True,
-              help="A trained tuner folder (the `best/` of `lmort train`).")
-@click.option("--stores", type=click.Path(path_type=Path, exists=True), required=True)
+              help="A trained tuner folder (the `best/` of `lmort train`), or an adapter's (`lmort adapter`).")
+@click.option("--stores", type=click.Path(path_type=Path, exists=True),
+              help="The stores a tuner reads (an adapter encodes its texts online and needs none).")
 @click.option("--data", required=True)
 @click.option("--split", default="test", show_default=True, help="Queries to run (their qrels split).")
 @click.option("--kind", type=click.Choice(["flat", "hnsw", "ivf"]), default="flat", show_default=True)
@@ -32,6 +34,15 @@ def index_command(tuner_dir, stores, data, split, kind, system, out, run_path, b
     from pipeline.index import index_dataset
 
     ds = ensure_prepared(data)
+    if (tuner_dir / "adapter.json").exists():
+        from pipeline.adapter import index_adapter
+
+        meta = index_adapter(tuner_dir, ds, list(ds.qrels[split]), out, run_path, system, kind, bf16=bf16)
+        click.echo(f"{system} on {ds.name}: {meta['texts']} vectors encoded online in {meta['encode_seconds']} s; "
+                   f"wrote {out} and {run_path}")
+        return
+    if stores is None:
+        raise click.UsageError("a tuner reads its stores: give --stores")
     queries, corpus = open_stores(stores, ds.name)
     meta = index_dataset(tuner_dir, queries, corpus, list(ds.qrels[split]), out, run_path, system, kind,
                          bf16=bf16, data=ds.name)

@@ -31,10 +31,17 @@ def command(index_dir, k, data, text, bf16) -> None:
     if not query.strip():
         raise click.UsageError("the query is empty")
     index, meta = load_index(index_dir)
-    tuner = Tuner.load(Path(meta["tuner"]))
-    llm = FrozenLLM(meta["model"], max_layer=max(tuner.cfg.layers),
-                    dtype=resolve_compute_dtype(meta.get("compute_dtype", "float32"), default_device()))
-    vec = tuner.encode_texts(llm, [query], Template(**meta["template"]), meta["query_max_length"], bf16=bf16)
+    template = Template(**meta["template"])
+    if "adapter" in meta:  # the adapter baseline: the LLM with its adapters, pooled, the head
+        from pipeline.adapter import Adapter
+
+        vec = Adapter.load(Path(meta["adapter"])).encode([template.format_query(query)], meta["query_max_length"],
+                                                         bf16, progress=False)
+    else:
+        tuner = Tuner.load(Path(meta["tuner"]))
+        llm = FrozenLLM(meta["model"], max_layer=max(tuner.cfg.layers),
+                        dtype=resolve_compute_dtype(meta.get("compute_dtype", "float32"), default_device()))
+        vec = tuner.encode_texts(llm, [query], template, meta["query_max_length"], bf16=bf16)
     scores, idx = search(index, vec, k)
     data = data or meta.get("data")
     ds = ensure_prepared(data) if data else None

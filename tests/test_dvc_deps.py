@@ -128,3 +128,7 @@ def test_the_default_configuration_is_the_library_defaults():
     assert ExtractSpec("m", (0,), "queries", 8).chunk_tokens == CHUNK_TOKENS == params["extract"]["chunk_tokens"]
     assert ExtractSpec("m", (0,), "queries", 8).shard_tokens == SHARD_TOKENS
     assert Template().case == params["extract"]["case"] and Template().query == params["extract"]["query_template"]
+    from pipeline.adapter import AdapterConfig
+
+    adapter = {k: v for k, v in params["adapter"].items() if k != "max_steps"}  # the budget is the stage's
+    assert all(getattr(AdapterConfig("m", 1), k) == v for k, v in adapter.items()), adapter
