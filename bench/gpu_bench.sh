@@ -69,7 +69,7 @@ EOF
     echo "## lmort extract $data, last layer $last"
     t=$(stamp)
     lmort extract --model smollm2-135m --data "$DATA" --geometry "$GEOMETRY" --last-layer $last \
-      --query-max-length 64 --passage-max-length 256 --dtype float16 --rebuild-on-mismatch \
+      $(python3 bench/extract_flags.py params.yaml) --rebuild-on-mismatch \
       --out "cache/gpu-last-$last/stores/$data" 2>&1 | grep -v "it/s]\|tok/s]" | tail -6
     echo "extract (last layer $last): $(took "$t") s wall"
   done

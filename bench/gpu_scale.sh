@@ -44,8 +44,7 @@ log="$OUT/run.log"
   echo "## lmort extract, every set at once (layers 0,2; bf16 compute, float16 stores)"
   for s in ${SETS//,/ } ${ZERO//,/ }; do
     lmort extract --model smollm2-135m --data "$LMORT_CACHE/data/$s" --geometry .gpu/geometry.json \
-      --last-layer false --query-max-length 64 --passage-max-length 256 --dtype float16 --compute-dtype auto \
-      --case lower --out "$LMORT_CACHE/large/stores/$s" > "$LMORT_CACHE/extract-$s.log" 2>&1 &
+      --last-layer false $(python3 bench/extract_flags.py .large.yaml) --out "$LMORT_CACHE/large/stores/$s" > "$LMORT_CACHE/extract-$s.log" 2>&1 &
   done
   wait
   for s in ${SETS//,/ } ${ZERO//,/ }; do grep -H "tok/s\|Error\|error" "$LMORT_CACHE/extract-$s.log" | tail -3; done

@@ -38,14 +38,15 @@ root=$LMORT_CACHE/layers
   cp /tmp/parts/* .gpusw/ || exit 1
   python3 bench/gpu_model.py --packed .gpusw --out "$LMORT_CACHE/models/smollm2-135m" || exit 1
   echo "## lmort analyze (the geometric rule on the training pairs), $(( $(now) - t0 )) s"
+  lmort compose --protocol layers --out .layers.yaml || exit 1
+  flags=$(python3 bench/extract_flags.py .layers.yaml)
   lmort analyze --model smollm2-135m --data $TRAIN --split train --out "$root/analysis" --max-pairs 5000 --seed 0 \
-    --query-max-length 64 --passage-max-length 256 --compute-dtype auto --case lower 2>&1 | quiet | tail -4
+    $(python3 bench/extract_flags.py .layers.yaml analyze) 2>&1 | quiet | tail -4
   cp "$root/analysis/geometry.json" "$OUT/" 2>/dev/null
   echo "## lmort extract, every set at once (layers $LAYERS + the rule's), $(( $(now) - t0 )) s"
   for s in $SETS; do
     lmort extract --model smollm2-135m --data "$LMORT_CACHE/data/$s" --geometry "$root/analysis/geometry.json" \
-      --last-layer true --layers "$LAYERS" --query-max-length 64 --passage-max-length 256 --dtype float16 \
-      --compute-dtype auto --case lower --out "$root/stores/$s" > "$LMORT_CACHE/extract-$s.log" 2>&1 &
+      --last-layer true --layers "$LAYERS" $flags --out "$root/stores/$s" > "$LMORT_CACHE/extract-$s.log" 2>&1 &
   done
   wait
   for s in $SETS; do grep -h "tok/s\|Error\|error" "$LMORT_CACHE/extract-$s.log" | quiet | tail -2; done

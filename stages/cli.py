@@ -11,6 +11,7 @@ from . import (
     analyze,
     ask,
     baselines,
+    compare,
     compose,
     evaluate,
     extract,
@@ -36,8 +37,8 @@ def main() -> None:
     logging.getLogger("faiss").setLevel(logging.WARNING)  # not faiss' loader's six lines of which CPU kernels load
 
 
-for command in (prepare.command, adapter.command, analyze.command, extract.command, train.command, index.index_command,
+for command in (prepare.command, analyze.command, extract.command, train.command, index.index_command,
                 search.command, ask.command, baselines.command, evaluate.evaluate_command, fuse.command, rag.command,
                 squad.command, report.command, scale.command, sweep.command, identify.command, compose.command,
-                tiny.command):
+                adapter.command, compare.command, tiny.command):
     main.add_command(command)

@@ -67,6 +67,10 @@ def test_quick_configuration_under_dvc(tmp_path):
     for system in ("lmort", "bm25", "lmort+bm25"):  # the report prints the scores evaluate computed
         row = next(line for line in report.splitlines() if line.startswith(f"| {system} |"))
         assert f"{metrics[system]['nDCG@10']:.3f}" in row, row
+    # `lmort compare` (one table across configurations) reads the same scores and the run's costs
+    table = sh("lmort compare --config quick=cache/quick --sets tiny --systems lmort,bm25 --out cmp.md", clone, env)
+    row = next(line for line in table.splitlines() if "| lmort |" in line)
+    assert f"{metrics['lmort']['nDCG@10']:.3f}" in row and "| quick |" in row, row
     swept = sorted(p.parent.name for p in (clone / "cache" / "quick" / "sweep").glob("*/point.json"))
     assert swept == ["first-last", "lmort-multi", "lmort-u0-a3", "lmort-u3-a0", "scalar-mix"], swept
     # dvclive: every variant's curves in `dvc plots show`, its best dev score in `dvc metrics show`
