@@ -13,6 +13,7 @@ from pathlib import Path
 
 from .metrics import evaluate, mean_or_none, read_trec_run
 from .prepare import ensure_prepared
+from .report import layers_label
 from .runs import find_run
 from .store import ActivationStore
 from .tables import markdown_table
@@ -48,7 +49,9 @@ def configuration_rows(name: str, root: Path, systems: list[str], sets: list[str
         train = _json(root / "tuners" / system / "train.json")
         tuner = (train or {}).get("tuner", {})
         row = {"configuration": name, "model": model, "LLM parameters": geometry.get("llm_parameters"),
-               "(U, A)": f"({tuner['stream_layer']}, {tuner['cross_layer']})" if tuner else "",
+               "layers": layers_label(tuner) if tuner else "",
+               "trainable parameters": train["parameters"] if train else None,
+               "dev nDCG@10": train["dev_ndcg@10"] if train else None,
                "system": system, **dict(zip(sets, scores)), "average": mean_or_none(scores),
                "train s": train["train_seconds"] if train else None,
                "s/step": round(train["train_seconds"] / train["steps"], 3) if train else None,
@@ -57,25 +60,29 @@ def configuration_rows(name: str, root: Path, systems: list[str], sets: list[str
     return rows
 
 
-def adapter_row(adapter: Path, runs: Path, sets: list[str], split: str = "test") -> dict:
-    """The adapter baseline's row: its runs scored on `split`, its trainable parameters and seconds per step."""
-    summary = json.loads((Path(adapter) / "train.json").read_text())
+def trained_row(name: str, folder: Path, runs: Path, sets: list[str], split: str = "test") -> dict:
+    """A row for one trained model outside a configuration's own runs (the adapter baseline, or a tuner trained to
+    the same budget): its runs RUNS/<set>/<split>/<name>.trec scored on `split`, its trainable parameters, steps,
+    seconds per step and dev score (from its train.json)."""
+    summary = json.loads((Path(folder) / "train.json").read_text())
     scores = []
     for data in sets:
         ds = ensure_prepared(data)
-        scores.append(evaluate(read_trec_run(find_run([runs], ds.name, split, "adapter")), ds.qrels[split])["nDCG@10"])
-    cfg = summary["adapter"]
-    return {"configuration": "adapter", "model": cfg["model"], "(U, A)": f"({cfg['layer']}, -)",
-            "system": f"adapter (LoRA r{cfg['rank']}, {summary['steps']} steps)", **dict(zip(sets, scores)),
-            "average": mean_or_none(scores), "train s": summary["train_seconds"],
-            "s/step": summary["seconds_per_step"], "trainable parameters": summary["trainable_parameters"],
-            "dev nDCG@10": summary["dev_ndcg@10"]}
+        scores.append(evaluate(read_trec_run(find_run([runs], ds.name, split, name)), ds.qrels[split])["nDCG@10"])
+    if "adapter" in summary:  # the adapter baseline
+        cfg = summary["adapter"]
+        model, layers = cfg["model"], f"LoRA r{cfg['rank']} on blocks 1-{cfg['layer']}, pool {cfg['layer']}"
+        parameters = summary["trainable_parameters"]
+    else:  # a tuner
+        model, layers, parameters = None, layers_label(summary["tuner"]), summary["parameters"]
+    return {"configuration": name, "model": model, "layers": layers, "system": f"{name} ({summary['steps']} steps)",
+            **dict(zip(sets, scores)), "average": mean_or_none(scores), "train s": summary["train_seconds"],
+            "s/step": round(summary["train_seconds"] / max(1, summary["steps"]), 3),
+            "trainable parameters": parameters, "dev nDCG@10": summary["dev_ndcg@10"]}
 
 
 def compare_table(rows: list[dict], sets: list[str]) -> str:
-    columns = ["configuration", "model", "LLM parameters", "(U, A)", "system", *sets, "average", "train s", "s/step",
-               "extraction tok/s", "stores GB"]
-    if any("trainable parameters" in r for r in rows):
-        columns += ["trainable parameters", "dev nDCG@10"]
+    columns = ["configuration", "model", "LLM parameters", "layers", "system", *sets, "average", "trainable parameters",
+               "dev nDCG@10", "train s", "s/step", "extraction tok/s", "stores GB"]
     return markdown_table([{**r, "LLM parameters": f"{r['LLM parameters']:,}" if r.get("LLM parameters") else None}
                            for r in rows], columns)

@@ -17,15 +17,16 @@ from pipeline.command_line import friendly_errors, names
 @click.option("--sets", required=True, help="The evaluation sets, comma-separated (each configuration's eval_sets).")
 @click.option("--systems", default="lmort,a-only,pooled-linear,lmort+bm25,pooled-linear+bm25,bm25,minilm-l6,"
               "minilm-l6+bm25", show_default=True, help="The rows each configuration contributes, where it has them.")
-@click.option("--adapter", type=click.Path(path_type=Path, exists=True, file_okay=False),
-              help="A trained adapter folder (`lmort adapter --out`), whose runs are under --adapter-runs.")
-@click.option("--adapter-runs", type=click.Path(path_type=Path, exists=True, file_okay=False))
+@click.option("--trained", "trained", multiple=True,
+              help="NAME=FOLDER: a model trained outside the configurations (`lmort adapter --out`, or `lmort train "
+                   "--out`), its runs RUNS/<set>/test/NAME.trec under --trained-runs.")
+@click.option("--trained-runs", type=click.Path(path_type=Path, exists=True, file_okay=False))
 @click.option("--out", type=click.Path(path_type=Path), required=True, help="The Markdown table to write.")
 @friendly_errors
-def command(configs, sets, systems, adapter, adapter_runs, out) -> None:
+def command(configs, sets, systems, trained, trained_runs, out) -> None:
     """One Markdown table: each configuration's systems (nDCG@10 per set, train seconds, s/step, extraction
-    tokens/s, store size) and the adapter's row."""
-    from pipeline.compare import adapter_row, compare_table, configuration_rows
+    tokens/s, store size), and a row per --trained model (the adapter baseline)."""
+    from pipeline.compare import compare_table, configuration_rows, trained_row
 
     check_writable(out)
     sets_, rows = names((sets,)), []
@@ -34,10 +35,12 @@ def command(configs, sets, systems, adapter, adapter_runs, out) -> None:
         if not folder or not Path(folder).is_dir():
             raise click.BadParameter(f"{item!r}: give NAME=FOLDER with an existing folder", param_hint="--config")
         rows += configuration_rows(name, Path(folder), names((systems,)), sets_)
-    if adapter:
-        if adapter_runs is None:
-            raise click.UsageError("--adapter needs --adapter-runs (RUNS/<set>/test/adapter.trec)")
-        rows.append(adapter_row(adapter, adapter_runs, sets_))
+    for item in trained:
+        name, _, folder = item.partition("=")
+        if not folder or not Path(folder).is_dir() or trained_runs is None:
+            raise click.BadParameter(f"{item!r}: give NAME=FOLDER with an existing folder, and --trained-runs",
+                                     param_hint="--trained")
+        rows.append(trained_row(name, Path(folder), trained_runs, sets_))
     table = compare_table(rows, sets_)
     atomic_file(out, lambda tmp: tmp.write_text(table))
     click.echo(table)
