@@ -67,8 +67,10 @@ def _ranks(docs: dict[str, float]) -> dict[str, int]:
 
 
 def check_same_queries(dense: Run, bm25: Run, what: str) -> None:
-    """Runs handed to fusion must be of the same set and split: the same queries, over the same corpus."""
-    if set(dense) != set(bm25):
+    """Runs handed to fusion must be of the same set and split: one run's queries within the other's (a run leaves
+    out a query it retrieved nothing for: bm25s finds no term of 26 of nfcorpus' dev queries), over one corpus."""
+    small, large = sorted((set(dense), set(bm25)), key=len)
+    if not small <= large:
         only = sorted(set(dense) ^ set(bm25))[:3]
         raise DataError(f"{what}: the dense and BM25 runs have different queries ({len(dense)} against {len(bm25)}, "
                         f"e.g. {only}): runs of different sets or splits")
@@ -96,12 +98,12 @@ def fuse(dense: Run, bm25: Run, method: str, dense_weight: float | None = None, 
     query, a document missing from one run scoring 0 there; rrf: the sum over both runs of 1 / (rrf_k + rank)."""
     check_same_queries(dense, bm25, "fuse")
     out = {}
-    for q in dense:
+    for q in [*dense, *(q for q in bm25 if q not in dense)]:  # a query one run found nothing for: the other ranks
         if method == "wsum":
-            a, b = _min_max(dense[q]), _min_max(bm25[q])
+            a, b = _min_max(dense.get(q, {})), _min_max(bm25.get(q, {}))
             scores = {d: dense_weight * a.get(d, 0.0) + (1 - dense_weight) * b.get(d, 0.0) for d in a.keys() | b}
         elif method == "rrf":
-            a, b = _ranks(dense[q]), _ranks(bm25[q])
+            a, b = _ranks(dense.get(q, {})), _ranks(bm25.get(q, {}))
             scores = {d: sum(1 / (rrf_k + r[d]) for r in (a, b) if d in r) for d in a.keys() | b}
         else:
             raise ValueError(f"unknown fusion method {method!r} ({', '.join(METHODS)})")

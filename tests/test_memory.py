@@ -74,6 +74,7 @@ def test_weighted_sum_is_the_convex_combination_of_min_max_scores():
 def test_runs_of_different_sets_or_splits_are_refused():
     with pytest.raises(DataError, match="different queries"):
         check_same_queries({"q1": {"a": 1.0}}, {"q2": {"a": 1.0}}, "fuse")
+    check_same_queries({"q1": {"a": 1.0}, "q2": {"a": 1.0}}, {"q1": {"a": 2.0}}, "fuse")  # BM25 found nothing for q2
     with pytest.raises(DataError, match="different corpora"):
         check_same_corpus({"q1": {"a": 1.0}}, {"q1": {"z": 1.0}}, "fuse")
     assert fuse({"q1": {"a": 1.0}}, {"q1": {"z": 1.0}}, "wsum", 0.5)["q1"] == {"a": 0.5, "z": 0.5}  # one question
