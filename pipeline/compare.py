@@ -13,14 +13,10 @@ from pathlib import Path
 
 from .metrics import evaluate, mean_or_none, read_trec_run
 from .prepare import ensure_prepared
-from .report import layers_label
+from .report import _json, layers_label
 from .runs import find_run
 from .store import ActivationStore
 from .tables import markdown_table
-
-
-def _json(path: Path) -> dict | None:
-    return json.loads(Path(path).read_text()) if Path(path).exists() else None
 
 
 def stage_one(root: Path) -> dict:
