@@ -6,6 +6,12 @@ normal spread over the top 100, which BM25's long tail is not, and they let one 
 the convention of the hybrid-retrieval literature and of the probes that motivated this (issue 24). RRF, which
 ignores scores entirely, is computed beside it as the score-free reference.
 
+Why a significance guard: the dense weight is the best of 21 tried on dev, so a gain of a few thousandths there is
+mostly the choice fitting dev's noise, and a weak dense side then drags a set it cannot help below BM25 (the full
+protocol's nfcorpus, cacm and vaswani_npl lost 0.006-0.020 that way). A weight is kept only when the fused dev
+run beats BM25's in a paired t-test at `max_p` (`fusion.max_p`); otherwise the weight is 0 and the fused system
+is BM25 alone. RRF has no weight that leaves BM25 alone, so it stays unguarded (the dev p is reported for both).
+
 The fusion is the two lines of arithmetic above; what decides it is measured with the project's metric of record
 (ir-measures' nDCG@10, the number every report prints) and tested with scipy's paired t-test. ranx does all three,
 but its numba kernels cost about a minute of compilation in every fresh environment and seconds per weight tried
@@ -45,6 +51,8 @@ class FusionChoice:
     dev_fused: float
     dev_dense: float
     dev_bm25: float
+    dev_p: float = 1.0  # paired t-test of the tuned fused run against BM25 on dev
+    guarded: bool = False  # True: dev's best weight was not significantly above BM25, so 0 was kept
 
     def as_dict(self) -> dict:
         return asdict(self)
@@ -111,39 +119,73 @@ def fuse(dense: Run, bm25: Run, method: str, dense_weight: float | None = None, 
     return out
 
 
-def choose(dense_dev: Run, bm25_dev: Run, qrels_dev: Qrels, method: str, tuned_on: str) -> FusionChoice:
+def choose(dense_dev: Run, bm25_dev: Run, qrels_dev: Qrels, method: str, tuned_on: str,
+           max_p: float = 1.0) -> FusionChoice:
     """Pick the method's parameter by nDCG@10 on dev: the dense weight on a 0.05 grid from 0 to 1 (ties go to the
-    smaller weight, the one closer to BM25 alone), or RRF's k from 10 to 100 (ties to 60, the usual constant)."""
+    smaller weight, the one closer to BM25 alone), or RRF's k from 10 to 100 (ties to 60, the usual constant).
+    A weight whose fused dev run does not beat BM25's with paired-t-test p below `max_p` falls back to 0."""
     check_same_queries(dense_dev, bm25_dev, f"fusion dev runs on {tuned_on}")
     check_same_corpus(dense_dev, bm25_dev, f"fusion dev runs on {tuned_on}")
     if method == "wsum":
         grid = [round(i * WEIGHT_STEP, 4) for i in range(int(round(1 / WEIGHT_STEP)) + 1)]
         scores = {a: mean_ndcg(fuse(dense_dev, bm25_dev, "wsum", a), qrels_dev) for a in grid}
         best = max(grid, key=lambda a: (round(scores[a], 6), -a))
+        fused = fuse(dense_dev, bm25_dev, "wsum", best)
         dense_weight, rrf_k = best, None
     else:
         grid = list(range(10, 101, 10))
         scores = {k: mean_ndcg(fuse(dense_dev, bm25_dev, "rrf", rrf_k=k), qrels_dev) for k in grid}
         best = max(grid, key=lambda k: (round(scores[k], 6), -abs(k - 60)))
+        fused = fuse(dense_dev, bm25_dev, "rrf", rrf_k=best)
         dense_weight, rrf_k = None, best
+    delta, p = paired_difference(fused, bm25_dev, qrels_dev)
+    guarded = method == "wsum" and best > 0 and (delta <= 0 or p >= max_p)
+    if guarded:
+        dense_weight, best = 0.0, 0.0
     return FusionChoice(method, dense_weight, rrf_k, tuned_on, scores[best], mean_ndcg(dense_dev, qrels_dev),
-                        mean_ndcg(bm25_dev, qrels_dev))
+                        mean_ndcg(bm25_dev, qrels_dev), p, guarded)
+
+
+def paired_difference(run: Run, baseline: Run, qrels: Qrels) -> tuple[float, float]:
+    """(mean nDCG@10 of `run` minus `baseline`'s, two-sided paired t-test p) over the baseline's judged queries."""
+    from scipy.stats import ttest_rel
+
+    base = per_query_ndcg(baseline, qrels)
+    other = per_query_ndcg(run, qrels)
+    queries = sorted(base)
+    a, b = [other[q] for q in queries], [base[q] for q in queries]
+    delta = (sum(a) - sum(b)) / max(1, len(queries))
+    return delta, 1.0 if a == b else float(ttest_rel(a, b).pvalue)
 
 
 def significance(qrels: Qrels, runs: dict[str, Run], baseline: str = "bm25", max_p: float = 0.05) -> dict:
     """{system: {"delta": nDCG@10 minus the baseline's, "p": two-sided paired t-test p-value over the judged
     queries (scipy), "significant": p < max_p}} for every other system, on the same queries."""
-    from scipy.stats import ttest_rel
-
-    base = per_query_ndcg(runs[baseline], qrels)
-    queries = sorted(base)
     out = {}
     for system, run in runs.items():
         if system == baseline:
             continue
-        other = per_query_ndcg(run, qrels)
-        a, b = [other[q] for q in queries], [base[q] for q in queries]
-        delta = (sum(a) - sum(b)) / max(1, len(queries))
-        p = 1.0 if a == b else float(ttest_rel(a, b).pvalue)
+        delta, p = paired_difference(run, runs[baseline], qrels)
         out[system] = {"delta": delta, "p": p, "significant": p < max_p}
     return out
+
+
+CHOICE_COLUMNS = ["set", "system", "chosen on", "dense weight", "rrf k", "dev", "dev bm25", "dev dense", "dev p",
+                  "guarded", "test minus bm25", "p", "significant"]
+
+
+def choice_rows(fusion_report: dict) -> list[dict]:
+    """One row per fused system and set of `lmort fuse`'s fusion.json: where and what dev chose, the dev test behind
+    the guard, and the test difference to BM25 with its paired t-test (fusion.md and the report print these)."""
+    rows = []
+    for data, per in fusion_report.items():
+        sig = per.get("significance", {})
+        for name, c in per.get("systems", {}).items():
+            s = sig.get(name, {})
+            rows.append({"set": data, "system": name, "chosen on": c["tuned_on"], "dense weight": c["dense_weight"],
+                         "rrf k": c["rrf_k"], "dev": c["dev_fused"], "dev bm25": c["dev_bm25"],
+                         "dev dense": c["dev_dense"], "dev p": f"{c['dev_p']:.2g}" if "dev_p" in c else None,
+                         "guarded": "yes" if c.get("guarded") else "", "test minus bm25": s.get("delta"),
+                         "p": f"{s['p']:.2g}" if s else None,
+                         "significant": ("yes" if s.get("significant") else "no") if s else None})
+    return rows

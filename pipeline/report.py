@@ -92,29 +92,21 @@ def lmort_gaps(rows: list[dict], columns: list[str]) -> list[dict]:
 def fusion_section(fusion: dict) -> list[str]:
     """The hybrid rows: where each fusion was chosen, what dev chose, and the test difference to BM25 with its
     paired t-test (`lmort fuse`'s fusion.json)."""
-    rows = []
-    for data, per in fusion.items():
-        sig = per.get("significance", {})
-        for name, c in per.get("systems", {}).items():
-            s = sig.get(name, {})
-            rows.append({"set": data, "system": name, "chosen on": c["tuned_on"],
-                         "dense weight": c["dense_weight"], "rrf k": c["rrf_k"], "dev": c["dev_fused"],
-                         "dev bm25": c["dev_bm25"], "dev dense": c["dev_dense"], "test minus bm25": s.get("delta"),
-                         "p": f"{s['p']:.2g}" if s else None,
-                         "significant": ("yes" if s.get("significant") else "no") if s else None})
+    from .fusion import CHOICE_COLUMNS, NORMALISATION, choice_rows
+
+    rows = choice_rows(fusion)
     if not rows:
         return []
-    from .fusion import NORMALISATION
-
     return ["## Hybrid retrieval: each dense run fused with BM25's, chosen on dev", "",
             f"`lmort fuse`: `<system>+bm25` is a weighted sum of per-query {NORMALISATION}-normalised scores "
             "(why min-max: pipeline/fusion.py), its dense weight picked on a 0.05 grid by nDCG@10 on dev (0 leaves "
             "BM25 alone); `<system>+bm25-rrf` is reciprocal rank fusion with its k picked on the same dev runs. "
             "In-domain sets choose on their own dev split (carved from train where a set has none), zero-shot sets "
-            "on the configuration's zero-shot dev collection, never tested on. `p`: paired t-test against BM25 "
-            "on the test queries (scipy), significant below 0.05.", "",
-            markdown_table(rows, ["set", "system", "chosen on", "dense weight", "rrf k", "dev", "dev bm25",
-                                  "dev dense", "test minus bm25", "p", "significant"], floatfmt=".3f"), ""]
+            "on the configuration's zero-shot dev collection, never tested on. A weight is kept only where the fused "
+            "dev run beats BM25's in a paired t-test (`dev p` below `fusion.max_p`); `guarded`: it did not, so the "
+            "row is BM25 alone (why: pipeline/fusion.py). `p`: paired t-test against BM25 on the test queries "
+            "(scipy), significant below 0.05.", "",
+            markdown_table(rows, CHOICE_COLUMNS, floatfmt=".3f"), ""]
 
 
 def rag_section(rag: dict, root: Path, figures: Path) -> list[str]:

@@ -12,9 +12,11 @@ from pipeline.atomic import atomic_file, check_writable
 from pipeline.command_line import friendly_errors, names
 from pipeline.data import DataError
 from pipeline.fusion import (
+    CHOICE_COLUMNS,
     METHODS,
     check_run_of,
     check_same_corpus,
+    choice_rows,
     choose,
     fuse,
     fused_name,
@@ -54,9 +56,11 @@ def _read_checked(dirs, data: str, split: str, system: str, qrels: dict) -> dict
     return run
 
 
-def fuse_set(ds, dev, tune_split: str, split: str, systems: list[str], runs_dirs, dev_dirs, out: Path) -> dict:
-    """Every system fused with BM25 on one evaluation set, each method's weight or k chosen on `dev`/`tune_split`;
-    writes the fused runs and returns what was chosen, with the paired tests against BM25 on `split`."""
+def fuse_set(ds, dev, tune_split: str, split: str, systems: list[str], runs_dirs, dev_dirs, out: Path,
+             max_p: float = 1.0) -> dict:
+    """Every system fused with BM25 on one evaluation set, each method's weight or k chosen on `dev`/`tune_split`
+    (a weight not significantly above BM25 there at `max_p` falls back to 0); writes the fused runs and returns
+    what was chosen, with the paired tests against BM25 on `split`."""
     bm25_dev = _read_checked(dev_dirs, dev.name, tune_split, "bm25", dev.qrels[tune_split])
     bm25 = _read_checked(runs_dirs, ds.name, split, "bm25", ds.qrels[split])
     tested = {"bm25": bm25}
@@ -67,7 +71,8 @@ def fuse_set(ds, dev, tune_split: str, split: str, systems: list[str], runs_dirs
         check_same_corpus(dense, bm25, f"{system} and bm25 on {ds.name}/{split}")
         tested[system] = dense
         for method in METHODS:
-            picked = choose(dense_dev, bm25_dev, dev.qrels[tune_split], method, f"{dev.name}/{tune_split}")
+            picked = choose(dense_dev, bm25_dev, dev.qrels[tune_split], method, f"{dev.name}/{tune_split}",
+                            max_p)
             name = fused_name(system, method)
             run = fuse(dense, bm25, method, picked.dense_weight, picked.rrf_k)
             write_trec_run(run, Path(out) / "runs" / ds.name / split / f"{name}.trec", name)
@@ -75,19 +80,11 @@ def fuse_set(ds, dev, tune_split: str, split: str, systems: list[str], runs_dirs
             per_set["systems"][name] = picked.as_dict()
             click.echo(f"{ds.name}: {name} chosen on {picked.tuned_on} "
                        f"({'weight ' + str(picked.dense_weight) if method == 'wsum' else 'k ' + str(picked.rrf_k)}"
-                       f"; dev nDCG@10 {picked.dev_fused:.4f} against BM25's {picked.dev_bm25:.4f})")
+                       f"; dev nDCG@10 {picked.dev_fused:.4f} against BM25's {picked.dev_bm25:.4f}, "
+                       f"p {picked.dev_p:.2g}"
+                       f"{'; not significant, so BM25 alone' if picked.guarded else ''})")
     per_set["significance"] = significance(ds.qrels[split], tested)
     return per_set
-
-
-def fusion_table(report: dict) -> str:
-    """fusion.md: what each fused system was tuned on, its weight or k, dev scores and the test gain over BM25."""
-    rows = [{"set": data, "system": name, "tuned on": r["tuned_on"], "dense weight": c["dense_weight"],
-             "rrf k": c["rrf_k"], "dev fused": c["dev_fused"], "dev dense": c["dev_dense"], "dev bm25": c["dev_bm25"],
-             "test minus bm25": r["significance"][name]["delta"], "p": r["significance"][name]["p"]}
-            for data, r in report.items() for name, c in r["systems"].items()]
-    return markdown_table(rows, ["set", "system", "tuned on", "dense weight", "rrf k", "dev fused", "dev dense",
-                                 "dev bm25", "test minus bm25", "p"])
 
 
 @click.command("fuse")
@@ -118,8 +115,9 @@ def command(params_file, runs_dirs, dev_dirs, out) -> None:
         dev = ensure_prepared(tune_data)
         if tune_split not in dev.qrels:
             raise DataError(f"{dev.name} has no {tune_split} split to choose the fusion of {data} on")
-        report[ds.name] = fuse_set(ds, dev, tune_split, split, systems, runs_dirs, dev_dirs, out)
-    md = fusion_table(report)
+        report[ds.name] = fuse_set(ds, dev, tune_split, split, systems, runs_dirs, dev_dirs, out,
+                                   float((params.get("fusion") or {}).get("max_p", 1.0)))
+    md = markdown_table(choice_rows(report), CHOICE_COLUMNS, floatfmt=".3f")
     atomic_file(Path(out) / "fusion.json", lambda tmp: tmp.write_text(json.dumps(report, indent=1)))
     atomic_file(Path(out) / "fusion.md", lambda tmp: tmp.write_text(md))
     click.echo(md)

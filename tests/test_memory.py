@@ -55,9 +55,22 @@ def test_dev_gives_the_dense_run_weight_when_it_knows_what_bm25_misses():
     bm25 = {q: {d: (s if q in half else s % 1) for d, s in docs.items()} for q, docs in bm25.items()}
     dense = {q: {d: (0.9 if (q not in half and d == f"d{q[1:]}") else 0.1 + 0.001 * int(d[1:]))
                  for d in docs} for q, docs in bm25.items()}
-    choice = choose(dense, bm25, qrels, "wsum", "tiny/dev")
-    assert 0 < choice.dense_weight < 1
+    choice = choose(dense, bm25, qrels, "wsum", "tiny/dev", max_p=0.05)
+    assert 0 < choice.dense_weight < 1 and not choice.guarded and choice.dev_p < 0.05
     assert choice.dev_fused > max(choice.dev_dense, choice.dev_bm25)
+
+
+def test_a_dev_gain_within_noise_leaves_bm25_alone():
+    qrels, dense, bm25 = runs_where_bm25_knows()
+    bm25["q0"]["d0"] -= 5  # BM25 misses one query's document; the dense run finds that one and nothing else
+    dense["q0"]["d0"] = 2.0
+    unguarded = choose(dense, bm25, qrels, "wsum", "tiny/dev")
+    assert unguarded.dense_weight > 0 and unguarded.dev_fused > unguarded.dev_bm25 and unguarded.dev_p > 0.05
+    guarded = choose(dense, bm25, qrels, "wsum", "tiny/dev", max_p=0.05)
+    assert guarded.dense_weight == 0.0 and guarded.guarded and guarded.dev_p == unguarded.dev_p
+    assert guarded.dev_fused == pytest.approx(guarded.dev_bm25)
+    rrf = choose(dense, bm25, qrels, "rrf", "tiny/dev", max_p=0.05)  # RRF has no weight to fall back on
+    assert rrf.rrf_k is not None and not rrf.guarded
 
 
 def test_weighted_sum_is_the_convex_combination_of_min_max_scores():
