@@ -103,11 +103,16 @@ def check_run_of(run: Run, qrels: Qrels, what: str) -> None:
 def fuse(dense: Run, bm25: Run, method: str, dense_weight: float | None = None, rrf_k: int | None = None,
          k: int = 100) -> Run:
     """The fused run (top k per query). wsum: dense_weight * minmax(dense) + (1 - dense_weight) * minmax(bm25), per
-    query, a document missing from one run scoring 0 there; rrf: the sum over both runs of 1 / (rrf_k + rank)."""
+    query, a document missing from one run scoring 0 there (weight 0 or 1: that run alone, as it ranks); rrf: the sum
+    over both runs of 1 / (rrf_k + rank)."""
     check_same_queries(dense, bm25, "fuse")
     out = {}
     for q in [*dense, *(q for q in bm25 if q not in dense)]:  # a query one run found nothing for: the other ranks
-        if method == "wsum":
+        if method == "wsum" and dense_weight in (0, 1):
+            # one run alone, as it ranks: min-max maps its last document to 0, a tie with what it never retrieved
+            alone, other = (bm25, dense) if dense_weight == 0 else (dense, bm25)
+            scores = dict(alone[q]) if alone.get(q) else _min_max(other.get(q, {}))
+        elif method == "wsum":
             a, b = _min_max(dense.get(q, {})), _min_max(bm25.get(q, {}))
             scores = {d: dense_weight * a.get(d, 0.0) + (1 - dense_weight) * b.get(d, 0.0) for d in a.keys() | b}
         elif method == "rrf":

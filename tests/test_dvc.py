@@ -62,7 +62,7 @@ def test_quick_configuration_under_dvc(tmp_path):
     chosen = fusion["tiny"]["systems"]["lmort+bm25"]
     if chosen["guarded"]:  # dev's best was not significantly above BM25 (fusion.max_p): BM25 alone
         assert chosen["dense_weight"] == 0 and chosen["dev_p"] >= 0.05
-        assert chosen["dev_fused"] == pytest.approx(chosen["dev_bm25"])
+        assert chosen["dev_fused"] >= chosen["dev_bm25"] - 1e-9  # BM25 alone (and queries it misses filled)
     else:
         assert chosen["dev_fused"] >= max(chosen["dev_dense"], chosen["dev_bm25"]) - 1e-9  # the grid holds 0 and 1
     assert round(chosen["dense_weight"] / 0.05, 6).is_integer()

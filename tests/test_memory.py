@@ -84,6 +84,14 @@ def test_weighted_sum_is_the_convex_combination_of_min_max_scores():
     assert rrf == pytest.approx({"a": 1 / 61 + 1 / 63, "b": 2 / 62, "c": 1 / 63 + 1 / 61})
 
 
+def test_weight_0_or_1_is_one_run_alone_in_its_own_order():
+    dense = {"q": {"a": 0.9, "b": 0.8, "c": 0.7}, "r": {"a": 0.5}}
+    bm25 = {"q": {"c": 9.0, "d": 3.0}}  # "d" is BM25's last (min-max 0), as low as the dense-only "a" and "b"
+    assert list(fuse(dense, bm25, "wsum", 0.0)["q"]) == ["c", "d"]
+    assert list(fuse(dense, bm25, "wsum", 1.0)["q"]) == ["a", "b", "c"]
+    assert list(fuse(dense, bm25, "wsum", 0.0)["r"]) == ["a"]  # a query BM25 found nothing for: the dense run's
+
+
 def test_runs_of_different_sets_or_splits_are_refused():
     with pytest.raises(DataError, match="different queries"):
         check_same_queries({"q1": {"a": 1.0}}, {"q2": {"a": 1.0}}, "fuse")
