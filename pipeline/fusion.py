@@ -153,14 +153,16 @@ def choose(dense_dev: Run, bm25_dev: Run, qrels_dev: Qrels, method: str, tuned_o
 
 def paired_difference(run: Run, baseline: Run, qrels: Qrels) -> tuple[float, float]:
     """(mean nDCG@10 of `run` minus `baseline`'s, two-sided paired t-test p) over the baseline's judged queries."""
+    return paired_t(per_query_ndcg(run, qrels), per_query_ndcg(baseline, qrels))
+
+
+def paired_t(scores: dict[str, float], baseline: dict[str, float]) -> tuple[float, float]:
+    """(mean of `scores` minus the baseline's, two-sided paired t-test p (scipy)) over the baseline's keys."""
     from scipy.stats import ttest_rel
 
-    base = per_query_ndcg(baseline, qrels)
-    other = per_query_ndcg(run, qrels)
-    queries = sorted(base)
-    a, b = [other[q] for q in queries], [base[q] for q in queries]
-    delta = (sum(a) - sum(b)) / max(1, len(queries))
-    return delta, 1.0 if a == b else float(ttest_rel(a, b).pvalue)
+    keys = sorted(baseline)
+    a, b = [scores[k] for k in keys], [baseline[k] for k in keys]
+    return (sum(a) - sum(b)) / max(1, len(keys)), 1.0 if a == b else float(ttest_rel(a, b).pvalue)
 
 
 def significance(qrels: Qrels, runs: dict[str, Run], baseline: str = "bm25", max_p: float = 0.05) -> dict:

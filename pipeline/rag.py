@@ -21,6 +21,8 @@ from .metrics import Run
 from .reader import Reader, answer_scores, build_prompt
 
 CLOSED_BOOK, ORACLE = "closed-book", "oracle"
+COLUMNS = ["system", "F1", "EM", "answer in output", "recall@k", "F1 minus oracle", "F1 minus closed-book",
+           "F1 minus bm25", "p", "retrieve s/q", "generate s/q"]  # one system's row of the answer-quality table
 log = logging.getLogger(__name__)
 
 
@@ -87,7 +89,7 @@ def score_reader(reader: Reader, ds: Prepared, split: str, qids: list[str], answ
             "contains": float(np.mean([s["contains"] for s in scores])),
             "recall@k": float(np.mean(recall)) if recall else None,
             "generate_s_per_question": seconds / max(1, len(qids)),
-            "predictions": dict(zip(qids, predictions))}
+            "predictions": dict(zip(qids, predictions)), "f1_per_question": {q: s["f1"] for q, s in zip(qids, scores)}}
 
 
 def choose_prompt(reader: Reader, ds: Prepared, split: str, qids: list[str], answers: dict[str, list[str]],
@@ -106,12 +108,19 @@ def choose_prompt(reader: Reader, ds: Prepared, split: str, qids: list[str], ans
     return max(choices, key=lambda c: c["dev F1"]), choices
 
 
-def with_gaps(rows: list[dict]) -> list[dict]:
-    """Each row's F1 minus the oracle's and minus closed-book's (None where that system was not run)."""
+def with_gaps(rows: list[dict], f1_per_question: dict[str, dict[str, float]] | None = None,
+              baseline: str = "bm25") -> list[dict]:
+    """Each row's F1 minus the oracle's and minus closed-book's (None where that system was not run) and, given
+    every system's F1 per question, minus the baseline's with the paired t-test's p over the same questions."""
+    from .fusion import paired_t
+
     by = {r["system"]: r for r in rows}
     for r in rows:
         r["F1 minus oracle"] = r["F1"] - by[ORACLE]["F1"] if ORACLE in by else None
         r["F1 minus closed-book"] = r["F1"] - by[CLOSED_BOOK]["F1"] if CLOSED_BOOK in by else None
+        if f1_per_question and baseline in f1_per_question and r["system"] != baseline:
+            r["F1 minus bm25"], p = paired_t(f1_per_question[r["system"]], f1_per_question[baseline])
+            r["p"] = f"{p:.2g}"
     return rows
 
 

@@ -111,6 +111,8 @@ def fusion_section(fusion: dict) -> list[str]:
 
 def rag_section(rag: dict, root: Path, figures: Path) -> list[str]:
     """Answer quality (`lmort rag`'s rag.json): the dev choice of prompt order and k, then every system."""
+    from .rag import COLUMNS as RAG_COLUMNS
+
     lines = []
     for data, r in rag.items():
         png = root / "rag" / f"rag-{data}.png"
@@ -123,13 +125,12 @@ def rag_section(rag: dict, root: Path, figures: Path) -> list[str]:
                   f"{r['dev_questions']} {r['dev_split']} questions with BM25's passages (F1): "
                   f"**{c['order']}, k = {c['k']}**. EM and F1 with SQuAD's official normalisation (best over the "
                   "reference answers); `answer in output`: a reference answer inside the output; `recall@k`: the "
-                  "gold paragraph among the k passages read; seconds per question: retrieval timed one question "
-                  "at a time online, generation in batches.", "",
+                  "gold paragraph among the k passages read; `F1 minus bm25` and `p`: the paired t-test of "
+                  "per-question F1 against BM25's passages; seconds per question: retrieval timed one question at a "
+                  "time online, generation in batches.", "",
                   markdown_table(r["choices"], ["order", "k", "dev F1", "dev EM", "dev answer in output",
                                                 "generate s/q"]), "",
-                  markdown_table(r["rows"], ["system", "F1", "EM", "answer in output", "recall@k", "F1 minus oracle",
-                                             "F1 minus closed-book", "retrieve s/q", "generate s/q"],
-                                 floatfmt=".3f"), ""]
+                  markdown_table(r["rows"], RAG_COLUMNS, floatfmt=".3f"), ""]
         if png.exists():
             lines += [f"![answer quality]({figures.name}/{png.name})", ""]
     return lines

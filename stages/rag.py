@@ -18,6 +18,7 @@ from pipeline.metrics import read_trec_run
 from pipeline.prepare import ensure_prepared
 from pipeline.rag import (
     CLOSED_BOOK,
+    COLUMNS,
     ORACLE,
     choose_prompt,
     read_answers,
@@ -28,9 +29,6 @@ from pipeline.rag import (
 )
 from pipeline.runs import find_run
 from pipeline.tables import markdown_table
-
-COLUMNS = ["system", "F1", "EM", "answer in output", "recall@k", "F1 minus oracle", "F1 minus closed-book",
-           "retrieve s/q", "generate s/q"]
 
 
 def answers_file(data: str, given: str | None) -> Path:
@@ -91,19 +89,19 @@ def rag_set(reader, data: str, params: dict, runs_dirs, dev_dirs, index_root: Pa
                                   rag["ks"], template, rag["max_new_tokens"], rag["batch_size"])
     fusion_json = Path(out).parent / "fusion" / "fusion.json"
     fused = json.loads(fusion_json.read_text()).get(ds.name, {}).get("systems", {}) if fusion_json.exists() else {}
-    rows, preds = [], {}
+    rows, preds, f1s = [], {}, {}
     for system in rag["systems"]:
         run = None if system in (CLOSED_BOOK, ORACLE) else read_trec_run(find_run(runs_dirs, ds.name, split, system))
         r = score_reader(reader, ds, split, test_q, refs, run, best["k"], best["order"], template,
                          oracle=system == ORACLE, max_new_tokens=rag["max_new_tokens"],
                          batch_size=rag["batch_size"], desc=f"test {system}")
-        preds[system] = r.pop("predictions")
+        preds[system], f1s[system] = r.pop("predictions"), r.pop("f1_per_question")
         timed = [ds.queries[q] for q in test_q[: rag["timing_questions"]]]
         rows.append({"system": system, "F1": r["f1"], "EM": r["em"], "answer in output": r["contains"],
                      "recall@k": r["recall@k"], "retrieve s/q": time_retrieval(system, timed, ds, index_dirs, fused),
                      "generate s/q": r["generate_s_per_question"]})
         click.echo(f"{ds.name} {system}: F1 {r['f1']:.3f}, EM {r['em']:.3f}, in output {r['contains']:.3f}")
-    rows = with_gaps(rows)
+    rows = with_gaps(rows, f1s)
     result = {"split": split, "questions": len(test_q), "dev_split": dev_split, "dev_questions": len(dev_q),
               "choice": best, "choices": choices, "rows": rows, "model": params["model"], "template": template.query}
     bar_plot(rows, Path(out) / f"rag-{ds.name}.png",

@@ -298,6 +298,8 @@ def test_lmort_rag_chooses_on_dev_and_scores_every_system_on_the_same_test_quest
     assert rows["oracle"]["recall@k"] == 1.0 and rows["closed-book"]["recall@k"] is None
     assert rows["bm25"]["retrieve s/q"] > 0 and rows["closed-book"]["retrieve s/q"] is None
     assert rows["bm25"]["F1 minus oracle"] == pytest.approx(rows["bm25"]["F1"] - rows["oracle"]["F1"])
+    assert rows["oracle"]["F1 minus bm25"] == pytest.approx(rows["oracle"]["F1"] - rows["bm25"]["F1"])
+    assert "p" in rows["oracle"] and "F1 minus bm25" not in rows["bm25"]  # the paired test is against BM25
     predictions = json.loads((tmp_path / "rag" / "predictions.json").read_text())[ds.name]
     assert all(len(p) == 4 for p in predictions.values())
     assert (tmp_path / "rag" / f"rag-{ds.name}.png").stat().st_size > 0
@@ -305,6 +307,17 @@ def test_lmort_rag_chooses_on_dev_and_scores_every_system_on_the_same_test_quest
     r = CliRunner().invoke(main, [*args[:-4], "--answers", str(tmp_path / "nope.jsonl"), "--out",
                                   str(tmp_path / "rag2")])
     assert r.exit_code != 0 and "no answers file" in r.output and not (tmp_path / "rag2").exists()
+
+
+def test_answer_f1_is_compared_with_bm25_question_by_question():
+    from pipeline.rag import with_gaps
+
+    bm25 = {f"q{i}": 0.5 for i in range(8)}
+    better = {q: f + 0.25 + 0.01 * i for i, (q, f) in enumerate(bm25.items())}  # +0.25 on every question
+    rows = with_gaps([{"system": "bm25", "F1": 0.5}, {"system": "lmort", "F1": 0.785}],
+                     {"bm25": bm25, "lmort": better})
+    assert rows[1]["F1 minus bm25"] == pytest.approx(0.285) and float(rows[1]["p"]) < 1e-6
+    assert rows[0]["F1 minus oracle"] is None and "p" not in rows[0]
 
 
 def test_timing_a_fused_system_needs_its_dev_chosen_weight(memory_world):
