@@ -1,44 +1,42 @@
-"""The `lmort` command: one sub-command per pipeline stage, each a thin shell over pipeline/."""
+"""The `lmort` command: one sub-command per pipeline stage, each a thin shell over pipeline/.
+
+Sub-commands are imported when called, not all at start: every DVC stage is one `lmort` process, and importing
+all twenty (transformers, peft, faiss, matplotlib, bm25s) cost each of them about a second it did not need.
+"""
 
 from __future__ import annotations
 
+import importlib
 import logging
 
 import click
 
-from . import (
-    adapter,
-    analyze,
-    ask,
-    baselines,
-    compare,
-    compose,
-    evaluate,
-    extract,
-    fuse,
-    identify,
-    index,
-    prepare,
-    rag,
-    report,
-    scale,
-    search,
-    squad,
-    sweep,
-    tiny,
-    train,
-)
+COMMANDS = {  # name: "module:attribute" of its click command
+    "prepare": "stages.prepare:command", "analyze": "stages.analyze:command", "extract": "stages.extract:command",
+    "train": "stages.train:command", "index": "stages.index:index_command", "search": "stages.search:command",
+    "ask": "stages.ask:command", "baselines": "stages.baselines:command",
+    "evaluate": "stages.evaluate:evaluate_command", "fuse": "stages.fuse:command", "rag": "stages.rag:command",
+    "fetch-squad": "stages.squad:command", "report": "stages.report:command", "scale": "stages.scale:command",
+    "sweep": "stages.sweep:command", "identify": "stages.identify:command", "compose": "stages.compose:command",
+    "adapter": "stages.adapter:command", "compare": "stages.compare:command", "tiny": "stages.tiny:command",
+}
 
 
-@click.group()
+class LazyGroup(click.Group):
+    """A click group that imports a sub-command's module only when that sub-command is asked for."""
+
+    def list_commands(self, ctx: click.Context) -> list[str]:
+        return sorted(COMMANDS)
+
+    def get_command(self, ctx: click.Context | None, name: str) -> click.Command | None:
+        if name not in COMMANDS:
+            return None
+        module, attribute = COMMANDS[name].split(":")
+        return getattr(importlib.import_module(module), attribute)
+
+
+@click.group(cls=LazyGroup)
 def main() -> None:
     """LMORT: dense retrieval from a frozen LLM's cached hidden states."""
     logging.basicConfig(level=logging.INFO, format="%(message)s")  # the library logs; the command line shows it
     logging.getLogger("faiss").setLevel(logging.WARNING)  # not faiss' loader's six lines of which CPU kernels load
-
-
-for command in (prepare.command, analyze.command, extract.command, train.command, index.index_command,
-                search.command, ask.command, baselines.command, evaluate.evaluate_command, fuse.command, rag.command,
-                squad.command, report.command, scale.command, sweep.command, identify.command, compose.command,
-                adapter.command, compare.command, tiny.command):
-    main.add_command(command)

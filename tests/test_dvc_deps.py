@@ -54,7 +54,7 @@ def closure(module: str) -> set[Path]:
 
 def stage_command(cmd: str) -> str:
     name = re.match(r"\s*lmort\s+(\S+)", cmd).group(1)
-    return main.commands[name].callback.__module__
+    return main.get_command(None, name).callback.__module__
 
 
 def test_every_stage_depends_on_every_module_its_command_imports():
