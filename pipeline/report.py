@@ -111,8 +111,6 @@ def fusion_section(fusion: dict) -> list[str]:
 
 def rag_section(rag: dict, root: Path, figures: Path) -> list[str]:
     """Answer quality (`lmort rag`'s rag.json): the dev choice of prompt order and k, then every system."""
-    from .rag import COLUMNS as RAG_COLUMNS
-
     lines = []
     for data, r in rag.items():
         png = root / "rag" / f"rag-{data}.png"
@@ -130,7 +128,7 @@ def rag_section(rag: dict, root: Path, figures: Path) -> list[str]:
                   "time online, generation in batches.", "",
                   markdown_table(r["choices"], ["order", "k", "dev F1", "dev EM", "dev answer in output",
                                                 "generate s/q"]), "",
-                  markdown_table(r["rows"], RAG_COLUMNS, floatfmt=".3f"), ""]
+                  markdown_table(r["rows"], r.get("columns") or list(r["rows"][0]), floatfmt=".3f"), ""]
         if png.exists():
             lines += [f"![answer quality]({figures.name}/{png.name})", ""]
     return lines

@@ -103,7 +103,8 @@ def rag_set(reader, data: str, params: dict, runs_dirs, dev_dirs, index_root: Pa
         click.echo(f"{ds.name} {system}: F1 {r['f1']:.3f}, EM {r['em']:.3f}, in output {r['contains']:.3f}")
     rows = with_gaps(rows, f1s)
     result = {"split": split, "questions": len(test_q), "dev_split": dev_split, "dev_questions": len(dev_q),
-              "choice": best, "choices": choices, "rows": rows, "model": params["model"], "template": template.query}
+              "choice": best, "choices": choices, "rows": rows, "columns": COLUMNS, "model": params["model"],
+              "template": template.query}
     bar_plot(rows, Path(out) / f"rag-{ds.name}.png",
              f"{ds.name} {split}: {len(test_q)} questions, k={best['k']}, {best['order']}")
     dev_table = markdown_table(choices, ["order", "k", "dev F1", "dev EM", "dev answer in output", "generate s/q"])

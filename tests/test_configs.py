@@ -38,9 +38,9 @@ def test_protocols_keep_their_outputs_apart(tmp_path):
 
 def test_an_override_changes_one_knob_of_a_protocol(tmp_path):
     full = compose_params(tmp_path / "a.yaml", "full")
-    deeper = compose_params(tmp_path / "b.yaml", "full", ("tuner.blocks=3",))
-    assert deeper["tuner"]["blocks"] == 3 and full["tuner"]["blocks"] == 2
-    deeper["tuner"]["blocks"] = 2
+    deeper = compose_params(tmp_path / "b.yaml", "full", ("train.epochs=3",))
+    assert deeper["train"]["epochs"] == 3 and full["train"]["epochs"] == 6
+    deeper["train"]["epochs"] = 6
     assert deeper == full
 
 
