@@ -1,5 +1,5 @@
-"""The quick configuration under real DVC in a temporary clone: repro, no-op repro, and an experiment that
-changes only the tuner's depth (extraction must be skipped)."""
+"""The quick configuration under real DVC in a temporary clone: repro, no-op repro, an experiment that changes
+only the tuner's depth (extraction must be skipped), and an added evaluation set that leaves every tuner alone."""
 
 import json
 import os
@@ -107,8 +107,11 @@ def test_quick_configuration_under_dvc(tmp_path):
     assert len(steps) == 5 and min(steps) >= 8, steps  # every point trained again to the new minimum
     # an evaluation-only set added beside the stores retrains no tuner: train reads the training sets' stores only
     shutil.copytree(clone / "cache" / "tiny" / "beir" / "tiny", clone / "cache" / "tiny" / "beir" / "tiny2")
-    more = sh("dvc exp run -S protocol=quick -S tuner.blocks=2 -S sweep.min_steps=8 -S 'datasets=[tiny,tiny2]' "
-              "-S 'eval_sets=[tiny,tiny2]'", clone, env)  # the last experiment's recipe, one more eval set
-    assert "Running stage 'extract@tiny2'" in more and "Running stage 'index@lmort-tiny2'" in more, more
-    assert "Running stage 'train-stores'" in more and "Running stage 'train@" not in more, more
-    assert "Running stage 'analyze'" not in more, more
+    sh("lmort compose --protocol quick --set tuner.blocks=2 --set sweep.min_steps=8 --set 'datasets=[tiny,tiny2]' "
+       "--set 'eval_sets=[tiny,tiny2]' --out params.yaml", clone, env)  # the last experiment's recipe, one more set
+    more = sh("dvc repro train-stores", clone, env)  # the new set's stage one, and what the tuners read
+    assert "Running stage 'extract@tiny2'" in more and "Running stage 'train-stores'" in more, more
+    status = sh("dvc status --json", clone, env)  # DVC's own verdict on what is still to run
+    pending = json.loads(next(line for line in status.splitlines() if line.startswith("{")))
+    assert "index@lmort-tiny2" in pending and "evaluate" in pending, sorted(pending)
+    assert not any(s.startswith("train@") for s in pending) and "analyze" not in pending, sorted(pending)
