@@ -26,6 +26,18 @@ COLUMNS = ["system", "F1", "EM", "answer in output", "recall@k", "F1 minus oracl
 log = logging.getLogger(__name__)
 
 
+def answers_file(data: str, given: str | Path | None) -> Path:
+    """answers.jsonl: the one given, or the one beside the set's BEIR folder."""
+    from .fetch import locate_dataset
+
+    if given:
+        return Path(given)
+    folder = locate_dataset(data)
+    if folder is None:
+        raise FileNotFoundError(f"no BEIR folder for {data}, so no answers.jsonl: put it under $LMORT_DATA/{data}")
+    return Path(folder) / "answers.jsonl"
+
+
 def read_answers(path: Path) -> dict[str, list[str]]:
     """answers.jsonl: one {"_id", "answers": [...]} per line; a bad line names the file, the line and the field."""
     path = Path(path)

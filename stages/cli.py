@@ -19,6 +19,7 @@ COMMANDS = {  # name: "module:attribute" of its click command
     "fetch-squad": "stages.squad:command", "report": "stages.report:command", "scale": "stages.scale:command",
     "sweep": "stages.sweep:command", "identify": "stages.identify:command", "compose": "stages.compose:command",
     "adapter": "stages.adapter:command", "compare": "stages.compare:command", "tiny": "stages.tiny:command",
+    "train-reader": "stages.train_reader:command",
 }
 
 

@@ -12,7 +12,6 @@ import yaml
 from pipeline.atomic import atomic_file, check_writable
 from pipeline.command_line import friendly_errors
 from pipeline.data import DataError
-from pipeline.fetch import locate_dataset
 from pipeline.llm import Template
 from pipeline.metrics import read_trec_run
 from pipeline.prepare import ensure_prepared
@@ -20,6 +19,7 @@ from pipeline.rag import (
     CLOSED_BOOK,
     COLUMNS,
     ORACLE,
+    answers_file,
     choose_prompt,
     read_answers,
     sample_questions,
@@ -29,15 +29,6 @@ from pipeline.rag import (
 )
 from pipeline.runs import find_run
 from pipeline.tables import markdown_table
-
-
-def answers_file(data: str, given: str | None) -> Path:
-    if given:
-        return Path(given)
-    folder = locate_dataset(data)
-    if folder is None:
-        raise FileNotFoundError(f"no BEIR folder for {data}, so no answers.jsonl: put it under $LMORT_DATA/{data}")
-    return Path(folder) / "answers.jsonl"
 
 
 def reader_template(index_dirs: dict[str, Path], params: dict) -> Template:

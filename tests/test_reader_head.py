@@ -1,0 +1,178 @@
+"""The span reader (issue 31) on the tiny random model: labels, learning a planted span, refusal of other stores."""
+
+from __future__ import annotations
+
+import json
+import random
+from pathlib import Path
+
+import pytest
+import torch
+
+from pipeline.data import ConfigError, load_prepared
+from pipeline.llm import Template
+from pipeline.prepare import prepare_dataset
+from pipeline.reader_data import Passages, length_batches, locate, span_examples
+from pipeline.reader_train import (
+    ReaderTrainConfig,
+    dev_scores,
+    open_reader_inputs,
+    predict,
+    reader_model_config,
+    train_reader,
+)
+from pipeline.span_reader import ReaderConfig, SpanReader, best_spans
+from pipeline.store import StoreError, check_compatible
+from pipeline.tiny import WORDS, make_tiny_model
+
+MARK = "omega"  # the answer is the word after this one: a span a head over layer-0 states can learn
+
+
+def write_planted(folder: Path, n_docs: int = 48, seed: int = 0) -> dict[str, list[str]]:
+    """A BEIR set whose every paragraph holds `omega <answer>` at a random place; one question per paragraph, its
+    answer the word after `omega`; answers.jsonl beside it."""
+    rng = random.Random(seed)
+    words = [w for w in WORDS if w != MARK]
+    folder.mkdir(parents=True)
+    (folder / "qrels").mkdir()
+    answers, docs = {}, {}
+    for i in range(n_docs):
+        body = rng.choices(words, k=rng.randint(6, 14))
+        at = rng.randrange(len(body))
+        answer = rng.choice([w for w in words if w not in body])  # its first occurrence is the planted one
+        docs[f"d{i}"] = " ".join(body[:at] + [MARK, answer] + body[at:])
+        answers[f"q{i}"] = [answer]
+    with open(folder / "corpus.jsonl", "w") as f:
+        for d, text in docs.items():
+            f.write(json.dumps({"_id": d, "title": "cell gene", "text": text}) + "\n")
+    with open(folder / "queries.jsonl", "w") as f:
+        for i in range(n_docs):
+            f.write(json.dumps({"_id": f"q{i}", "text": " ".join(rng.sample(docs[f"d{i}"].split(), 3))}) + "\n")
+    for split, rows in (("train", range(0, n_docs - 8)), ("test", range(n_docs - 8, n_docs))):
+        (folder / "qrels" / f"{split}.tsv").write_text("query-id\tcorpus-id\tscore\n" +
+                                                       "".join(f"q{i}\td{i}\t1\n" for i in rows))
+    (folder / "answers.jsonl").write_text("".join(json.dumps({"_id": q, "answers": a}) + "\n"
+                                                  for q, a in answers.items()))
+    return answers
+
+
+@pytest.fixture(scope="module")
+def planted(tmp_path_factory):
+    from pipeline.extract import ExtractSpec, extract
+
+    root = tmp_path_factory.mktemp("reader")
+    model = str(make_tiny_model(root / "model", layers=2))
+    write_planted(root / "beir")
+    prepare_dataset(str(root / "beir"), root / "prepared", n_negatives=2, dev_fraction=0.2)
+    ds = load_prepared(root / "prepared")
+    for kind, length in (("corpus", 32), ("queries", 8)):
+        spec = ExtractSpec(model, (0, 2), kind, length, compute_dtype="float32", shard_tokens=256, chunk_tokens=16)
+        extract(ds, spec, root / "stores" / ds.name / f"{kind}.zarr", progress=False)
+    return {"root": root, "model": model, "ds": ds, "stores": root / "stores", "answers": root / "beir/answers.jsonl"}
+
+
+def test_offsets_round_trip_under_both_cases_and_a_title():
+    from pipeline.data import Prepared
+
+    ds = Prepared("x", {"d": {"title": "Alpha Beta", "text": "Gamma beta Delta omega Cell gene"}}, {}, {}, Path("."))
+    for case in ("keep", "lower"):
+        template = Template(case=case)
+        passages = Passages(ds, _word_tokenizer(), template, 64)
+        p = passages["d"]
+        s, e = locate(p, ds.corpus["d"]["text"], "Delta omega", template)
+        assert p.span_text(s, e) == "Delta omega"  # cut from the text as written, whatever the stored case
+        # the body is searched, not the title: "beta" is found after "gamma", not in "Alpha Beta"
+        s, e = locate(p, ds.corpus["d"]["text"], "beta", template)
+        assert p.offsets[s][0] > len("Alpha Beta") and p.span_text(s, e).lower() == "beta"
+        assert locate(p, ds.corpus["d"]["text"], "zeta", template) is None
+    short = Passages(ds, _word_tokenizer(), Template(case="lower"), 4)["d"]  # 4 tokens: the answer is past them
+    assert locate(short, ds.corpus["d"]["text"], "cell gene", Template(case="lower")) == (-1, -1)
+
+
+def _word_tokenizer():
+    from tokenizers import Tokenizer, models, normalizers, pre_tokenizers
+    from transformers import PreTrainedTokenizerFast
+
+    vocab = {"<unk>": 0, **{w: i + 1 for i, w in enumerate(WORDS)}}
+    tok = Tokenizer(models.WordLevel(vocab, unk_token="<unk>"))
+    tok.normalizer = normalizers.Lowercase()
+    tok.pre_tokenizer = pre_tokenizers.Whitespace()
+    return PreTrainedTokenizerFast(tokenizer_object=tok, unk_token="<unk>")
+
+
+def test_labels_are_the_stored_tokens_of_the_answer(planted):
+    from transformers import AutoTokenizer
+
+    from pipeline.rag import read_answers
+    from pipeline.store import open_stores
+
+    ds = planted["ds"]
+    _, corpus = open_stores(planted["stores"], ds.name)
+    tokenizer = AutoTokenizer.from_pretrained(planted["model"])
+    passages = Passages(ds, tokenizer, Template(**corpus.fingerprint["template"]),
+                        32, corpus)
+    answers = read_answers(planted["answers"])
+    examples, counts = span_examples(ds, "train", answers, passages)
+    assert counts["located"] == len(examples) == len(ds.qrels["train"]) and counts["not_found"] == 0
+    for x in examples:
+        tokens = corpus.token_ids(x.doc_id)
+        assert x.start == x.end and passages[x.doc_id].span_text(x.start, x.end) == answers[x.qid][0]
+        assert tokens[x.start - 1] == tokenizer.convert_tokens_to_ids(MARK)  # the stored token before is `omega`
+
+
+def test_best_span_respects_order_and_length():
+    start = torch.tensor([[0.0, 5.0, 0.0, 0.0, 9.0]])
+    end = torch.tensor([[0.0, 0.0, 4.0, 8.0, 0.0]])
+    s, e, score = best_spans(start, end, max_tokens=3)
+    assert (int(s), int(e), float(score)) == (1, 3, 13.0)  # (4, 3) would score 17 but ends before it starts
+    s, e, _ = best_spans(start, end, max_tokens=2)
+    assert (int(s), int(e)) == (1, 2)  # (1, 3) is three tokens long
+
+
+def test_length_batches_cover_every_index_once_and_group_lengths():
+    import numpy as np
+
+    lengths = [random.Random(i).randint(1, 100) for i in range(300)]
+    batches = length_batches(lengths, 16, np.random.default_rng(0), pool=4)
+    assert sorted(i for b in batches for i in b) == list(range(300))
+    spread = np.mean([max(lengths[i] for i in b) - min(lengths[i] for i in b) for b in batches])
+    assert spread < 40  # random batches of 16 would spread about 90
+
+
+def test_the_reader_learns_a_planted_span_and_its_loss_falls(planted, tmp_path):
+    cfg = ReaderTrainConfig(batch_size=8, epochs=12, lr=3e-3, evals_per_epoch=1, dev_questions=None, bf16=False)
+    inputs = open_reader_inputs(planted["stores"], planted["ds"].folder, planted["answers"], cfg)
+    model_cfg = reader_model_config({"reader": {"width": 32, "heads": 2, "max_answer_tokens": 4}},
+                                    inputs.corpus.layers, inputs.corpus.width, True)
+    summary = train_reader(inputs, model_cfg, cfg, tmp_path / "reader", progress=False)
+    losses = [p["loss"] for p in summary["curve"]]
+    assert losses[-1] < 0.5 * losses[0]
+    assert summary["best"]["dev_em"] >= 0.75  # chance is about 1 in 12 tokens
+    assert (tmp_path / "reader/best/model.safetensors").is_file() and (tmp_path / "reader/training.png").is_file()
+    assert not (tmp_path / "reader/checkpoint").exists()
+    stores = check_compatible([inputs.queries, inputs.corpus])
+    reader = SpanReader.load(tmp_path / "reader/best", stores)
+    assert dev_scores(reader, inputs, bf16=False)["em"] == pytest.approx(summary["best"]["dev_em"])
+    # every prediction is a piece of the paragraph it read
+    qids = inputs.dev
+    docs = [next(iter(planted["ds"].qrels["dev"][q])) for q in qids]
+    for (text, _), d in zip(predict(reader, inputs, qids, docs, bf16=False), docs):
+        assert text and text in planted["ds"].corpus[d]["text"]
+
+
+def test_a_reader_from_other_stores_is_refused(tmp_path):
+    reader = SpanReader(ReaderConfig(llm_width=8, layers=[0], width=8, heads=2))
+    reader.save(tmp_path / "r", {"stores": {"model": "a", "layers": [0, 2], "template": {"case": "keep"}}})
+    with pytest.raises(StoreError, match=r"trained on other stores: .*case"):
+        SpanReader.load(tmp_path / "r", {"model": "a", "layers": [0, 2], "template": {"case": "lower"}})
+    assert SpanReader.load(tmp_path / "r", {"model": "a", "layers": [0, 2], "template": {"case": "keep"}})
+    with pytest.raises(FileNotFoundError, match="no span reader"):
+        SpanReader.load(tmp_path / "none")
+
+
+def test_reader_knobs_are_checked():
+    with pytest.raises(ConfigError, match="unknown reader parameters"):
+        reader_model_config({"reader": {"widht": 3}}, [0, 2], 8, True)
+    with pytest.raises(ConfigError, match=r"reader.layers asks for \[6\]"):
+        reader_model_config({"reader": {"layers": [6]}}, [0, 2], 8, True)
+    assert reader_model_config({"reader": {"layers": "2"}}, [0, 2], 8, True).layers == [2]
