@@ -6,7 +6,6 @@ the test questions; then every system answers the same seeded sample of test que
 
 from __future__ import annotations
 
-import json
 import logging
 import random
 import time
@@ -18,54 +17,14 @@ from .data import DataError, Prepared
 from .hits import Hit
 from .llm import Template
 from .metrics import Run
-from .reader import Reader, answer_scores, build_prompt
+from .reader import Reader, Shot, answer_scores, build_prompt, span_sequences
 
 CLOSED_BOOK, ORACLE = "closed-book", "oracle"
-COLUMNS = ["system", "F1", "EM", "answer in output", "recall@k", "F1 minus oracle", "F1 minus closed-book",
-           "F1 minus bm25", "p", "retrieve s/q", "generate s/q"]  # one system's row of the answer-quality table
+READERS = ("generate", "span")  # the LLM generating from the passages' text; the span head on their stored states
+# one (system, reader) row of the answer-quality table; the F1 gaps and the paired test are within one reader
+COLUMNS = ["system", "reader", "F1", "EM", "answer in output", "recall@k", "F1 minus oracle", "F1 minus closed-book",
+           "F1 minus bm25", "p", "retrieve ms/q", "read ms/q"]
 log = logging.getLogger(__name__)
-
-
-def answers_file(data: str, given: str | Path | None) -> Path:
-    """answers.jsonl: the one given, or the one beside the set's BEIR folder."""
-    from .fetch import locate_dataset
-
-    if given:
-        return Path(given)
-    folder = locate_dataset(data)
-    if folder is None:
-        raise FileNotFoundError(f"no BEIR folder for {data}, so no answers.jsonl: put it under $LMORT_DATA/{data}")
-    return Path(folder) / "answers.jsonl"
-
-
-def read_answers(path: Path) -> dict[str, list[str]]:
-    """answers.jsonl: one {"_id", "answers": [...]} per line; a bad line names the file, the line and the field."""
-    path = Path(path)
-    if not path.is_file():
-        raise FileNotFoundError(f"{path}: no answers file (one {{\"_id\", \"answers\"}} per line; SQuAD's is built "
-                                "by pipeline/fetch.py or found beside the BEIR folder)")
-    out = {}
-    with open(path) as f:
-        for lineno, line in enumerate(f, 1):
-            if not line.strip():
-                continue
-            try:
-                obj = json.loads(line)
-            except json.JSONDecodeError as e:
-                raise DataError(f"{path}:{lineno}: not JSON ({e.msg})") from None
-            if not isinstance(obj.get("_id"), str):
-                raise DataError(f"{path}:{lineno}: field '_id' must be a string")
-            answers = obj.get("answers")
-            if not isinstance(answers, list) or not answers or not all(isinstance(a, str) for a in answers):
-                raise DataError(f"{path}:{lineno}: field 'answers' must be a non-empty list of strings")
-            out[obj["_id"]] = answers
-    return out
-
-
-def sample_questions(qids: list[str], n: int, seed: int) -> list[str]:
-    """A seeded sample of n questions (all of them when n is larger), in a stable order."""
-    qids = sorted(qids)
-    return sorted(random.Random(seed).sample(qids, n)) if n < len(qids) else qids
 
 
 def passages_of(ds: Prepared, run: Run | None, qid: str, k: int) -> list[Hit]:
@@ -80,44 +39,116 @@ def gold_of(ds: Prepared, split: str, qid: str) -> list[str]:
     return [d for d, g in ds.qrels[split].get(qid, {}).items() if g > 0]
 
 
-def score_reader(reader: Reader, ds: Prepared, split: str, qids: list[str], answers: dict[str, list[str]],
-                 run: Run | None, k: int, order: str, template: Template, oracle: bool = False,
-                 max_new_tokens: int = 24, batch_size: int = 16, desc: str = "read") -> dict:
-    """EM, F1 and answer-in-output (means over qids), Recall@k of the gold paragraph, and generation seconds per
-    question, for one system's passages; with the predictions."""
-    prompts, recall = [], []
-    for q in qids:
-        gold = gold_of(ds, split, q)
-        if oracle:
-            hits = [Hit(i, 1.0, d, ds.corpus[d]["title"], ds.corpus[d]["text"]) for i, d in enumerate(gold[:1], 1)]
-        else:
-            hits = passages_of(ds, run, q, k)
-        if run is not None or oracle:
-            recall.append(float(any(h.id in gold for h in hits)))
-        prompts.append(build_prompt(ds.queries[q], hits, template, reader.tail, order))
-    predictions, seconds = reader.generate(prompts, max_new_tokens, batch_size, desc=desc)
+def hits_for(ds: Prepared, split: str, qid: str, run: Run | None, k: int, oracle: bool) -> list[Hit]:
+    """The passages a reader gets: the run's top k, the gold paragraph (oracle), or none (closed-book)."""
+    if oracle:
+        return [Hit(i, 1.0, d, ds.corpus[d]["title"], ds.corpus[d]["text"])
+                for i, d in enumerate(gold_of(ds, split, qid)[:1], 1)]
+    return passages_of(ds, run, qid, k)
+
+
+def aggregate(qids: list[str], predictions: list[str], answers: dict[str, list[str]], recall: list[float]) -> dict:
+    """EM, F1, answer-in-output (means over qids), Recall@k of the gold paragraph; the predictions, F1 per question."""
     scores = [answer_scores(p, answers[q]) for p, q in zip(predictions, qids)]
     return {"em": float(np.mean([s["em"] for s in scores])), "f1": float(np.mean([s["f1"] for s in scores])),
             "contains": float(np.mean([s["contains"] for s in scores])),
             "recall@k": float(np.mean(recall)) if recall else None,
-            "generate_s_per_question": seconds / max(1, len(qids)),
             "predictions": dict(zip(qids, predictions)), "f1_per_question": {q: s["f1"] for q, s in zip(qids, scores)}}
+
+
+def score_reader(reader: Reader, ds: Prepared, split: str, qids: list[str], answers: dict[str, list[str]],
+                 run: Run | None, k: int, order: str, template: Template, oracle: bool = False,
+                 max_new_tokens: int = 24, batch_size: int = 16, desc: str = "read", prompt: str = "plain",
+                 shots: list[Shot] | None = None) -> dict:
+    """The generative reader on one system's passages (`aggregate`'s scores), with the prompt style `prompt`
+    (closed-book is always plain: no passages to copy from or to show with examples)."""
+    prompts, recall, constraints = [], [], []
+    for q in qids:
+        hits = hits_for(ds, split, q, run, k, oracle)
+        if run is not None or oracle:
+            recall.append(float(any(h.id in gold_of(ds, split, q) for h in hits)))
+        few = shots if prompt == "few-shot" and hits else None
+        prompts.append(build_prompt(ds.queries[q], hits, template, reader.tail,
+                                    "passages-first" if few else order, few, reader.end_of_turn))
+        constraints.append(span_sequences(reader.tokenizer, hits))
+    constrained = prompt == "constrained" and all(constraints)
+    predictions, seconds = reader.generate(prompts, max_new_tokens, batch_size, desc=desc,
+                                           constraints=constraints if constrained else None)
+    result = aggregate(qids, predictions, answers, recall)
+    result["generate_s_per_question"] = seconds / max(1, len(qids))
+    result["prompts"], result["constraints"] = prompts, constraints if constrained else None
+    return result
+
+
+def score_span_reader(span, queries, ds: Prepared, split: str, qids: list[str], answers: dict[str, list[str]],
+                      run: Run | None, k: int, oracle: bool = False) -> dict:
+    """The span reader (`span_read.StoredPassageReader`) on one system's passages, one question at a time: the
+    question's states from the queries store, the passages' from the corpus store; `aggregate`'s scores and the
+    reading milliseconds per question."""
+    predictions, recall, seconds = [], [], 0.0
+    for q in qids:
+        hits = hits_for(ds, split, q, run, k, oracle)
+        recall.append(float(any(h.id in gold_of(ds, split, q) for h in hits)))
+        t0 = time.perf_counter()
+        read = span.read_stored_question(queries, q, [h.id for h in hits])
+        seconds += time.perf_counter() - t0
+        predictions.append(read[0].text if read else "")
+    result = aggregate(qids, predictions, answers, recall)
+    result["read_ms_per_question"] = 1e3 * seconds / max(1, len(qids))
+    return result
 
 
 def choose_prompt(reader: Reader, ds: Prepared, split: str, qids: list[str], answers: dict[str, list[str]],
                   run: Run, orders: list[str], ks: list[int], template: Template, max_new_tokens: int,
-                  batch_size: int) -> tuple[dict, list[dict]]:
-    """The prompt order and k with the best F1 on dev questions, reading `run`'s passages (BM25's): returns the
-    choice and every candidate's dev scores."""
+                  batch_size: int, prompts: tuple[str, ...] = ("plain",), shots: list[Shot] | None = None
+                  ) -> tuple[dict, list[dict]]:
+    """The prompt style, order and k with the best F1 on dev questions, reading `run`'s passages (BM25's): returns
+    the choice and every candidate's dev scores. A few-shot prompt is passages-first only."""
     choices = []
-    for order in orders:
-        for k in ks:
-            r = score_reader(reader, ds, split, qids, answers, run, k, order, template,
-                             max_new_tokens=max_new_tokens, batch_size=batch_size, desc=f"dev {order} k={k}")
-            choices.append({"order": order, "k": k, "dev F1": r["f1"], "dev EM": r["em"],
-                            "dev answer in output": r["contains"], "generate s/q": r["generate_s_per_question"]})
-            log.info(f"dev {order} k={k}: F1 {r['f1']:.3f}, EM {r['em']:.3f}")
+    for prompt in prompts:
+        for order in ("passages-first",) if prompt == "few-shot" else orders:
+            for k in ks:
+                r = score_reader(reader, ds, split, qids, answers, run, k, order, template,
+                                 max_new_tokens=max_new_tokens, batch_size=batch_size,
+                                 desc=f"dev {prompt} {order} k={k}", prompt=prompt, shots=shots)
+                choices.append({"prompt": prompt, "order": order, "k": k, "dev F1": r["f1"], "dev EM": r["em"],
+                                "dev answer in output": r["contains"], "generate s/q": r["generate_s_per_question"]})
+                log.info(f"dev {prompt} {order} k={k}: F1 {r['f1']:.3f}, EM {r['em']:.3f}")
     return max(choices, key=lambda c: c["dev F1"]), choices
+
+
+def choose_span_k(span, queries, ds: Prepared, split: str, qids: list[str], answers: dict[str, list[str]],
+                  run: Run, ks: list[int]) -> tuple[dict, list[dict]]:
+    """The number of passages the span reader reads, chosen by F1 on dev questions with `run`'s passages."""
+    choices = []
+    for k in ks:
+        r = score_span_reader(span, queries, ds, split, qids, answers, run, k)
+        choices.append({"k": k, "dev F1": r["f1"], "dev EM": r["em"], "dev recall@k": r["recall@k"],
+                        "read ms/q": r["read_ms_per_question"]})
+        log.info(f"span reader dev k={k}: F1 {r['f1']:.3f}, EM {r['em']:.3f}")
+    return max(choices, key=lambda c: c["dev F1"]), choices
+
+
+def few_shot_examples(ds: Prepared, answers: dict[str, list[str]], n: int, seed: int) -> list[Shot]:
+    """`n` seeded train questions with their gold paragraph and their (short) answer, for the few-shot prompt."""
+    train = [q for q in sorted(ds.qrels.get("train", {})) if q in answers and gold_of(ds, "train", q)
+             and len(answers[q][0].split()) <= 4]
+    out = []
+    for q in random.Random(seed).sample(train, min(n, len(train))):
+        d = gold_of(ds, "train", q)[0]
+        out.append(Shot(ds.queries[q], Hit(1, 1.0, d, ds.corpus[d]["title"], ds.corpus[d]["text"]), answers[q][0]))
+    return out
+
+
+def time_generation(reader: Reader, scored: dict, n: int, max_new_tokens: int) -> float:
+    """Milliseconds per question of the generative reader, one question at a time (batch of one), over the first
+    `n` prompts `score_reader` built."""
+    prompts = scored["prompts"][:n]
+    constraints = scored["constraints"][:n] if scored["constraints"] else [None] * len(prompts)
+    t0 = time.perf_counter()
+    for p, c in zip(prompts, constraints):
+        reader.generate([p], max_new_tokens, 1, progress=False, constraints=[c] if c else None)
+    return 1e3 * (time.perf_counter() - t0) / max(1, len(prompts))
 
 
 def with_gaps(rows: list[dict], f1_per_question: dict[str, dict[str, float]] | None = None,
@@ -126,7 +157,7 @@ def with_gaps(rows: list[dict], f1_per_question: dict[str, dict[str, float]] | N
     every system's F1 per question, minus the baseline's with the paired t-test's p over the same questions."""
     from .fusion import paired_t
 
-    by = {r["system"]: r for r in rows}
+    by = {r["system"]: r for r in rows}  # one reader's rows
     for r in rows:
         r["F1 minus oracle"] = r["F1"] - by[ORACLE]["F1"] if ORACLE in by else None
         r["F1 minus closed-book"] = r["F1"] - by[CLOSED_BOOK]["F1"] if CLOSED_BOOK in by else None

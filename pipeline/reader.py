@@ -23,6 +23,10 @@ from .llm import Template, default_device, resolve_model
 from .precision import autocast, feed_dtype
 
 ORDERS = ("question-first", "passages-first")
+# how the generative reader is prompted (issue 31; dev chooses): today's instruction, the same with two train
+# questions and their short answers as earlier turns (few-shot, passages-first only: the examples come before the
+# question), or greedy decoding constrained to spans of the passages it read (Castel et al. 2021)
+PROMPTS = ("plain", "few-shot", "constrained")
 INSTRUCTION = "Answer the question in a few words, using the passages."
 SENTINEL = "\x00"
 
@@ -87,13 +91,26 @@ class PromptParts:
         return self.prefix + self.rest
 
 
+@dataclass(frozen=True)
+class Shot:
+    """A worked example for the few-shot prompt: a train question, its gold paragraph and its short answer."""
+
+    question: str
+    passage: Hit
+    answer: str
+
+
 def build_prompt(question: str, passages: list[Hit], template: Template, tail: str,
-                 order: str = "question-first") -> PromptParts:
+                 order: str = "question-first", shots: list[Shot] | None = None, end_of_turn: str = "\n"
+                 ) -> PromptParts:
     """question-first: the query template's text (the user turn up to the question), then the passages, so the
     question's cache carries on into the answer. passages-first: the passages come before the question, which
-    the reader then computes a second time (the retrieval prefix cannot be reused)."""
+    the reader then computes a second time (the retrieval prefix cannot be reused). `shots`: worked examples as
+    earlier turns (passages-first only), each answer closed by `end_of_turn`."""
     if order not in ORDERS:
         raise ValueError(f"prompt order must be one of {', '.join(ORDERS)}, not {order!r}")
+    if shots and order != "passages-first":
+        raise ValueError("a few-shot prompt puts its examples before the question: passages-first only")
     prefix = template.format_query(question)
     if not passages:
         return PromptParts(prefix, f"\n\nAnswer the question in a few words.{tail}")
@@ -101,7 +118,30 @@ def build_prompt(question: str, passages: list[Hit], template: Template, tail: s
     if order == "question-first":
         return PromptParts(prefix, f"\n\n{INSTRUCTION}\n\n{block}{tail}")
     head = template.format_query(SENTINEL).split(SENTINEL)[0]  # the user turn's opening, as the template writes it
-    return PromptParts("", f"{head}{block}\n\nQuestion: {prefix[len(head):]}\n{INSTRUCTION}{tail}")
+    examples = "".join(f"{head}{passages_block([s.passage])}\n\nQuestion: "
+                       f"{template.format_query(s.question)[len(head):]}\n{INSTRUCTION}{tail}{s.answer}{end_of_turn}"
+                       for s in shots or [])
+    return PromptParts("", f"{examples}{head}{block}\n\nQuestion: {prefix[len(head):]}\n{INSTRUCTION}{tail}")
+
+
+def span_sequences(tokenizer, passages: list[Hit]) -> list[list[int]]:
+    """The token sequences an answer constrained to the passages may copy from: each title and text, tokenised
+    as words following a space (as an answer's words are)."""
+    texts = [t for p in passages for t in (p.title, " ".join(p.text.split())) if t.strip()]
+    return [tokenizer(" " + t, add_special_tokens=False)["input_ids"] for t in texts]
+
+
+def allowed_next(generated: list[int], sequences: list[list[int]], stop_ids: list[int]) -> list[int]:
+    """The tokens that continue `generated` as a span of one of `sequences` (any of their tokens to start), and
+    the stop tokens once something was generated."""
+    if not generated:
+        return sorted({t for seq in sequences for t in seq})
+    n, out = len(generated), set(stop_ids)
+    for seq in sequences:
+        for i in range(len(seq) - n):
+            if seq[i : i + n] == generated:
+                out.add(seq[i + n])
+    return sorted(out)
 
 
 def first_line(text: str) -> str:
@@ -111,6 +151,17 @@ def first_line(text: str) -> str:
 
 
 # ---------------------------------------------------------------- the reader
+
+
+@torch.inference_mode()
+def query_vector(tuner, states: dict[int, torch.Tensor], bf16: bool = True) -> np.ndarray:
+    """The tuner on a question's own states, every token real (fed as `encode_store` and `encode_texts` feed it)."""
+    device = next(tuner.parameters()).device
+    feed = feed_dtype(device, bf16)
+    length = next(iter(states.values())).shape[1]
+    mask = torch.ones((1, length), dtype=torch.bool, device=device)
+    with autocast(device, bf16):
+        return tuner({k: v.to(device, feed) for k, v in states.items()}, mask).float().cpu().numpy()
 
 
 class Reader:
@@ -130,6 +181,9 @@ class Reader:
             self.tokenizer.eos_token_id or 0)
         # stop at the end of the turn (a newline would cut "The answer is:\n<the answer>" before the answer)
         self.stop_ids = [self.tokenizer.eos_token_id] if self.tokenizer.eos_token_id is not None else []
+        # what closes an assistant's turn in a few-shot example (ChatML: "<|im_end|>\n")
+        self.end_of_turn = (f"{self.tokenizer.eos_token}\n" if getattr(self.tokenizer, "chat_template", None)
+                            and self.tokenizer.eos_token else "\n")
 
     def ids(self, text: str, special: bool) -> list[int]:
         return self.tokenizer(text, add_special_tokens=special)["input_ids"]
@@ -143,8 +197,10 @@ class Reader:
 
     @torch.inference_mode()
     def generate(self, prompts: list[PromptParts], max_new_tokens: int = 24, batch_size: int = 16,
-                 desc: str = "read", progress: bool = True) -> tuple[list[str], float]:
-        """Greedy answers of a list of prompts, batched (left padding, longest first); and the seconds spent."""
+                 desc: str = "read", progress: bool = True,
+                 constraints: list[list[list[int]]] | None = None) -> tuple[list[str], float]:
+        """Greedy answers of a list of prompts, batched (left padding, longest first); and the seconds spent.
+        `constraints`: per prompt, the token sequences its answer must be a span of (`span_sequences`)."""
         seqs = [sum(self.prompt_ids(p), []) for p in prompts]
         order = sorted(range(len(seqs)), key=lambda i: -len(seqs[i]))
         out: list[str] = [""] * len(seqs)
@@ -157,9 +213,15 @@ class Reader:
             for row, i in enumerate(idx):
                 ids[row, width - len(seqs[i]):] = torch.tensor(seqs[i])
                 mask[row, width - len(seqs[i]):] = 1
+            allowed = None
+            if constraints is not None:
+                rows = [constraints[i] for i in idx]
+
+                def allowed(row: int, seq: torch.Tensor, rows=rows, width=width) -> list[int]:
+                    return allowed_next(seq[width:].tolist(), rows[row], self.stop_ids)
             gen = self.model.generate(input_ids=ids.to(self.device), attention_mask=mask.to(self.device),
                                       max_new_tokens=max_new_tokens, do_sample=False, eos_token_id=self.stop_ids,
-                                      pad_token_id=self.pad_id)
+                                      pad_token_id=self.pad_id, prefix_allowed_tokens_fn=allowed)
             for row, i in enumerate(idx):
                 out[i] = first_line(self.tokenizer.decode(gen[row, width:], skip_special_tokens=True))
         return out, time.time() - t0
@@ -187,15 +249,7 @@ class Reader:
                 h.remove()
         return {layer: captured[layer] for layer in layers}, out.past_key_values
 
-    @torch.inference_mode()
-    def query_vector(self, tuner, states: dict[int, torch.Tensor], bf16: bool = True) -> np.ndarray:
-        """The tuner on the prompt's own states (fed as `encode_store` and `encode_texts` feed it)."""
-        device = next(tuner.parameters()).device
-        feed = feed_dtype(device, bf16)
-        length = next(iter(states.values())).shape[1]
-        mask = torch.ones((1, length), dtype=torch.bool, device=device)
-        with autocast(device, bf16):
-            return tuner({k: v.to(device, feed) for k, v in states.items()}, mask).float().cpu().numpy()
+    query_vector = staticmethod(lambda tuner, states, bf16=True: query_vector(tuner, states, bf16))
 
     @torch.inference_mode()
     def continue_answer(self, prefix_ids: list[int], rest_ids: list[int], cache, max_new_tokens: int = 24) -> str:

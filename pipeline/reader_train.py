@@ -20,7 +20,7 @@ from tqdm.auto import tqdm
 from .atomic import atomic_file, existing_dir
 from .data import Prepared
 from .precision import autocast, feed_dtype
-from .reader_data import Passages, SpanExample, gather, length_batches
+from .reader_data import Passages, SpanExample, gather, length_batches, load_layers
 from .span_reader import ReaderConfig, SpanReader, best_spans, span_loss
 from .store import ActivationStore, check_compatible
 from .train import _load_checkpoint, _save_checkpoint, warmup_linear_decay
@@ -135,8 +135,12 @@ def train_reader(inputs: ReaderInputs, reader_cfg: ReaderConfig, cfg: ReaderTrai
     """Train into `out` (best/, reader.json, the dev curve): dev EM/F1 `evals_per_epoch` times an epoch, the best
     F1 kept. A killed run resumes from its last dev evaluation."""
     out = Path(out)
+    out.mkdir(parents=True, exist_ok=True)
     stores = check_compatible([inputs.queries, inputs.corpus])
     device = "cuda" if torch.cuda.is_available() else "cpu"
+    streamed = load_layers([inputs.queries, inputs.corpus], reader_cfg.layers, cfg.memory_gb)
+    if streamed:
+        log.info(f"streaming past the {cfg.memory_gb} GB budget: {', '.join(streamed)}")
     torch.manual_seed(cfg.seed)
     reader = SpanReader(reader_cfg).to(device).train()
     opt = torch.optim.AdamW(reader.parameters(), lr=cfg.lr, weight_decay=cfg.weight_decay)
@@ -215,9 +219,9 @@ def open_reader_inputs(stores: Path, data: str, answers_path: Path, cfg: ReaderT
     questions' labels (a seeded sample of `cfg.max_questions`) and a seeded sample of dev questions."""
     from transformers import AutoTokenizer
 
+    from .answers import read_answers, sample_questions
     from .llm import Template, resolve_model
     from .prepare import ensure_prepared
-    from .rag import read_answers, sample_questions
     from .reader_data import span_examples
     from .store import open_stores
 

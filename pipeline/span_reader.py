@@ -4,8 +4,8 @@ The question's states come from the queries store (or the question's own forward
 from the corpus store: the LLM never runs over a passage at answer time. A causal LLM's passage token has seen
 neither the question nor its own right context, so the head supplies both, as QANet/BiDAF did over static vectors:
 
-    C = proj(mix_l LN(passage layer l))        ELMo's scalar mix of the chosen layers, projected to `width`
-    Q = proj(mix_l LN(question layer l))       (the same mix and projection)
+    C = sum_l mix_l proj_l(LN(passage l))      ELMo's scalar mix of the chosen layers, at the reader's width
+    Q = sum_l mix_l proj_l(LN(question l))     (the same mix and projections)
     C, Q = EncoderBlock(C), EncoderBlock(Q)    depthwise conv (local order) + bidirectional self-attention + FFN
     S_ij = w . [c_i; q_j; c_i * q_j]           BiDAF's trilinear similarity (context-query attention)
     A = softmax_j(S) Q                         what of the question each passage token attends to
@@ -46,7 +46,7 @@ class ReaderConfig:
     width: int = 128
     heads: int = 4
     encoder_blocks: int = 1  # embedding-encoder blocks, shared by passage and question
-    model_blocks: int = 2  # the model-encoder stack, applied twice (M1, M2)
+    model_blocks: int = 1  # the model-encoder stack, applied twice (M1, M2); 2 costs 1.55x the step
     ff_ratio: int = 2
     kernel: int = 7  # the depthwise convolution's width (local order: the stored states saw only the left)
     dropout: float = 0.1
@@ -64,20 +64,25 @@ class ReaderConfig:
 
 
 class ScalarMix(nn.Module):
-    """ELMo's mix: gamma * sum_l softmax(w)_l LN(layer l), then one projection to the reader's width."""
+    """ELMo's scalar mix, moved after the projection (the same linear map, applied once per layer):
+    gamma * sum_l softmax(w)_l proj_l(LN(layer l)). The LayerNorm has no affine part, so no gradient flows back
+    through the 576-wide inputs: a layer costs one normalisation and one matmul, the mix is done at `width`."""
 
     def __init__(self, layers: list[int], llm_width: int, width: int):
         super().__init__()
         self.layers = list(layers)
-        self.norm = nn.ModuleDict({str(layer): nn.LayerNorm(llm_width) for layer in layers})
+        self.proj = nn.ModuleDict({str(layer): nn.Linear(llm_width, width) for layer in layers})
         self.weights = nn.Parameter(torch.zeros(len(layers)))
         self.gamma = nn.Parameter(torch.ones(()))
-        self.proj = nn.Linear(llm_width, width)
 
     def forward(self, states: dict[int, torch.Tensor]) -> torch.Tensor:
-        w = torch.softmax(self.weights, 0)
-        mixed = sum(w[i] * self.norm[str(layer)](states[layer]) for i, layer in enumerate(self.layers))
-        return self.proj(self.gamma * mixed)
+        w = torch.softmax(self.weights.float(), 0)
+        out = 0
+        for i, layer in enumerate(self.layers):
+            x = states[layer]
+            x = F.layer_norm(x, x.shape[-1:])
+            out = out + w[i] * self.proj[str(layer)](x)
+        return self.gamma * out
 
 
 class EncoderBlock(nn.Module):

@@ -9,6 +9,7 @@ import torch
 from click.testing import CliRunner
 from conftest import build_world
 
+from pipeline.answers import read_answers, sample_questions
 from pipeline.ask import Memory
 from pipeline.data import DataError, load_prepared
 from pipeline.fusion import check_same_corpus, check_same_queries, choose, fuse, significance
@@ -17,7 +18,6 @@ from pipeline.index import index_dataset
 from pipeline.llm import FrozenLLM, Template
 from pipeline.metrics import write_trec_run
 from pipeline.prepare import prepare_dataset
-from pipeline.rag import read_answers, sample_questions
 from pipeline.reader import Reader, answer_scores, build_prompt, normalize_answer
 from pipeline.store import ActivationStore
 from pipeline.tiny import write_beir
@@ -251,8 +251,9 @@ def test_lmort_ask_and_search_print_what_they_found(memory_world):
                                   "--max-new-tokens", "2", "alpha", "beta"])
     assert r.exit_code == 0, r.output
     lines = [line for line in r.output.splitlines() if line.strip()]
-    assert "answer: " in r.output and "read (lmort, question-first):" in lines and "ms: forward" in lines[-1]
-    assert lines[lines.index("read (lmort, question-first):") + 1].split()[0] == "1"
+    assert "answer: " in r.output and "read (lmort, plain, question-first):" in lines and "ms: forward" in lines[-1]
+    assert lines[lines.index("read (lmort, plain, question-first):") + 1].split()[0] == "1"
+    assert "no span reader trained for this configuration" in r.output  # and it says so, in one line
     r = CliRunner().invoke(main, ["ask", "--index", str(memory_world["index"]), "--data",
                                   str(memory_world["root"] / "prepared"), " "])
     assert r.exit_code != 0 and "empty" in r.output
@@ -295,12 +296,15 @@ def test_lmort_rag_chooses_on_dev_and_scores_every_system_on_the_same_test_quest
     assert len(out["choices"]) == 4 and out["choice"] == max(out["choices"], key=lambda c: c["dev F1"])
     rows = {row["system"]: row for row in out["rows"]}
     assert set(rows) == {"closed-book", "bm25", "oracle"} and out["questions"] == 4
+    assert {row["reader"] for row in out["rows"]} == {"generate"}  # no span reader was trained here
     assert rows["oracle"]["recall@k"] == 1.0 and rows["closed-book"]["recall@k"] is None
-    assert rows["bm25"]["retrieve s/q"] > 0 and rows["closed-book"]["retrieve s/q"] is None
+    assert rows["bm25"]["retrieve ms/q"] > 0 and rows["closed-book"]["retrieve ms/q"] is None
+    assert rows["bm25"]["read ms/q"] > 0
     assert rows["bm25"]["F1 minus oracle"] == pytest.approx(rows["bm25"]["F1"] - rows["oracle"]["F1"])
     assert rows["oracle"]["F1 minus bm25"] == pytest.approx(rows["oracle"]["F1"] - rows["bm25"]["F1"])
     assert "p" in rows["oracle"] and "F1 minus bm25" not in rows["bm25"]  # the paired test is against BM25
     predictions = json.loads((tmp_path / "rag" / "predictions.json").read_text())[ds.name]
+    assert set(predictions) == {"closed-book generate", "bm25 generate", "oracle generate"}
     assert all(len(p) == 4 for p in predictions.values())
     assert (tmp_path / "rag" / f"rag-{ds.name}.png").stat().st_size > 0
     # a missing answers file: one line, non-zero, nothing written

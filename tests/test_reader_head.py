@@ -103,7 +103,7 @@ def _word_tokenizer():
 def test_labels_are_the_stored_tokens_of_the_answer(planted):
     from transformers import AutoTokenizer
 
-    from pipeline.rag import read_answers
+    from pipeline.answers import read_answers
     from pipeline.store import open_stores
 
     ds = planted["ds"]

@@ -21,8 +21,8 @@ def official_json(path, split_articles):
 
 
 def test_squad_from_the_official_json_has_the_shared_copys_ids(tmp_path):
+    from pipeline.answers import read_answers
     from pipeline.data import load_beir
-    from pipeline.rag import read_answers
     from pipeline.squad import squad_to_beir
 
     train = official_json(tmp_path / "train-v1.1.json", [
