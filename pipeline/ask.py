@@ -165,7 +165,8 @@ class Memory:
         retrieve, the reader's layers read the passages' stored states."""
         t0 = time.perf_counter()
         ids, truncated = self.llm.tokenize([self.template.format_query(question)], self.query_max_length)
-        states, _ = self.llm.forward(ids, self.layers)
+        states, mask = self.llm.forward(ids, self.layers)
+        states = {layer: x[:, : int(mask.sum())] for layer, x in states.items()}  # the batch's width is padded
         t1 = time.perf_counter()
         passages = self._passages(self._retrieve(question, {layer: states[layer] for layer in self.tuner.cfg.layers},
                                                  retriever, k, bf16), k)

@@ -16,7 +16,7 @@ from pipeline.reader import ORDERS, PROMPTS
 @click.command("ask")
 @click.option("--index", "index_dir", type=click.Path(path_type=Path, exists=True, file_okay=False), required=True,
               help="An index of `lmort index` (cache/<name>/index/<variant>/<set>).")
-@click.option("-k", "--k", "k", default=3, show_default=True, help="Passages read.")
+@click.option("-k", "--k", "k", type=click.IntRange(min=1), default=3, show_default=True, help="Passages read.")
 @click.option("--retriever", help="<system>+bm25 (the fusion dev chose, from `lmort fuse`), <system> (the index "
               "alone) or bm25  [<system>+bm25].")
 @click.option("--reader", type=click.Choice(["span", "generate"]),
@@ -47,8 +47,6 @@ def command(index_dir, k, retriever, reader, order, prompt, data, model, fusion_
         raise DataError("the question is empty")
     if max_new_tokens < 1:
         raise click.BadParameter(f"{max_new_tokens}: at least 1", param_hint="--max-new-tokens")
-    if k < 1:
-        raise click.BadParameter(f"{k}: at least 1", param_hint="-k")
     data = data or json.loads((index_dir / "meta.json").read_text()).get("data")
     if not data:
         raise DataError(f"{index_dir}/meta.json names no data set: pass --data")

@@ -102,6 +102,8 @@ def command(params_file, runs_dirs, dev_dirs, out) -> None:
     on dev."""
     check_writable(out)
     params = yaml.safe_load(params_file.read_text())
+    if not isinstance(params, dict):
+        raise click.ClickException(f"{params_file}: not a mapping of parameters (a YAML file like params.yaml)")
     systems = fused_systems(params)
     split = params.get("eval_split", "test")
     report: dict = {}

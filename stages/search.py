@@ -14,7 +14,7 @@ from pipeline.prepare import ensure_prepared
 
 @click.command("search")
 @click.option("--index", "index_dir", type=click.Path(path_type=Path, exists=True), required=True)
-@click.option("-k", default=10, show_default=True)
+@click.option("-k", type=click.IntRange(min=1), default=10, show_default=True, help="Hits to show.")
 @click.option("--data", help="Data set to show titles and texts from [the one the index was built on].")
 @click.option("--bf16", type=bool, default=True, show_default=True,
               help="Run the tuner under bf16 autocast where the device has native bf16 (the LLM computes in the "

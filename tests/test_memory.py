@@ -333,3 +333,28 @@ def test_timing_a_fused_system_needs_its_dev_chosen_weight(memory_world):
     with pytest.raises(DataError, match="no dev-chosen fusion weight"):
         time_retrieval("lmort+bm25", ["a question"], ds, {}, {"pooled-linear+bm25": {"dense_weight": 0.3}})
     assert time_retrieval("bm25", ["a question"], ds, {}, {}) > 0
+
+
+def test_bad_input_to_ask_search_and_fuse_is_one_line_before_any_model_loads(memory_world, tmp_path):
+    index, data = str(memory_world["index"]), str(memory_world["root"] / "prepared")
+    cases = [
+        (["ask", "--index", index, "--data", data, "--max-new-tokens", "-5", "alpha"], "at least 1"),
+        (["ask", "--index", index, "--data", data, "-k", "0", "alpha"], "-k"),
+        (["ask", "--index", index, "--data", data, "--reader", "span", "alpha"], "no span reader"),
+        (["search", "--index", index, "-k", "0", "alpha"], "-k"),
+        (["search", "--index", index, "-k", "-3", "alpha"], "-k"),
+    ]
+    not_json = tmp_path / "fusion.json"
+    not_json.write_text("weights: 0.5\n")
+    cases.append((["ask", "--index", index, "--data", data, "--fusion", str(not_json), "alpha"], "not JSON"))
+    listed = tmp_path / "params.yaml"
+    listed.write_text("- a\n- b\n")
+    cases.append((["fuse", "--params", str(listed), "--runs", str(tmp_path), "--dev-runs", str(tmp_path), "--out",
+                   str(tmp_path / "fused")], "not a mapping"))
+    for args, message in cases:
+        r = CliRunner().invoke(main, args)
+        assert r.exit_code != 0 and isinstance(r.exception, SystemExit), (args, r.output)  # no traceback
+        assert message in r.output, (args, r.output)
+        if message in ("at least 1", "-k"):  # checked before the model loads
+            assert "Loading weights" not in r.output, args
+    assert not (tmp_path / "fused").exists()

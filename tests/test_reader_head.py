@@ -176,3 +176,66 @@ def test_reader_knobs_are_checked():
     with pytest.raises(ConfigError, match=r"reader.layers asks for \[6\]"):
         reader_model_config({"reader": {"layers": [6]}}, [0, 2], 8, True)
     assert reader_model_config({"reader": {"layers": "2"}}, [0, 2], 8, True).layers == [2]
+
+
+@pytest.fixture(scope="module")
+def span_memory(planted):
+    """The planted world laid out as a configuration: a tuner's index, the stores and a trained span reader."""
+    from pipeline.index import index_dataset
+    from pipeline.store import open_stores
+    from pipeline.train import TrainConfig, train
+    from pipeline.training_sets import TrainingSet
+    from pipeline.tuner import TunerConfig
+
+    root, ds = planted["root"], planted["ds"]
+    queries, corpus = open_stores(planted["stores"], ds.name)
+    cfg = TunerConfig(llm_width=queries.width, stream_layer=2, cross_layer=0, width=16, blocks=1, heads=2, out_dim=16)
+    train([TrainingSet(ds, queries, corpus, ds.pairs("train").to_pylist(), ds.qrels["dev"])], cfg,
+          TrainConfig(epochs=1, batch_size=8), root / "tuner", progress=False)
+    index = root / "index" / "lmort" / ds.name
+    index_dataset(root / "tuner" / "best", queries, corpus, list(ds.qrels["test"]), index, root / "run.trec",
+                  "lmort", bf16=False, data=ds.name)
+    rcfg = ReaderTrainConfig(batch_size=8, epochs=12, lr=3e-3, evals_per_epoch=1, dev_questions=None, bf16=False)
+    inputs = open_reader_inputs(planted["stores"], ds.folder, planted["answers"], rcfg)
+    model_cfg = reader_model_config({"reader": {"width": 32, "heads": 2, "max_answer_tokens": 4}},
+                                    inputs.corpus.layers, inputs.corpus.width, True)
+    train_reader(inputs, model_cfg, rcfg, root / "reader" / ds.name, progress=False)
+    return {**planted, "index": index, "queries": queries}
+
+
+def test_ask_with_the_span_reader_answers_from_a_retrieved_passage(span_memory):
+    from pipeline.ask import Memory
+
+    ds = span_memory["ds"]
+    memory = Memory(span_memory["index"], ds)  # span: the configuration trained a reader
+    assert memory.mode == "span" and memory.notice is None
+    for qid in sorted(ds.qrels["test"]):
+        a = memory.ask(ds.queries[qid], k=3, retriever="lmort", bf16=False)
+        assert set(a.ms) == {"forward", "retrieve", "read", "total"}
+        assert a.source.doc_id in [p.id for p in a.passages] and a.answer
+        assert a.answer in ds.corpus[a.source.doc_id]["text"] and a.answer in a.source.sentence
+        # the question's own forward reads what the queries store holds (up to its float16): the same span scores
+        docs = [p.id for p in a.passages]
+        ids = memory.llm.tokenize([memory.template.format_query(ds.queries[qid])], 8)[0]
+        states, mask = memory.llm.forward(ids, memory.span.layers)
+        online = {x.doc_id: x.score for x in memory.span.read({k: v[:, : int(mask.sum())] for k, v in states.items()},
+                                                              docs)}
+        stored = {x.doc_id: x.score for x in memory.span.read_stored_question(span_memory["queries"], qid, docs)}
+        assert stored == pytest.approx(online, rel=0.02, abs=0.05)
+    generating = Memory(span_memory["index"], ds, reader="generate")
+    assert generating.mode == "generate"
+
+
+def test_lmort_ask_span_prints_the_answer_its_passage_and_the_time_of_each_part(span_memory):
+    from click.testing import CliRunner
+
+    from stages.cli import main
+
+    ds = span_memory["ds"]
+    question = ds.queries[sorted(ds.qrels["test"])[0]]
+    r = CliRunner().invoke(main, ["ask", "--index", str(span_memory["index"]), "--data", str(ds.folder),
+                                  "--retriever", "lmort", "--reader", "span", *question.split()])
+    assert r.exit_code == 0, r.output
+    assert "answer: " in r.output and "span score" in r.output and "read (lmort, span):" in r.output
+    assert r.output.strip().splitlines()[-1].startswith("ms: forward")
+    assert "read " in r.output.strip().splitlines()[-1] and "generate" not in r.output.strip().splitlines()[-1]
