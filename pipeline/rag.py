@@ -80,12 +80,35 @@ def score_reader(reader: Reader, ds: Prepared, split: str, qids: list[str], answ
     return result
 
 
+FAILURES = ("exact", "gold not read", "another passage chosen", "answer past the window", "wrong span")
+
+
+def span_outcome(span, ds: Prepared, split: str, qid: str, refs: list[str], read: list, hits: list[Hit]) -> str:
+    """Where the span reader's answer to one question went wrong (`FAILURES`): the gold paragraph was not among
+    the passages read, another passage's span won, no reference answer lies in the gold paragraph's stored
+    tokens, or the span in the gold paragraph is not the answer."""
+    from .reader_data import locate
+
+    if read and answer_scores(read[0].text, refs)["em"]:
+        return "exact"
+    gold = gold_of(ds, split, qid)
+    if not any(h.id in gold for h in hits):
+        return "gold not read"
+    if read and read[0].doc_id not in gold:
+        return "another passage chosen"
+    passage = span.passages[gold[0]]
+    places = [locate(passage, ds.corpus[gold[0]]["text"], a, span.passages.template) for a in refs]
+    if not any(p is not None and p[0] >= 0 for p in places):
+        return "answer past the window"
+    return "wrong span"
+
+
 def score_span_reader(span, queries, ds: Prepared, split: str, qids: list[str], answers: dict[str, list[str]],
                       run: Run | None, k: int, oracle: bool = False) -> dict:
     """The span reader (`span_read.StoredPassageReader`) on one system's passages, one question at a time: the
-    question's states from the queries store, the passages' from the corpus store; `aggregate`'s scores and the
-    reading milliseconds per question."""
-    predictions, recall, seconds = [], [], 0.0
+    question's states from the queries store, the passages' from the corpus store; `aggregate`'s scores, the
+    reading milliseconds per question and the share of each outcome (`span_outcome`)."""
+    predictions, recall, seconds, outcomes = [], [], 0.0, []
     for q in qids:
         hits = hits_for(ds, split, q, run, k, oracle)
         recall.append(float(any(h.id in gold_of(ds, split, q) for h in hits)))
@@ -93,8 +116,10 @@ def score_span_reader(span, queries, ds: Prepared, split: str, qids: list[str], 
         read = span.read_stored_question(queries, q, [h.id for h in hits])
         seconds += time.perf_counter() - t0
         predictions.append(read[0].text if read else "")
+        outcomes.append(span_outcome(span, ds, split, q, answers[q], read, hits))
     result = aggregate(qids, predictions, answers, recall)
     result["read_ms_per_question"] = 1e3 * seconds / max(1, len(qids))
+    result["outcomes"] = {f: outcomes.count(f) / max(1, len(qids)) for f in FAILURES}
     return result
 
 

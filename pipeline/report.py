@@ -110,7 +110,8 @@ def fusion_section(fusion: dict) -> list[str]:
 
 
 def rag_section(rag: dict, root: Path, figures: Path) -> list[str]:
-    """Answer quality (`lmort rag`'s rag.json): the dev choice of prompt order and k, then every system."""
+    """Answer quality (`lmort rag`'s rag.json): the dev choices of each reader, every (system, reader) row, where
+    the span reader fails, and the span reader's own training curve (`lmort train-reader`'s train.json)."""
     lines = []
     for data, r in rag.items():
         png = root / "rag" / f"rag-{data}.png"
@@ -118,19 +119,58 @@ def rag_section(rag: dict, root: Path, figures: Path) -> list[str]:
             shutil.copy(png, figures / png.name)
         c = r["choice"]
         lines += [f"## Answer quality on {data} ({r['questions']} {r['split']} questions)", "",
-                  f"The reader is `{r['model']}` with its head, greedy, bf16 where native, batched; its prompt starts "
-                  f"with the stores' query template (`{r['template']!r}`). Prompt order and k were chosen on "
+                  f"Two readers. **generate**: `{r['model']}` with its head writes the answer, greedy, bf16 where "
+                  f"native; its prompt starts with the stores' query template (`{r['template']!r}`); its style "
+                  f"(plain, few-shot, constrained to spans of the passages), order and k were chosen on "
                   f"{r['dev_questions']} {r['dev_split']} questions with BM25's passages (F1): "
-                  f"**{c['order']}, k = {c['k']}**. EM and F1 with SQuAD's official normalisation (best over the "
-                  "reference answers); `answer in output`: a reference answer inside the output; `recall@k`: the "
-                  "gold paragraph among the k passages read; `F1 minus bm25` and `p`: the paired t-test of "
-                  "per-question F1 against BM25's passages; seconds per question: retrieval timed one question at a "
-                  "time online, generation in batches.", "",
-                  markdown_table(r["choices"], ["order", "k", "dev F1", "dev EM", "dev answer in output",
-                                                "generate s/q"]), "",
-                  markdown_table(r["rows"], r.get("columns") or list(r["rows"][0]), floatfmt=".3f"), ""]
+                  f"**{c.get('prompt', 'plain')}, {c['order']}, k = {c['k']}**. **span**: the span reader trained "
+                  "from the stores (`lmort train-reader`) reads the question's stored states against the passages' "
+                  "stored states"
+                  + (f"; its k was chosen on dev the same way: **k = {r['span_choice']['k']}**" if r.get("span_choice")
+                     else "") + ". EM and F1 with SQuAD's official normalisation (best over the reference answers); "
+                  "`answer in output`: a reference answer inside the output; `recall@k`: the gold paragraph among "
+                  "the k passages read; `F1 minus bm25` and `p`: the paired t-test of per-question F1 against BM25's "
+                  "passages with the same reader; milliseconds per question, timed one question at a time: "
+                  "retrieval online (as `lmort search`), reading (generation of a batch of one; the span reader "
+                  "with its store reads).", "",
+                  markdown_table(r["choices"], ["prompt", "order", "k", "dev F1", "dev EM", "dev answer in output",
+                                                "generate s/q"]), ""]
+        if r.get("span_choices"):
+            lines += [markdown_table(r["span_choices"], ["k", "dev F1", "dev EM", "dev recall@k", "read ms/q"]), ""]
+        lines += [markdown_table(r["rows"], r.get("columns") or list(r["rows"][0]), floatfmt=".3f"), ""]
         if png.exists():
             lines += [f"![answer quality]({figures.name}/{png.name})", ""]
+        lines += span_reader_lines(r, root / "reader" / data, figures, data)
+    return lines
+
+
+def span_reader_lines(r: dict, folder: Path, figures: Path, data: str) -> list[str]:
+    """The span reader's outcomes per system (where it fails) and its training: labels, budget, dev curve."""
+    lines = []
+    if r.get("span_outcomes"):
+        columns = list(r["span_outcomes"][0])
+        lines += ["Where the span reader's answers go (share of the test questions): `exact` (EM 1); `gold not "
+                  "read` (the gold paragraph not among the k passages); `another passage chosen` (it was, but "
+                  "another passage's span scored higher); `answer past the window` (no reference answer inside the "
+                  "gold paragraph's stored tokens); `wrong span` (the gold paragraph's span is not the answer).", "",
+                  markdown_table(r["span_outcomes"], columns, floatfmt=".3f"), ""]
+    train = _json(folder / "train.json")
+    if not train:
+        return lines
+    labels, best, cfg = train["labels"]["train"], train["best"], train["train"]
+    lines += [f"The span reader: {train['parameters']:,} parameters over layers {train['reader']['layers']}, trained "
+              f"on {labels['located']:,} of {labels['questions']:,} train questions ({labels['past_window']:,} "
+              f"answers past the stored window and {labels['not_found']:,} not found in their paragraph were left "
+              f"out), {cfg['epochs']} epochs of {cfg['batch_size']} ({train['questions_seen']:,} questions seen) in "
+              f"{train['train_seconds']:.0f} s ({train['questions_per_second']:.0f} questions/s); the dev point with "
+              f"the best F1 was kept: EM {best['dev_em']:.3f}, F1 {best['dev_f1']:.3f} after "
+              f"{best['questions_seen']:,} questions (gold paragraph, {train['labels']['dev']['questions']} dev "
+              "questions).", "",
+              markdown_table(train["curve"], ["questions_seen", "train_seconds", "loss", "dev_em", "dev_f1"],
+                             floatfmt=".3f"), ""]
+    if (folder / "training.png").exists():
+        shutil.copy(folder / "training.png", figures / f"reader-{data}.png")
+        lines += [f"![span reader training]({figures.name}/reader-{data}.png)", ""]
     return lines
 
 

@@ -19,6 +19,7 @@ from pipeline.prepare import ensure_prepared
 from pipeline.rag import (
     CLOSED_BOOK,
     COLUMNS,
+    FAILURES,
     ORACLE,
     choose_prompt,
     choose_span_k,
@@ -100,6 +101,7 @@ def test_rows(ctx: dict, gen_best: dict, span_best: dict | None) -> tuple[list[d
             span, queries = ctx["span"]
             r = score_span_reader(span, queries, ds, split, qids, refs, run, span_best["k"], system == ORACLE)
             rows["span"].append(reader_rows(system, r, "span", retrieve_s, r["read_ms_per_question"]))
+            ctx["outcomes"].append({"system": system, **r["outcomes"]})
             preds[f"{system} span"], f1s["span"][system] = r["predictions"], r["f1_per_question"]
             click.echo(f"{ds.name} {system} span: F1 {r['f1']:.3f}, EM {r['em']:.3f}")
     return with_gaps(rows["generate"], f1s["generate"]) + with_gaps(rows["span"], f1s["span"]), preds
@@ -119,7 +121,7 @@ def rag_set(reader, data: str, params: dict, runs_dirs, dev_dirs, index_root: Pa
     if missing:
         raise DataError(f"{path}: no answers for {len(missing)} {split} questions of {ds.name} (e.g. {missing[0]})")
     fusion_json = Path(out).parent / "fusion" / "fusion.json"
-    ctx = {"rag": rag, "ds": ds, "split": split, "refs": refs, "reader": reader, "runs": runs_dirs,
+    ctx = {"outcomes": [], "rag": rag, "ds": ds, "split": split, "refs": refs, "reader": reader, "runs": runs_dirs,
            "index_dirs": index_dirs, "template": reader_template(index_dirs, params),
            "test_q": sample_questions(list(ds.qrels[split]), rag["questions"], rag["seed"]),
            "shots": few_shot_examples(ds, refs, rag.get("shots", 2), rag["seed"]),
@@ -141,12 +143,14 @@ def rag_set(reader, data: str, params: dict, runs_dirs, dev_dirs, index_root: Pa
     rows, preds = test_rows(ctx, gen_best, span_best)
     result = {"split": split, "questions": len(ctx["test_q"]), "dev_split": dev_split, "dev_questions": len(dev_q),
               "choice": gen_best, "choices": gen_choices, "span_choice": span_best, "span_choices": span_choices,
+              "span_outcomes": ctx["outcomes"],
               "rows": rows, "columns": COLUMNS, "model": params["model"], "template": ctx["template"].query,
               "shots": [{"question": x.question, "doc_id": x.passage.id, "title": x.passage.title,
                          "text": x.passage.text, "answer": x.answer} for x in ctx["shots"]]}
     bar_plot(rows, Path(out) / f"rag-{ds.name}.png", f"{ds.name} {split}: {len(ctx['test_q'])} questions")
     md = (f"### {ds.name}\n\n{markdown_table(gen_choices, GEN_CHOICE_COLUMNS)}\n"
           + (f"{markdown_table(span_choices, SPAN_CHOICE_COLUMNS)}\n" if span_choices else "")
+          + (f"{markdown_table(ctx['outcomes'], ['system', *FAILURES])}\n" if ctx["outcomes"] else "")
           + f"{markdown_table(rows, COLUMNS)}\n")
     return result, preds, md
 
