@@ -131,9 +131,12 @@ def span_sequences(tokenizer, passages: list[Hit]) -> list[list[int]]:
     return [tokenizer(" " + t, add_special_tokens=False)["input_ids"] for t in texts]
 
 
-def allowed_next(generated: list[int], sequences: list[list[int]], stop_ids: list[int]) -> list[int]:
+def allowed_next(generated: list[int], sequences: list[list[int]], stop_ids: list[int], pad_id: int) -> list[int]:
     """The tokens that continue `generated` as a span of one of `sequences` (any of their tokens to start), and
-    the stop tokens once something was generated."""
+    the stop tokens once something was generated. A finished row of a batch (a stop token generated) takes
+    padding; a span at the end of its passage can only stop."""
+    if any(t in stop_ids for t in generated):
+        return [pad_id]
     if not generated:
         return sorted({t for seq in sequences for t in seq})
     n, out = len(generated), set(stop_ids)
@@ -141,7 +144,7 @@ def allowed_next(generated: list[int], sequences: list[list[int]], stop_ids: lis
         for i in range(len(seq) - n):
             if seq[i : i + n] == generated:
                 out.add(seq[i + n])
-    return sorted(out)
+    return sorted(out) or [pad_id]
 
 
 def first_line(text: str) -> str:
@@ -218,7 +221,7 @@ class Reader:
                 rows = [constraints[i] for i in idx]
 
                 def allowed(row: int, seq: torch.Tensor, rows=rows, width=width) -> list[int]:
-                    return allowed_next(seq[width:].tolist(), rows[row], self.stop_ids)
+                    return allowed_next(seq[width:].tolist(), rows[row], self.stop_ids, self.pad_id)
             gen = self.model.generate(input_ids=ids.to(self.device), attention_mask=mask.to(self.device),
                                       max_new_tokens=max_new_tokens, do_sample=False, eos_token_id=self.stop_ids,
                                       pad_token_id=self.pad_id, prefix_allowed_tokens_fn=allowed)

@@ -239,3 +239,71 @@ def test_lmort_ask_span_prints_the_answer_its_passage_and_the_time_of_each_part(
     assert "answer: " in r.output and "span score" in r.output and "read (lmort, span):" in r.output
     assert r.output.strip().splitlines()[-1].startswith("ms: forward")
     assert "read " in r.output.strip().splitlines()[-1] and "generate" not in r.output.strip().splitlines()[-1]
+
+
+def test_lmort_rag_reads_with_both_readers_and_chooses_each_on_dev(span_memory, tmp_path):
+    from click.testing import CliRunner
+
+    from pipeline.baselines import bm25_run
+    from pipeline.metrics import write_trec_run
+    from stages.cli import main
+
+    ds, root = span_memory["ds"], span_memory["root"]
+    runs = tmp_path / "runs"
+    for split in ("test", "dev"):
+        write_trec_run(bm25_run(ds, list(ds.qrels[split])), runs / ds.name / split / "bm25.trec", "bm25")
+    params = tmp_path / "params.yaml"
+    params.write_text(json.dumps({
+        "model": span_memory["model"], "eval_split": "test", "fusion": {"dev_split": "dev"},
+        "extract": {"compute_dtype": "float32", "case": "lower", "query_template": "{text}"},
+        "rag": {"sets": [str(ds.folder)], "questions": 6, "dev_questions": 4, "seed": 0,
+                "systems": ["closed-book", "bm25", "oracle"], "orders": ["question-first", "passages-first"],
+                "ks": [1, 2], "max_new_tokens": 3, "batch_size": 2, "timing_questions": 2,
+                "readers": ["generate", "span"], "prompts": ["plain", "few-shot", "constrained"], "shots": 2,
+                "span_ks": [1, 3], "span_dev_questions": 8}}))
+    r = CliRunner().invoke(main, ["rag", "--params", str(params), "--runs", str(runs), "--dev-runs", str(runs),
+                                  "--index-root", str(root / "index"), "--answers", str(span_memory["answers"]),
+                                  "--readers", str(root / "reader"), "--stores", str(span_memory["stores"]),
+                                  "--out", str(tmp_path / "rag")])
+    assert r.exit_code == 0, r.output
+    out = json.loads((tmp_path / "rag" / "rag.json").read_text())[ds.name]
+    # the generative prompt: plain and constrained in both orders, few-shot passages-first only, each k
+    assert sorted((c["prompt"], c["order"]) for c in out["choices"]) == sorted(
+        [(p, o) for p in ("plain", "constrained") for o in ("question-first", "passages-first") for _ in (1, 2)]
+        + [("few-shot", "passages-first")] * 2)
+    assert out["choice"] == max(out["choices"], key=lambda c: c["dev F1"]) and len(out["shots"]) == 2
+    assert out["span_choice"] == max(out["span_choices"], key=lambda c: c["dev F1"])
+    rows = {(row["system"], row["reader"]): row for row in out["rows"]}
+    assert set(rows) == {(s, "generate") for s in ("closed-book", "bm25", "oracle")} | {("bm25", "span"),
+                                                                                        ("oracle", "span")}
+    assert rows[("oracle", "span")]["EM"] >= 0.5 and rows[("oracle", "span")]["read ms/q"] > 0
+    assert "F1 minus bm25" in rows[("oracle", "span")] and "F1 minus bm25" in rows[("oracle", "generate")]
+    for outcome in out["span_outcomes"]:
+        assert sum(v for k, v in outcome.items() if k != "system") == pytest.approx(1.0)
+    predictions = json.loads((tmp_path / "rag" / "predictions.json").read_text())[ds.name]
+    for qid, text in predictions["oracle span"].items():  # a span of the gold paragraph
+        assert text in ds.corpus[next(iter(ds.qrels["test"][qid]))]["text"]
+
+
+def test_constrained_decoding_continues_only_spans_of_the_passages():
+    from pipeline.reader import allowed_next
+
+    seqs = [[5, 6, 7, 8], [6, 9]]
+    assert allowed_next([], seqs, [2], 0) == [5, 6, 7, 8, 9]  # any passage token starts an answer
+    assert allowed_next([6], seqs, [2], 0) == [2, 7, 9]  # what follows 6 in either passage, or stop
+    assert allowed_next([6, 7, 8], seqs, [2], 0) == [2]  # the passage ends: only stop
+    assert allowed_next([7, 2], seqs, [2], 0) == [0]  # a finished row of the batch takes padding
+
+
+def test_a_few_shot_prompt_puts_worked_examples_before_the_question():
+    from pipeline.hits import Hit
+    from pipeline.reader import Shot, build_prompt
+
+    shots = [Shot("who wrote it", Hit(1, 1.0, "d1", "Book", "It was written by Ann."), "Ann")]
+    hits = [Hit(1, 1.0, "d2", "Song", "Sung by Bob.")]
+    parts = build_prompt("who sang it", hits, Template(case="keep"), "<tail>", "passages-first", shots, "<end>\n")
+    text = parts.text
+    assert parts.prefix == "" and text.index("who wrote it") < text.index("Ann<end>") < text.index("who sang it")
+    assert text.endswith("<tail>") and "Sung by Bob." in text
+    with pytest.raises(ValueError, match="passages-first only"):
+        build_prompt("who sang it", hits, Template(), "<tail>", "question-first", shots)
