@@ -9,7 +9,7 @@ from pathlib import Path
 import pytest
 import torch
 
-from pipeline.data import ConfigError, load_prepared
+from pipeline.data import ConfigError, DataError, load_prepared
 from pipeline.llm import Template
 from pipeline.prepare import prepare_dataset
 from pipeline.reader_data import Passages, length_batches, locate, span_examples
@@ -139,25 +139,34 @@ def test_length_batches_cover_every_index_once_and_group_lengths():
     assert spread < 40  # random batches of 16 would spread about 90
 
 
-def test_the_reader_learns_a_planted_span_and_its_loss_falls(planted, tmp_path):
+@pytest.fixture(scope="module")
+def trained_reader(planted):
+    """The span reader trained on the planted world, where a configuration keeps it (ROOT/reader/<set>)."""
     cfg = ReaderTrainConfig(batch_size=8, epochs=12, lr=3e-3, evals_per_epoch=1, dev_questions=None, bf16=False)
     inputs = open_reader_inputs(planted["stores"], planted["ds"].folder, planted["answers"], cfg)
     model_cfg = reader_model_config({"reader": {"width": 32, "heads": 2, "max_answer_tokens": 4}},
                                     inputs.corpus.layers, inputs.corpus.width, True)
-    summary = train_reader(inputs, model_cfg, cfg, tmp_path / "reader", progress=False)
+    out = planted["root"] / "reader" / planted["ds"].name
+    return {"summary": train_reader(inputs, model_cfg, cfg, out, progress=False), "inputs": inputs, "out": out}
+
+
+def test_the_reader_learns_a_planted_span_and_its_loss_falls(planted, trained_reader):
+    summary, inputs, out = trained_reader["summary"], trained_reader["inputs"], trained_reader["out"]
     losses = [p["loss"] for p in summary["curve"]]
     assert losses[-1] < 0.5 * losses[0]
     assert summary["best"]["dev_em"] >= 0.75  # chance is about 1 in 12 tokens
-    assert (tmp_path / "reader/best/model.safetensors").is_file() and (tmp_path / "reader/training.png").is_file()
-    assert not (tmp_path / "reader/checkpoint").exists()
+    assert (out / "best/model.safetensors").is_file() and (out / "training.png").is_file()
+    assert not (out / "checkpoint").exists()
     stores = check_compatible([inputs.queries, inputs.corpus])
-    reader = SpanReader.load(tmp_path / "reader/best", stores)
+    reader = SpanReader.load(out / "best", stores)
     assert dev_scores(reader, inputs, bf16=False)["em"] == pytest.approx(summary["best"]["dev_em"])
     # every prediction is a piece of the paragraph it read
     qids = inputs.dev
     docs = [next(iter(planted["ds"].qrels["dev"][q])) for q in qids]
     for (text, _), d in zip(predict(reader, inputs, qids, docs, bf16=False), docs):
         assert text and text in planted["ds"].corpus[d]["text"]
+    with pytest.raises(DataError, match="no stored states for passage nosuch"):
+        predict(reader, inputs, qids[:1], ["nosuch"], bf16=False)
 
 
 def test_a_reader_from_other_stores_is_refused(tmp_path):
@@ -179,7 +188,7 @@ def test_reader_knobs_are_checked():
 
 
 @pytest.fixture(scope="module")
-def span_memory(planted):
+def span_memory(planted, trained_reader):
     """The planted world laid out as a configuration: a tuner's index, the stores and a trained span reader."""
     from pipeline.index import index_dataset
     from pipeline.store import open_stores
@@ -195,11 +204,6 @@ def span_memory(planted):
     index = root / "index" / "lmort" / ds.name
     index_dataset(root / "tuner" / "best", queries, corpus, list(ds.qrels["test"]), index, root / "run.trec",
                   "lmort", bf16=False, data=ds.name)
-    rcfg = ReaderTrainConfig(batch_size=8, epochs=12, lr=3e-3, evals_per_epoch=1, dev_questions=None, bf16=False)
-    inputs = open_reader_inputs(planted["stores"], ds.folder, planted["answers"], rcfg)
-    model_cfg = reader_model_config({"reader": {"width": 32, "heads": 2, "max_answer_tokens": 4}},
-                                    inputs.corpus.layers, inputs.corpus.width, True)
-    train_reader(inputs, model_cfg, rcfg, root / "reader" / ds.name, progress=False)
     return {**planted, "index": index, "queries": queries}
 
 
