@@ -34,4 +34,6 @@ def test_analyze_command_prints_the_table(tiny_model, prepared, tmp_path):
     r = CliRunner().invoke(main, ["analyze", "--model", tiny_model, "--data", str(prepared.folder),
                                   "--out", str(tmp_path / "g"), "--max-pairs", "8"])
     assert r.exit_code == 0, r.output
-    assert "| layer | alignment | uniformity | chosen |" in r.output and "A-layer" in r.output
+    assert "| layer | alignment | uniformity | chosen |" in r.output
+    saved = json.loads((tmp_path / "g" / "geometry.json").read_text())
+    assert f"A-layer {saved['a_layer']}, U-layer {saved['u_layer']}; 8 pairs" in r.output  # what it chose, printed

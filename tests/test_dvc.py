@@ -101,7 +101,7 @@ def test_quick_configuration_under_dvc(tmp_path):
     shown = json.loads(sh("dvc exp show --json", clone, env))
     recorded = [e["data"] for e in walk(shown) if e.get("name") == "blocks2" and "data" in e]
     best = recorded[0]["metrics"]["reports/quick/live/lmort/metrics.json"]["data"]["best"]
-    assert isinstance(best["dev_ndcg@10"], float) and best["steps"] > 0, best
+    assert 0.0 <= best["dev_ndcg@10"] <= 1.0 and best["steps"] > 0, best
     # the layer sweep trains from the same store: the changed sweep knob retrained its points, never stage one
     steps = [json.loads(p.read_text())["steps"] for p in (clone / "cache" / "quick" / "sweep").glob("*/point.json")]
     assert len(steps) == 5 and min(steps) >= 8, steps  # every point trained again to the new minimum

@@ -161,7 +161,11 @@ def test_answers_file_errors_name_the_line_and_field(tmp_path):
         read_answers(f)
     with pytest.raises(FileNotFoundError, match="no answers file"):
         read_answers(tmp_path / "missing.jsonl")
-    assert sample_questions([f"q{i}" for i in range(10)], 3, 0) == sample_questions([f"q{i}" for i in range(10)], 3, 0)
+    qids = [f"q{i}" for i in range(10)]
+    sample = sample_questions(qids, 3, 0)
+    assert len(set(sample)) == 3 and set(sample) <= set(qids) and sample == sorted(sample)
+    assert {tuple(sample_questions(qids, 3, seed)) for seed in range(5)} != {tuple(sample)}  # the seed draws
+    assert sample_questions(qids, 50, 0) == sorted(qids)  # more than there are: all of them
 
 
 # ---------------------------------------------------------------- ask: one forward, query vector and answer
