@@ -50,6 +50,30 @@ def write_geometry(folder: Path, a_layer: int = 1, u_layer: int = 2, num_layers:
     return path
 
 
+TUNER = dict(width=16, blocks=1, heads=2, out_dim=16, dropout=0.0, temperature=0.1)  # a small tuner for the tests
+
+
+@pytest.fixture(scope="session")
+def memory_world(tmp_path_factory):
+    """A tiny model, a prepared set with titles, its stores, a trained tuner and its index (built once: the ask and
+    rag tests read it)."""
+    from pipeline.index import index_dataset
+    from pipeline.store import ActivationStore
+    from pipeline.train import TrainConfig, train
+    from pipeline.training_sets import TrainingSet
+    from pipeline.tuner import TunerConfig
+
+    world = build_world(tmp_path_factory.mktemp("memory"), n_docs=30, n_queries=24, negatives=2)
+    root, model, ds = world["root"], world["model"], world["ds"]
+    queries, corpus = (ActivationStore(root / "stores" / "tiny" / f"{k}.zarr") for k in ("queries", "corpus"))
+    cfg = TunerConfig(llm_width=32, stream_layer=2, cross_layer=0, **TUNER)
+    train([TrainingSet(ds, queries, corpus, ds.pairs("train").to_pylist(), ds.qrels["dev"])], cfg,
+          TrainConfig(epochs=1, batch_size=8), root / "tuner", progress=False)
+    index_dataset(root / "tuner" / "best", queries, corpus, list(ds.qrels["test"]), root / "index" / "lmort" / "tiny",
+                  root / "run.trec", "lmort", bf16=False, data=ds.name)
+    return {"root": root, "model": model, "ds": ds, "index": root / "index" / "lmort" / "tiny"}
+
+
 @pytest.fixture(autouse=True)
 def float32_unless_asked(monkeypatch):
     """Unit tests compute in float32 on every machine (their tolerances are float32's); the bfloat16 tests
