@@ -154,14 +154,27 @@ def choose_span_k(span, queries, ds: Prepared, split: str, qids: list[str], answ
     return max(choices, key=lambda c: c["dev F1"]), choices
 
 
+def answer_sentence(text: str, answer: str) -> str:
+    """The sentence of `text` holding `answer` (the whole text if it is not found)."""
+    at = text.find(answer)
+    if at < 0:
+        return text
+    start = text.rfind(". ", 0, at)
+    start = start + 2 if start >= 0 else 0
+    end = text.find(". ", at + len(answer))
+    return text[start : end + 1 if end >= 0 else len(text)].strip()
+
+
 def few_shot_examples(ds: Prepared, answers: dict[str, list[str]], n: int, seed: int) -> list[Shot]:
-    """`n` seeded train questions with their gold paragraph and their (short) answer, for the few-shot prompt."""
+    """`n` seeded train questions with a short answer, each shown with the sentence of its gold paragraph that
+    holds the answer (whole paragraphs tripled the prompt: 1.4 s a question on 2 cores against 0.23 plain)."""
     train = [q for q in sorted(ds.qrels.get("train", {})) if q in answers and gold_of(ds, "train", q)
              and len(answers[q][0].split()) <= 4]
     out = []
     for q in random.Random(seed).sample(train, min(n, len(train))):
         d = gold_of(ds, "train", q)[0]
-        out.append(Shot(ds.queries[q], Hit(1, 1.0, d, ds.corpus[d]["title"], ds.corpus[d]["text"]), answers[q][0]))
+        passage = Hit(1, 1.0, d, ds.corpus[d]["title"], answer_sentence(ds.corpus[d]["text"], answers[q][0]))
+        out.append(Shot(ds.queries[q], passage, answers[q][0]))
     return out
 
 
