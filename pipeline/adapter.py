@@ -25,14 +25,16 @@ from tqdm.auto import tqdm
 
 from .atomic import atomic_dir, atomic_file
 from .batching import length_buckets
-from .data import ConfigError, Prepared
+from .config import TrainConfig
+from .data import Prepared
+from .errors import ConfigError
 from .extract import texts_of
 from .index import build_index, retrieve
 from .llm import FrozenLLM, Template
 from .metrics import evaluate
 from .pooling import mean_pool
 from .precision import autocast
-from .train import TrainConfig, batch_layout, contrastive_loss, epoch_batches, warmup_linear_decay
+from .train import batch_layout, contrastive_loss, epoch_batches, warmup_linear_decay
 from .training_sets import TrainingSet
 
 TARGETS = ("q_proj", "k_proj", "v_proj", "o_proj", "gate_proj", "up_proj", "down_proj")

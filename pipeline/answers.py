@@ -7,7 +7,7 @@ import json
 import random
 from pathlib import Path
 
-from .data import DataError
+from .errors import DataError
 
 
 def answers_file(data: str, given: str | Path | None) -> Path:

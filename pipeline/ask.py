@@ -12,7 +12,8 @@ import time
 from dataclasses import dataclass, field
 from pathlib import Path
 
-from .data import DataError, Prepared
+from .data import Prepared
+from .errors import DataError
 from .fusion import fuse
 from .hits import Hit
 from .index import load_index, search

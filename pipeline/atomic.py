@@ -8,6 +8,8 @@ import tempfile
 from collections.abc import Callable
 from pathlib import Path
 
+from .errors import OutputError
+
 
 def atomic_file(path: Path, write: Callable[[Path], object]) -> None:
     """Call write(temporary path) beside `path`, then rename it into place."""
@@ -49,10 +51,6 @@ def existing_dir(folder: Path) -> Path:
     """`folder`, or what a swap interrupted by a kill left of it."""
     old = folder.with_name(f".{folder.name}.old")
     return folder if folder.exists() or not old.exists() else old
-
-
-class OutputError(ValueError):
-    """An output path that cannot be written: said before the long work starts, not after it."""
 
 
 def check_writable(path: Path, need_bytes: int = 0, margin_bytes: int = 64 << 20) -> None:

@@ -8,9 +8,7 @@ import functools
 
 import click
 
-from .atomic import OutputError
-from .data import ConfigError, DataError
-from .store import StoreError
+from .errors import ConfigError, DataError, OutputError, StoreError
 
 
 def friendly_errors(fn):

@@ -15,14 +15,7 @@ import pyarrow as pa
 import pyarrow.parquet as pq
 
 from .atomic import atomic_dir
-
-
-class DataError(ValueError):
-    """Bad input data; the message names the file, line and field."""
-
-
-class ConfigError(ValueError):
-    """A configuration that cannot be used (a misspelt knob or value); the message names the knob."""
+from .errors import DataError
 
 
 @dataclass

@@ -23,7 +23,7 @@ from pathlib import Path
 from tqdm.auto import tqdm
 
 from .atomic import atomic_dir
-from .data import DataError
+from .errors import DataError
 from .paths import cache_root
 
 log = logging.getLogger(__name__)

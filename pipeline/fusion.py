@@ -22,7 +22,7 @@ from __future__ import annotations
 
 from dataclasses import asdict, dataclass
 
-from .data import DataError
+from .errors import DataError
 from .metrics import Qrels, Run, per_query_ndcg
 
 NORMALISATION = "min-max"

@@ -57,7 +57,7 @@ def write_trec_run(run: Run, path: Path, tag: str) -> None:
 
 def read_trec_run(path: Path) -> Run:
     """A TREC run file (qid Q0 docid rank score tag); a malformed line is a DataError naming file and line."""
-    from .data import DataError
+    from .errors import DataError
 
     run: Run = {}
     with open(path) as f:

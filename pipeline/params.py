@@ -9,9 +9,8 @@ from pathlib import Path
 
 import yaml
 
-from .data import ConfigError
-from .train import TrainConfig
-from .tuner import TunerConfig, variant_config
+from .config import TrainConfig, TunerConfig, variant_config
+from .errors import ConfigError
 
 CONF_DIR = Path(__file__).resolve().parents[1] / "configs"
 

@@ -13,7 +13,8 @@ from pathlib import Path
 
 import numpy as np
 
-from .data import DataError, Prepared
+from .data import Prepared
+from .errors import DataError
 from .hits import Hit
 from .llm import Template
 from .metrics import Run

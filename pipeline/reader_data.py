@@ -15,7 +15,8 @@ from pathlib import Path
 import numpy as np
 import torch
 
-from .data import DataError, Prepared
+from .data import Prepared
+from .errors import DataError
 from .llm import Template
 from .store import ActivationStore
 

@@ -250,7 +250,7 @@ def open_reader_inputs(stores: Path, data: str, answers_path: Path, cfg: ReaderT
 def _reader_section(params: dict) -> tuple[dict, set[str], set[str]]:
     from dataclasses import fields
 
-    from .data import ConfigError
+    from .errors import ConfigError
 
     section = dict(params.get("reader") or {})
     model_keys = {f.name for f in fields(ReaderConfig)} - {"llm_width", "attention_sink"}
@@ -269,7 +269,7 @@ def reader_train_config(params: dict) -> ReaderTrainConfig:
 
 def reader_model_config(params: dict, stored_layers: list[int], llm_width: int, attention_sink: bool) -> ReaderConfig:
     """The `reader:` section's model knobs; `layers`: `all` (every stored layer, mixed) or stored layers."""
-    from .data import ConfigError
+    from .errors import ConfigError
 
     section, model_keys, _ = _reader_section(params)
     layers = section.pop("layers", "all")

@@ -14,17 +14,16 @@ from pathlib import Path
 import numpy as np
 
 from .atomic import atomic_file
+from .config import TrainConfig, TunerConfig
 from .metrics import evaluate, mean_or_none
-from .train import TrainConfig, data_setup, epoch_batches, numeric_settings, split_ndcg, train
+from .train import data_setup, epoch_batches, numeric_settings, split_ndcg, train
 from .training_sets import TrainingSet, sample_queries
-from .tuner import Tuner, TunerConfig
+from .tuner import Tuner
 
 
 def point_name(variant: str, size: str | None, queries: int | None) -> str:
     return f"{variant}-{size or 'fixed'}-{queries or 'all'}"
 
-
-MIN_STEPS = 500  # every scaling and sweep point trains at least this many steps (the one default)
 
 
 def recipe_for(sets: list[TrainingSet], cfg: TrainConfig, queries: int | None, min_steps: int,

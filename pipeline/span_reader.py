@@ -29,7 +29,7 @@ import torch.nn.functional as F
 from safetensors.torch import load_file, save_file
 
 from .atomic import atomic_dir
-from .data import ConfigError
+from .errors import ConfigError
 from .pooling import pooling_mask
 from .store import describe_difference
 
@@ -186,7 +186,7 @@ class SpanReader(nn.Module):
     def load(cls, folder: Path, stores: dict | None = None, device: str = "cpu") -> SpanReader:
         """A saved reader; with `stores` (the shared fingerprint of the stores it will read), one trained on other
         stores (model, layers, template, case, dtype) is refused with the difference spelled out."""
-        from .store import StoreError
+        from .errors import StoreError
 
         folder = Path(folder)
         if not (folder / "reader.json").is_file():

@@ -14,7 +14,7 @@ import urllib.request
 from pathlib import Path
 
 from .atomic import atomic_dir
-from .data import DataError
+from .errors import DataError
 
 SQUAD_URL = "https://rajpurkar.github.io/SQuAD-explorer/dataset"
 FILES = {"train": "train-v1.1.json", "dev": "dev-v1.1.json"}  # our split prefix -> the official file

@@ -33,6 +33,7 @@ import zarr
 from zarr.codecs import ZstdCodec
 
 from .atomic import atomic_dir, atomic_file
+from .errors import StoreError
 
 SHARD_TOKENS = 32768  # tokens per shard: one task of the extraction (a dask worker's unit), resumable on its own
 # rows (tokens) per Zarr chunk of a layer: a streamed training batch decodes every chunk its texts touch, so smaller
@@ -42,10 +43,6 @@ CHUNK_TOKENS = 256
 
 FORMAT_VERSION = 1
 DTYPES = {"float16": np.float16, "float32": np.float32}  # numpy/zarr have no bfloat16
-
-
-class StoreError(RuntimeError):
-    """A store that cannot be used as asked: wrong fingerprint, incomplete, or locked."""
 
 
 @dataclass

@@ -11,15 +11,16 @@ import json
 import logging
 from dataclasses import dataclass
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 import numpy as np
 
 from .atomic import atomic_file
-from .scaling import train_point
+from .config import FUSION, TrainConfig, TunerConfig
 from .tables import markdown_table
-from .train import TrainConfig
-from .training_sets import TrainingSet
-from .tuner import FUSION, TunerConfig
+
+if TYPE_CHECKING:
+    from .training_sets import TrainingSet
 
 log = logging.getLogger(__name__)
 
@@ -73,6 +74,8 @@ def run_sweep(sets: list[TrainingSet], tests: list[TrainingSet], points: list[Sw
               cfg: TrainConfig, min_steps: int, out: Path, label: dict, progress=iter) -> list[dict]:
     """Train and score every point not done yet (`config_of(point) -> TunerConfig`). Before each point the
     stores forget the layers it does not read, so a CPU never holds the whole grid in memory."""
+    from .scaling import train_point  # torch: imported only where a point is trained
+
     done = []
     for p in progress(points):
         tuner_cfg: TunerConfig = config_of(p)

@@ -14,7 +14,7 @@ import shutil
 import time
 from collections import deque
 from concurrent.futures import ThreadPoolExecutor
-from dataclasses import asdict, dataclass
+from dataclasses import asdict
 from functools import partial
 from pathlib import Path
 
@@ -25,39 +25,15 @@ from safetensors.torch import load_file, save_file
 from tqdm.auto import tqdm
 
 from .atomic import atomic_dir, atomic_file, existing_dir
+from .config import IO_ONLY, TrainConfig, TunerConfig
 from .index import build_index, retrieve
 from .metrics import evaluate
 from .precision import autocast, feed_dtype
 from .store import check_compatible
 from .training_sets import TrainingSet, sample_queries
-from .tuner import Tuner, TunerConfig
+from .tuner import Tuner
 
 log = logging.getLogger(__name__)
-
-
-@dataclass
-class TrainConfig:
-    """The training recipe. These defaults are the default configuration's (params.yaml; a test holds them equal)."""
-
-    batch_size: int = 32
-    negatives: int = 1  # BM25 hard negatives per query (besides the in-batch ones)
-    epochs: int = 6
-    lr: float = 5e-4
-    weight_decay: float = 0.01
-    warmup: float = 0.05  # fraction of all steps
-    clip: float = 1.0
-    patience: int = 2  # dev evaluations without improvement before stopping
-    dev_every: int = 6  # epochs between dev evaluations (the last epoch is always evaluated): 6 = once, at the end
-    seed: int = 0
-    max_steps_per_epoch: int | None = None
-    max_queries: int | None = None  # a seeded sample of this many training queries over all sets (scaling curve)
-    mix_alpha: float = 0.5  # batches per training set proportional to (queries)^mix_alpha; see set_quotas
-    memory_gb: float = 8.0  # stores' layers up to this size are loaded into memory; larger ones are streamed
-    prefetch: int = 4  # batches read ahead by a background thread
-    bf16: bool = True  # bf16 autocast (training, dev scoring) where the device computes bfloat16 natively
-
-
-IO_ONLY = ("memory_gb", "prefetch")  # how batches are read, not what is computed: streamed == loaded (a test)
 
 
 def numeric_settings(cfg: TrainConfig) -> dict:

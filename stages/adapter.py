@@ -11,7 +11,7 @@ import click
 
 from pipeline.atomic import check_writable
 from pipeline.command_line import friendly_errors, names
-from pipeline.data import ConfigError
+from pipeline.errors import ConfigError
 from pipeline.params import load_params, train_config
 from pipeline.training_sets import open_training_sets
 

@@ -39,7 +39,7 @@ def command(index_dir, k, retriever, reader, order, prompt, data, model, fusion_
     import json
 
     from pipeline.ask import Memory, dev_prompt
-    from pipeline.data import DataError
+    from pipeline.errors import DataError
     from pipeline.prepare import ensure_prepared
 
     text = " ".join(question)

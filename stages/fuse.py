@@ -10,7 +10,7 @@ import yaml
 
 from pipeline.atomic import atomic_file, check_writable
 from pipeline.command_line import friendly_errors, names
-from pipeline.data import DataError
+from pipeline.errors import DataError
 from pipeline.fusion import (
     CHOICE_COLUMNS,
     METHODS,

@@ -11,10 +11,14 @@ from tqdm.auto import tqdm
 
 from pipeline.atomic import atomic_file, check_writable
 from pipeline.command_line import friendly_errors, names
-from pipeline.llm import device_name
+from pipeline.config import MIN_STEPS
 from pipeline.params import load_params, train_config, tuner_config
-from pipeline.scaling import MIN_STEPS, curve_table, plot_curve, point_name, read_points, reference_scores, train_point
-from pipeline.training_sets import open_training_sets
+
+
+def write_no_points(out: Path) -> None:
+    out.mkdir(parents=True, exist_ok=True)
+    atomic_file(out / "scaling.md", lambda tmp: tmp.write_text("No scaling points configured (`scaling:`).\n"))
+    click.echo(f"no scaling points configured; wrote {out / 'scaling.md'}")
 
 
 @click.command("scale")
@@ -37,15 +41,21 @@ def command(stores, data, zero_shot, geometry, params_file, overrides, metrics, 
     check_writable(out)
     params = load_params(params_file, overrides)
     scaling = params.get("scaling") or {}
+    todo = [(v, s if v != "pooled-linear" else None, None if q == "all" else int(q))
+            for v in scaling.get("variants", []) for s in scaling.get("sizes", [None])
+            for q in scaling.get("queries", [])]
+    todo = list(dict.fromkeys(todo))  # pooled-linear has no size: one line
+    if not todo and not any(Path(out).glob("*/point.json")):  # a configuration without a scaling section: no torch
+        return write_no_points(out)
+    from pipeline.llm import device_name
+    from pipeline.scaling import curve_table, plot_curve, point_name, read_points, reference_scores, train_point
+    from pipeline.training_sets import open_training_sets
+
     sets = open_training_sets(stores, names(data))
     evals = open_training_sets(stores, names(zero_shot) or list(scaling.get("zero_shot", [])), pairs=False)
     first = sets[0].corpus
     sink = bool(first.fingerprint.get("attention_sink"))
     cfg = train_config(params)
-    todo = [(v, s if v != "pooled-linear" else None, None if q == "all" else int(q))
-            for v in scaling.get("variants", []) for s in scaling.get("sizes", [None])
-            for q in scaling.get("queries", [])]
-    todo = list(dict.fromkeys(todo))  # pooled-linear has no size: one line
     device = device_name()
     for variant, size, queries in tqdm(todo, desc="scaling points", unit="point"):
         tuner_cfg = tuner_config({**params, "tuner": {**params.get("tuner", {}), "size": size}}, variant, geometry,
@@ -59,10 +69,7 @@ def command(stores, data, zero_shot, geometry, params_file, overrides, metrics, 
     if points_only:
         return
     if not points:  # a configuration without a scaling section
-        out.mkdir(parents=True, exist_ok=True)
-        atomic_file(out / "scaling.md", lambda tmp: tmp.write_text("No scaling points configured (`scaling:`).\n"))
-        click.echo(f"no scaling points configured; wrote {out / 'scaling.md'}")
-        return
+        return write_no_points(out)
     ref_path = out / "reference.json"
     if not ref_path.exists():
         ref = reference_scores(sets, evals, json.loads(Path(metrics).read_text()) if metrics and

@@ -12,11 +12,9 @@ from tqdm.auto import tqdm
 
 from pipeline.atomic import atomic_file, check_writable
 from pipeline.command_line import friendly_errors, names
-from pipeline.llm import device_name
+from pipeline.config import MIN_STEPS
 from pipeline.params import load_params, train_config, tuner_config
-from pipeline.scaling import MIN_STEPS
 from pipeline.sweep import plan, plot_heatmap, read_grid, run_sweep, selection, sweep_tables
-from pipeline.training_sets import open_training_sets
 
 
 def shard_of(text: str) -> tuple[int, int]:
@@ -59,7 +57,10 @@ def command(stores, data, tests, geometry, params_file, overrides, shard, out, p
     if layers or pairs or baselines:
         if summarize:
             points = plan(None, layers, pairs, baselines)
-        else:
+        else:  # torch, only where there is a point to train (a sweep with nothing planned takes under a second)
+            from pipeline.llm import device_name
+            from pipeline.training_sets import open_training_sets
+
             sets = open_training_sets(stores, names(data))
             evals = open_training_sets(stores, names(tests) or list(sw.get("test") or []), pairs=False)
             first = sets[0].corpus

@@ -9,10 +9,10 @@ import click
 
 from pipeline.atomic import check_writable
 from pipeline.command_line import friendly_errors, names
+from pipeline.config import FUSION, VARIANTS
 from pipeline.params import load_params, train_config, tuner_config
 from pipeline.train import train
 from pipeline.training_sets import open_training_sets
-from pipeline.tuner import FUSION, VARIANTS
 
 
 def layer_pair(selection_rule: str, selection: Path | None) -> tuple[int, int] | None:

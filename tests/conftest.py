@@ -57,11 +57,11 @@ TUNER = dict(width=16, blocks=1, heads=2, out_dim=16, dropout=0.0, temperature=0
 def memory_world(tmp_path_factory):
     """A tiny model, a prepared set with titles, its stores, a trained tuner and its index (built once: the ask and
     rag tests read it)."""
+    from pipeline.config import TrainConfig, TunerConfig
     from pipeline.index import index_dataset
     from pipeline.store import ActivationStore
-    from pipeline.train import TrainConfig, train
+    from pipeline.train import train
     from pipeline.training_sets import TrainingSet
-    from pipeline.tuner import TunerConfig
 
     world = build_world(tmp_path_factory.mktemp("memory"), n_docs=30, n_queries=24, negatives=2)
     root, model, ds = world["root"], world["model"], world["ds"]

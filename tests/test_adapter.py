@@ -10,12 +10,14 @@ from click.testing import CliRunner
 from safetensors.torch import load_file
 
 from pipeline.adapter import Adapter, AdapterConfig, adapter_step, train_adapter
-from pipeline.data import ConfigError, load_prepared
+from pipeline.config import TrainConfig
+from pipeline.data import load_prepared
+from pipeline.errors import ConfigError
 from pipeline.llm import Template
 from pipeline.precision import autocast
 from pipeline.prepare import prepare_dataset
 from pipeline.tiny import make_tiny_model, write_beir
-from pipeline.train import TrainConfig, epoch_batches
+from pipeline.train import epoch_batches
 from pipeline.training_sets import TrainingSet
 from stages.cli import main
 

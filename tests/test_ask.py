@@ -8,7 +8,7 @@ import torch
 from click.testing import CliRunner
 
 from pipeline.ask import Memory
-from pipeline.data import DataError
+from pipeline.errors import DataError
 from pipeline.hits import Hit
 from pipeline.llm import FrozenLLM, Template
 from pipeline.reader import Reader, build_prompt

@@ -11,7 +11,8 @@ import pytest
 from click.testing import CliRunner
 
 from pipeline.bm25 import BM25
-from pipeline.data import DataError, load_beir, load_prepared
+from pipeline.data import load_beir, load_prepared
+from pipeline.errors import DataError
 from pipeline.fetch import download_beir
 from pipeline.prepare import judged_relevant, prepare_dataset, training_pairs
 from stages.cli import main

@@ -94,11 +94,10 @@ def test_the_default_configuration_is_the_library_defaults():
     from dataclasses import asdict, replace
 
     from pipeline.analyze import AnalyzeConfig
+    from pipeline.config import SIZES, TrainConfig, TunerConfig
     from pipeline.extract import ExtractConfig
     from pipeline.params import load_params, train_config
     from pipeline.prepare import PrepareConfig
-    from pipeline.train import TrainConfig
-    from pipeline.tuner import SIZES, TunerConfig
 
     params = load_params(ROOT / "params.yaml")
     assert train_config(params) == TrainConfig()
@@ -112,9 +111,9 @@ def test_the_default_configuration_is_the_library_defaults():
     assert all(defaults[k] == v for k, v in {**shape, **tuner}.items()), (shape, tuner)
     # the scaling and sweep points' minimum steps, the analysis' lengths and dtype, the stores' chunking
     from pipeline.analyze import analyze
+    from pipeline.config import MIN_STEPS
     from pipeline.extract import EXTRACT, ExtractSpec
     from pipeline.llm import Template
-    from pipeline.scaling import MIN_STEPS
     from pipeline.store import CHUNK_TOKENS, SHARD_TOKENS
 
     assert params["scaling"]["min_steps"] == params["sweep"]["min_steps"] == MIN_STEPS

@@ -6,7 +6,8 @@ import numpy as np
 import pytest
 from click.testing import CliRunner
 
-from pipeline.data import DataError, load_prepared
+from pipeline.data import load_prepared
+from pipeline.errors import DataError
 from pipeline.fusion import check_same_corpus, check_same_queries, choose, fuse, significance
 from pipeline.metrics import write_trec_run
 from pipeline.prepare import prepare_dataset

@@ -5,7 +5,7 @@ import json
 import pytest
 from click.testing import CliRunner
 
-from pipeline.data import DataError
+from pipeline.errors import DataError
 from pipeline.metrics import write_trec_run
 from stages.cli import main
 

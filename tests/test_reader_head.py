@@ -9,7 +9,8 @@ from pathlib import Path
 import pytest
 import torch
 
-from pipeline.data import ConfigError, DataError, load_prepared
+from pipeline.data import load_prepared
+from pipeline.errors import ConfigError, DataError, StoreError
 from pipeline.llm import Template
 from pipeline.prepare import prepare_dataset
 from pipeline.reader_data import Passages, length_batches, locate, span_examples
@@ -22,7 +23,7 @@ from pipeline.reader_train import (
     train_reader,
 )
 from pipeline.span_reader import ReaderConfig, SpanReader, best_spans
-from pipeline.store import StoreError, check_compatible
+from pipeline.store import check_compatible
 from pipeline.tiny import WORDS, make_tiny_model
 
 MARK = "omega"  # the answer is the word after this one: a span a head over layer-0 states can learn
@@ -190,11 +191,11 @@ def test_reader_knobs_are_checked():
 @pytest.fixture(scope="module")
 def span_memory(planted, trained_reader):
     """The planted world laid out as a configuration: a tuner's index, the stores and a trained span reader."""
+    from pipeline.config import TrainConfig, TunerConfig
     from pipeline.index import index_dataset
     from pipeline.store import open_stores
-    from pipeline.train import TrainConfig, train
+    from pipeline.train import train
     from pipeline.training_sets import TrainingSet
-    from pipeline.tuner import TunerConfig
 
     root, ds = planted["root"], planted["ds"]
     queries, corpus = open_stores(planted["stores"], ds.name)

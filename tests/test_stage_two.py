@@ -10,14 +10,15 @@ from click.testing import CliRunner
 from conftest import build_world, write_geometry
 from safetensors.torch import load_file
 
+from pipeline.config import TrainConfig, TunerConfig
 from pipeline.extract import ExtractSpec, extract
 from pipeline.index import build_index, retrieve
 from pipeline.llm import FrozenLLM, Template
 from pipeline.metrics import evaluate
 from pipeline.store import ActivationStore
-from pipeline.train import TrainConfig, info_nce, train
+from pipeline.train import info_nce, train
 from pipeline.training_sets import TrainingSet
-from pipeline.tuner import Tuner, TunerConfig
+from pipeline.tuner import Tuner
 from stages.cli import main
 
 TUNER = dict(width=16, blocks=1, heads=2, out_dim=16, dropout=0.1, temperature=0.1)
@@ -270,8 +271,8 @@ def test_query_samples_are_nested_and_keep_every_dev_split(world):
 def test_stores_built_unlike_each_other_or_the_tuner_are_refused(world, tmp_path):
     """A queries store computed in bfloat16 beside a float32 corpus store: train refuses and names the field; a tuner
     trained on float32 stores refuses to index bfloat16 ones."""
+    from pipeline.errors import StoreError
     from pipeline.index import index_dataset
-    from pipeline.store import StoreError
 
     spec = ExtractSpec(world["model"], (0, 1, 2), "queries", 8, compute_dtype="bfloat16", shard_tokens=256,
                        chunk_tokens=16)

@@ -8,9 +8,10 @@ import numpy as np
 import pytest
 import torch
 
+from pipeline.errors import StoreError
 from pipeline.extract import ExtractSpec, extract, texts_of
 from pipeline.llm import FrozenLLM
-from pipeline.store import ActivationStore, StoreError, StoreWriter, store_lock
+from pipeline.store import ActivationStore, StoreWriter, store_lock
 
 
 def spec_for(model, **kw):

@@ -1,7 +1,8 @@
 import pytest
 import torch
 
-from pipeline.tuner import VARIANTS, Tuner, TunerConfig, variant_config
+from pipeline.config import VARIANTS, TunerConfig, variant_config
+from pipeline.tuner import Tuner
 
 
 def cfg(**kw):
