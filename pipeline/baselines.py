@@ -16,6 +16,7 @@ from .data import Prepared
 from .index import build_index, retrieve
 from .metrics import Run
 from .pooling import mean_pool
+from .precision import autocast
 from .store import ActivationStore
 
 BASELINE_RUNS = {"bm25": "bm25", "minilm": "minilm-l6", "raw": "raw-layer-"}  # --systems name: run-file stem (prefix)
@@ -34,8 +35,9 @@ def minilm_folder() -> Path:
 
 @torch.inference_mode()
 def minilm_encode(texts: list[str], folder: Path | None = None, batch_size: int = 64, max_length: int = 256,
-                  desc: str = "MiniLM", progress: bool = True) -> np.ndarray:
-    """sentence-transformers all-MiniLM-L6-v2 as its card defines it: mean pooling, L2 normalisation."""
+                  desc: str = "MiniLM", progress: bool = True, bf16: bool = False) -> np.ndarray:
+    """sentence-transformers all-MiniLM-L6-v2 as its card defines it: mean pooling, L2 normalisation. `bf16`: its
+    matmuls under bf16 autocast where the CPU or GPU computes bfloat16 natively (float32 elsewhere)."""
     from transformers import AutoModel, AutoTokenizer
 
     folder = folder or minilm_folder()
@@ -43,17 +45,19 @@ def minilm_encode(texts: list[str], folder: Path | None = None, batch_size: int 
     model = AutoModel.from_pretrained(folder, use_safetensors=True).eval()
     out = np.zeros((len(texts), model.config.hidden_size), dtype=np.float32)
     batches = list(length_buckets([len(t) for t in texts], batch_size=batch_size))
-    for idx in tqdm(batches, desc=desc, unit="batch", disable=not progress):
-        enc = tok([texts[i] for i in idx], padding=True, truncation=True, max_length=max_length, return_tensors="pt")
-        pooled = mean_pool(model(**enc).last_hidden_state, enc["attention_mask"])
-        out[idx] = F.normalize(pooled, dim=-1).numpy()
+    with torch.inference_mode(), autocast("cpu", bf16):
+        for idx in tqdm(batches, desc=desc, unit="batch", disable=not progress):
+            enc = tok([texts[i] for i in idx], padding=True, truncation=True, max_length=max_length,
+                      return_tensors="pt")
+            pooled = mean_pool(model(**enc).last_hidden_state.float(), enc["attention_mask"])
+            out[idx] = F.normalize(pooled, dim=-1).numpy()
     return out
 
 
-def minilm_run(ds: Prepared, qids: list[str], k: int = 100) -> Run:
+def minilm_run(ds: Prepared, qids: list[str], k: int = 100, bf16: bool = False) -> Run:
     dids = list(ds.corpus)
-    docs = minilm_encode([doc_text(ds.corpus[d]) for d in dids], desc="MiniLM corpus")
-    queries = minilm_encode([ds.queries[q] for q in qids], desc="MiniLM queries")
+    docs = minilm_encode([doc_text(ds.corpus[d]) for d in dids], desc="MiniLM corpus", bf16=bf16)
+    queries = minilm_encode([ds.queries[q] for q in qids], desc="MiniLM queries", bf16=bf16)
     return retrieve(build_index(docs), dids, qids, queries, k)
 
 
