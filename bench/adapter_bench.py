@@ -17,7 +17,7 @@ from pathlib import Path
 import torch
 
 from pipeline.adapter import Adapter, AdapterConfig, adapter_step, tokenized
-from pipeline.llm import Template
+from pipeline.config import template_of
 from pipeline.params import load_params, train_config, tuner_config
 from pipeline.precision import autocast
 from pipeline.prepare import ensure_prepared
@@ -55,7 +55,7 @@ def main() -> None:
     knobs = {k: v for k, v in params["adapter"].items() if k != "max_steps"}
     cfg = AdapterConfig(model=params["model"], layer=u, query_max_length=extract["query_max_length"],
                         passage_max_length=extract["passage_max_length"],
-                        template=asdict(Template(query=extract["query_template"], case=extract["case"])), **knobs)
+                        template=asdict(template_of(params)), **knobs)
     adapter = Adapter(cfg)
     texts = tokenized(adapter, ds)
     opt = torch.optim.AdamW([p for p in adapter.parameters() if p.requires_grad], lr=recipe.lr)

@@ -14,8 +14,9 @@ import argparse
 import torch
 import torch.nn.functional as F
 
+from pipeline.config import Template
 from pipeline.extract import texts_of
-from pipeline.llm import FrozenLLM, Template
+from pipeline.llm import FrozenLLM
 from pipeline.prepare import ensure_prepared
 from pipeline.tables import markdown_table
 

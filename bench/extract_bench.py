@@ -26,8 +26,8 @@ from pathlib import Path
 import numpy as np
 import torch
 
+from pipeline.config import Template
 from pipeline.extract import ExtractSpec, cached_llm, extract, texts_of
-from pipeline.llm import Template
 from pipeline.precision import bf16_native
 from pipeline.prepare import ensure_prepared
 from pipeline.store import store_bytes

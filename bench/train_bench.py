@@ -19,8 +19,9 @@ from pathlib import Path
 
 import torch
 
+from pipeline.config import Template
 from pipeline.extract import texts_of
-from pipeline.llm import FrozenLLM, Template, default_device
+from pipeline.llm import FrozenLLM, default_device
 from pipeline.params import load_params, train_config, tuner_config
 from pipeline.precision import autocast, bf16_native, feed_dtype
 from pipeline.prepare import ensure_prepared

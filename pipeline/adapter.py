@@ -25,12 +25,12 @@ from tqdm.auto import tqdm
 
 from .atomic import atomic_dir, atomic_file
 from .batching import length_buckets
-from .config import TrainConfig
+from .config import Template, TrainConfig
 from .data import Prepared
 from .errors import ConfigError
 from .extract import texts_of
 from .index import build_index, retrieve
-from .llm import FrozenLLM, Template
+from .llm import FrozenLLM
 from .metrics import evaluate
 from .pooling import mean_pool
 from .precision import autocast

@@ -12,10 +12,11 @@ import torch
 import torch.nn.functional as F
 
 from .atomic import atomic_file
+from .config import Template
 from .data import Prepared
 from .extract import EXTRACT
 from .geometry import alignment_per_layer, choose_layers, uniformity_per_layer
-from .llm import FrozenLLM, Template, default_device, parameter_count
+from .llm import FrozenLLM, default_device, parameter_count
 from .metrics import evaluate
 from .pooling import mean_pool
 from .precision import dtype_name, resolve_compute_dtype

@@ -12,12 +12,12 @@ import time
 from dataclasses import dataclass, field
 from pathlib import Path
 
+from .config import RAG, Template
 from .data import Prepared
 from .errors import DataError
 from .fusion import fuse
 from .hits import Hit
 from .index import load_index, search
-from .llm import Template
 from .reader import ORDERS, Reader, build_prompt, query_vector
 
 READER_CHOICES = ("span", "generate")
@@ -151,7 +151,7 @@ class Memory:
         return retriever
 
     def ask(self, question: str, k: int = 3, retriever: str | None = None, order: str = "question-first",
-            max_new_tokens: int = 24, bf16: bool = True, prompt: str = "plain", shots=None) -> Answer:
+            max_new_tokens: int = RAG.max_new_tokens, bf16: bool = True, prompt: str = "plain", shots=None) -> Answer:
         retriever = self.check(question, k, retriever, order)
         if self.mode == "span":
             return self._ask_span(question, k, retriever, bf16)

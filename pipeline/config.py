@@ -3,11 +3,13 @@ so reading a configuration (and a stage with nothing to do) costs no heavy impor
 
     TunerConfig   the `tuner:` section plus the variant's wiring (variant_config: METHOD.md's ablations)
     TrainConfig   the `train:` section, the training recipe
+    Template      how a text is written before tokenising (the `extract:` section's case and query template)
+    RunConfig, FusionConfig, RagConfig, ScalingConfig, SweepConfig: the top-level knobs and the other sections
 """
 
 from __future__ import annotations
 
-from dataclasses import asdict, dataclass
+from dataclasses import asdict, dataclass, fields
 
 from .errors import ConfigError
 
@@ -62,6 +64,54 @@ class TunerConfig:
 MIN_STEPS = 500  # every scaling and sweep point trains at least this many steps (the one default)
 
 
+CASES = ("keep", "lower")
+
+
+@dataclass(frozen=True)
+class Template:
+    """How a text is written before tokenisation; part of every store's fingerprint, and what online encoding
+    applies too, so stored and online vectors see the same text.
+
+    case="lower" lower-cases every text first. The layers LMORT reads (0-2 on SmolLM2) are still lexical and
+    cased: "CELL" and "cell" are different tokens, so an upper-case query shares no input with a lower-case
+    passage. Normalising the input is exact for every word, costs nothing, and is what BM25 and MiniLM do;
+    augmentation in training could only teach the cased forms it happens to see."""
+
+    query: str = "{text}"
+    passage: str = "{title}\n{text}"
+    case: str = "lower"  # the one default of the case: ExtractConfig, the CLI and analyze() read it from here
+
+    def __post_init__(self):
+        if self.case not in CASES:
+            raise ValueError(f"template case must be one of {', '.join(CASES)}, not {self.case!r}")
+
+    def _cased(self, text: str) -> str:
+        return text.lower() if self.case == "lower" else text
+
+    def format_query(self, text: str) -> str:
+        return self._cased(self.query.format(text=text))
+
+    def format_passage(self, title: str, text: str) -> str:
+        if not title.strip():
+            return self._cased(text)
+        if not text.strip():
+            return self._cased(title)
+        return self._cased(self.passage.format(title=title, text=text))
+
+
+def unescape_newlines(text: str) -> str:
+    """A template as written in YAML or on a command line: `\\n` for a newline (DVC runs each line of a command
+    apart)."""
+    return text.replace("\\n", "\n")
+
+
+def template_of(params: dict) -> Template:
+    """The `extract:` section's template: how the configuration's stores wrote their texts."""
+    extract = params.get("extract") or {}
+    return Template(query=unescape_newlines(str(extract.get("query_template", Template.query))),
+                    case=extract.get("case", Template.case))
+
+
 @dataclass
 class TrainConfig:
     """The training recipe. These defaults are the default configuration's (params.yaml; a test holds them equal)."""
@@ -88,7 +138,7 @@ IO_ONLY = ("memory_gb", "prefetch")  # how batches are read, not what is compute
 
 
 VARIANTS = ("lmort", "swapped", "a-only", "u-only", "emb-only", "last-only", "pooled-linear")
-FUSION = ("first-last", "scalar-mix", "lmort-multi")  # read several stored layers: need `stored_layers`
+LAYER_FUSIONS = ("first-last", "scalar-mix", "lmort-multi")  # read several stored layers: need `stored_layers`
 
 
 def variant_config(variant: str, a_layer: int, u_layer: int, last_layer: int, llm_width: int,
@@ -103,7 +153,7 @@ def variant_config(variant: str, a_layer: int, u_layer: int, last_layer: int, ll
         if both:
             raise ConfigError(f"tuner size {size!r} sets {', '.join(both)}; give either the size or those knobs")
         knobs = {**SIZES[size], **knobs}
-    if variant in FUSION:
+    if variant in LAYER_FUSIONS:
         if not stored_layers or len(stored_layers) < 2:
             raise ConfigError(f"variant {variant!r} fuses several stored layers; the store has {stored_layers}")
         layers = sorted(stored_layers)
@@ -118,7 +168,94 @@ def variant_config(variant: str, a_layer: int, u_layer: int, last_layer: int, ll
               "u-only": (u_layer, u_layer), "emb-only": (0, 0), "last-only": (last_layer, last_layer),
               "pooled-linear": (a_layer, a_layer)}
     if variant not in wiring:
-        raise ConfigError(f"unknown variant {variant!r}; choose from {', '.join(VARIANTS + FUSION)}")
+        raise ConfigError(f"unknown variant {variant!r}; choose from {', '.join(VARIANTS + LAYER_FUSIONS)}")
     stream, cross = wiring[variant]
     kind = "pooled-linear" if variant == "pooled-linear" else "lmort"
     return TunerConfig(llm_width=llm_width, stream_layer=stream, cross_layer=cross, kind=kind, **knobs)
+
+
+@dataclass(frozen=True)
+class RunConfig:
+    """The top-level knobs of a configuration that a command's options also take."""
+
+    model: str = "smollm2-135m"
+    layer_selection: str = "6,0"  # (U, A) as "u,a"; `geometry` (the analysis' rule) or `dev` (the sweep's pick)
+    baselines: str = "bm25,minilm,raw"
+    eval_split: str = "test"
+
+
+@dataclass(frozen=True)
+class FusionConfig:
+    """The `fusion:` section: which runs are fused with BM25's, and where their parameter is chosen."""
+
+    variants: tuple[str, ...] = ("lmort", "pooled-linear")
+    baselines: tuple[str, ...] = ("minilm-l6",)
+    dev_split: str = "dev"
+    zero_shot_dev: tuple[str, ...] = ("cacm",)
+    zero_shot_split: str = "test"
+    max_p: float = 0.05  # a dense weight is kept only where dev's fused run beats BM25's at this paired-t-test p
+    tune_runs: tuple[dict, ...] = ({"data": "scifact", "split": "dev"}, {"data": "cacm", "split": "test"})
+
+
+@dataclass(frozen=True)
+class RagConfig:
+    """The `rag:` section: answer quality, read by the configuration's LLM and by the span reader."""
+
+    sets: tuple[str, ...] = ()
+    questions: int = 500
+    dev_questions: int = 64
+    seed: int = 0
+    systems: tuple[str, ...] = ("closed-book", "bm25", "minilm-l6", "lmort", "pooled-linear", "lmort+bm25", "oracle")
+    orders: tuple[str, ...] = ("question-first", "passages-first")
+    ks: tuple[int, ...] = (1, 3)
+    max_new_tokens: int = 24  # the generative reader's longest answer
+    batch_size: int = 16
+    timing_questions: int = 50
+    readers: tuple[str, ...] = ("generate", "span")
+    prompts: tuple[str, ...] = ("plain", "few-shot", "constrained")
+    shots: int = 2
+    span_ks: tuple[int, ...] = (1, 3, 5)
+    span_dev_questions: int = 1000
+
+
+@dataclass(frozen=True)
+class ScalingConfig:
+    """The `scaling:` section: the data-scaling curve's points (none by default)."""
+
+    variants: tuple[str, ...] = ()
+    sizes: tuple[str | None, ...] = ()  # tuner sizes; none given: the `tuner:` section's own
+    queries: tuple[int | str, ...] = ()
+    min_steps: int = MIN_STEPS
+    zero_shot: tuple[str, ...] = ()
+
+
+@dataclass(frozen=True)
+class SweepConfig:
+    """The `sweep:` section: the (U, A) layer grid and the fusion baselines (none by default)."""
+
+    layers: tuple | str = ()  # every ordered pair of these stored layers, or `all`
+    pairs: tuple = ()
+    baselines: tuple[str, ...] = ()
+    size: str | None = None
+    min_steps: int = MIN_STEPS
+    test: tuple[str, ...] = ()
+
+
+RUN, FUSION, RAG, SCALING, SWEEP = RunConfig(), FusionConfig(), RagConfig(), ScalingConfig(), SweepConfig()
+SECTIONS = {"fusion": FusionConfig, "rag": RagConfig, "scaling": ScalingConfig, "sweep": SweepConfig}
+
+
+def section(params: dict, name: str):
+    """The typed `name:` section of `params` (lists as tuples); a knob the section does not have is an error."""
+    cls = SECTIONS[name]
+    raw = params.get(name) or {}
+    known = {f.name for f in fields(cls)}
+    unknown = sorted(set(raw) - known)
+    if unknown:
+        raise ConfigError(f"unknown `{name}:` parameters: {unknown} (known: {sorted(known)})")
+    return cls(**{k: tuple(v) if isinstance(v, list) else v for k, v in raw.items()})
+
+
+def run_config(params: dict) -> RunConfig:
+    """The top-level knobs of `params` (the ones it gives; the rest are RunConfig's)."""
+    return RunConfig(**{f.name: params[f.name] for f in fields(RunConfig) if f.name in params})

@@ -19,8 +19,9 @@ import torch
 from tqdm.auto import tqdm
 
 from .atomic import check_writable
+from .config import Template
 from .data import Prepared
-from .llm import FrozenLLM, Template, default_device
+from .llm import FrozenLLM, default_device
 from .precision import dtype_name, resolve_compute_dtype
 from .store import (
     CHUNK_TOKENS,

@@ -22,6 +22,7 @@ from __future__ import annotations
 
 from dataclasses import asdict, dataclass
 
+from .config import FUSION
 from .errors import DataError
 from .metrics import Qrels, Run, per_query_ndcg
 
@@ -125,7 +126,7 @@ def fuse(dense: Run, bm25: Run, method: str, dense_weight: float | None = None, 
 
 
 def choose(dense_dev: Run, bm25_dev: Run, qrels_dev: Qrels, method: str, tuned_on: str,
-           max_p: float = 1.0) -> FusionChoice:
+           max_p: float = FUSION.max_p) -> FusionChoice:
     """Pick the method's parameter by nDCG@10 on dev: the dense weight on a 0.05 grid from 0 to 1 (ties go to the
     smaller weight, the one closer to BM25 alone), or RRF's k from 10 to 100 (ties to 60, the usual constant).
     A weight whose fused dev run does not beat BM25's with paired-t-test p below `max_p` falls back to 0."""
@@ -165,7 +166,7 @@ def paired_t(scores: dict[str, float], baseline: dict[str, float]) -> tuple[floa
     return (sum(a) - sum(b)) / max(1, len(keys)), 1.0 if a == b else float(ttest_rel(a, b).pvalue)
 
 
-def significance(qrels: Qrels, runs: dict[str, Run], baseline: str = "bm25", max_p: float = 0.05) -> dict:
+def significance(qrels: Qrels, runs: dict[str, Run], baseline: str = "bm25", max_p: float = FUSION.max_p) -> dict:
     """{system: {"delta": nDCG@10 minus the baseline's, "p": two-sided paired t-test p-value over the judged
     queries (scipy), "significant": p < max_p}} for every other system, on the same queries."""
     out = {}

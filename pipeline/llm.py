@@ -40,39 +40,6 @@ PRESETS = {
 }
 
 
-CASES = ("keep", "lower")
-
-
-@dataclass(frozen=True)
-class Template:
-    """How a text is written before tokenisation; part of every store's fingerprint, and what online encoding
-    applies too, so stored and online vectors see the same text.
-
-    case="lower" lower-cases every text first. The layers LMORT reads (0-2 on SmolLM2) are still lexical and
-    cased: "CELL" and "cell" are different tokens, so an upper-case query shares no input with a lower-case
-    passage. Normalising the input is exact for every word, costs nothing, and is what BM25 and MiniLM do;
-    augmentation in training could only teach the cased forms it happens to see."""
-
-    query: str = "{text}"
-    passage: str = "{title}\n{text}"
-    case: str = "lower"  # the one default of the case: ExtractConfig, the CLI and analyze() read it from here
-
-    def __post_init__(self):
-        if self.case not in CASES:
-            raise ValueError(f"template case must be one of {', '.join(CASES)}, not {self.case!r}")
-
-    def _cased(self, text: str) -> str:
-        return text.lower() if self.case == "lower" else text
-
-    def format_query(self, text: str) -> str:
-        return self._cased(self.query.format(text=text))
-
-    def format_passage(self, title: str, text: str) -> str:
-        if not title.strip():
-            return self._cased(text)
-        if not text.strip():
-            return self._cased(title)
-        return self._cased(self.passage.format(title=title, text=text))
 
 
 def models_cache() -> Path:

@@ -32,6 +32,8 @@ def compose_params(out: Path, protocol: str = "default", overrides: tuple[str, .
 def load_params(path: Path, overrides: tuple[str, ...] = ()) -> dict:
     """YAML params with `section.key=value` overrides (values parsed as YAML)."""
     params = yaml.safe_load(Path(path).read_text()) or {}
+    if not isinstance(params, dict):
+        raise ConfigError(f"{path}: not a mapping of parameters (a YAML file like params.yaml)")
     for item in overrides:
         key, _, value = item.partition("=")
         node = params

@@ -13,10 +13,10 @@ from pathlib import Path
 
 import numpy as np
 
+from .config import RAG, Template
 from .data import Prepared
 from .errors import DataError
 from .hits import Hit
-from .llm import Template
 from .metrics import Run
 from .reader import Reader, Shot, answer_scores, build_prompt, span_sequences
 
@@ -59,7 +59,8 @@ def aggregate(qids: list[str], predictions: list[str], answers: dict[str, list[s
 
 def score_reader(reader: Reader, ds: Prepared, split: str, qids: list[str], answers: dict[str, list[str]],
                  run: Run | None, k: int, order: str, template: Template, oracle: bool = False,
-                 max_new_tokens: int = 24, batch_size: int = 16, desc: str = "read", prompt: str = "plain",
+                 max_new_tokens: int = RAG.max_new_tokens, batch_size: int = RAG.batch_size, desc: str = "read",
+                 prompt: str = "plain",
                  shots: list[Shot] | None = None) -> dict:
     """The generative reader on one system's passages (`aggregate`'s scores), with the prompt style `prompt`
     (closed-book is always plain: no passages to copy from or to show with examples)."""

@@ -9,8 +9,8 @@ from pathlib import Path
 
 from .answers import answers_file, read_answers, sample_questions
 from .atomic import atomic_file
+from .config import Template, template_of
 from .errors import DataError
-from .llm import Template
 from .metrics import read_trec_run
 from .prepare import ensure_prepared
 from .rag import (
@@ -38,8 +38,7 @@ def reader_template(index_dirs: dict[str, Path], params: dict) -> Template:
     query vectors were read from; without an index, the params' (`\\n` written for a newline, as extract reads it)."""
     for folder in sorted(index_dirs.values()):
         return Template(**json.loads((folder / "meta.json").read_text())["template"])
-    extract = params["extract"]
-    return Template(query=extract["query_template"].replace("\\n", "\n"), case=extract["case"])
+    return template_of(params)
 
 
 def bar_plot(rows: list[dict], path: Path, title: str) -> None:

@@ -18,8 +18,9 @@ import numpy as np
 import torch
 from tqdm.auto import tqdm
 
+from .config import RAG, Template
 from .hits import Hit
-from .llm import Template, default_device, resolve_model
+from .llm import default_device, resolve_model
 from .precision import autocast, feed_dtype
 
 ORDERS = ("question-first", "passages-first")
@@ -199,7 +200,7 @@ class Reader:
         return prefix, rest
 
     @torch.inference_mode()
-    def generate(self, prompts: list[PromptParts], max_new_tokens: int = 24, batch_size: int = 16,
+    def generate(self, prompts: list[PromptParts], max_new_tokens: int = RAG.max_new_tokens, batch_size: int = 16,
                  desc: str = "read", progress: bool = True,
                  constraints: list[list[list[int]]] | None = None) -> tuple[list[str], float]:
         """Greedy answers of a list of prompts, batched (left padding, longest first); and the seconds spent.
@@ -255,7 +256,8 @@ class Reader:
     query_vector = staticmethod(lambda tuner, states, bf16=True: query_vector(tuner, states, bf16))
 
     @torch.inference_mode()
-    def continue_answer(self, prefix_ids: list[int], rest_ids: list[int], cache, max_new_tokens: int = 24) -> str:
+    def continue_answer(self, prefix_ids: list[int], rest_ids: list[int], cache,
+                        max_new_tokens: int = RAG.max_new_tokens) -> str:
         """Generate from the prefix's cache: only the rest of the prompt is computed, then the answer."""
         ids = torch.tensor([prefix_ids + rest_ids], device=self.device)
         gen = self.model.generate(input_ids=ids, attention_mask=torch.ones_like(ids), cache=cache,

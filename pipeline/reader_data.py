@@ -15,9 +15,9 @@ from pathlib import Path
 import numpy as np
 import torch
 
+from .config import Template
 from .data import Prepared
 from .errors import DataError
-from .llm import Template
 from .store import ActivationStore
 
 log = logging.getLogger(__name__)

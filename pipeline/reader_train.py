@@ -220,7 +220,8 @@ def open_reader_inputs(stores: Path, data: str, answers_path: Path, cfg: ReaderT
     from transformers import AutoTokenizer
 
     from .answers import read_answers, sample_questions
-    from .llm import Template, resolve_model
+    from .config import Template
+    from .llm import resolve_model
     from .prepare import ensure_prepared
     from .reader_data import span_examples
     from .store import open_stores

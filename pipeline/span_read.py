@@ -12,8 +12,8 @@ from pathlib import Path
 
 import torch
 
+from .config import Template
 from .data import Prepared
-from .llm import Template
 from .precision import autocast, feed_dtype
 from .reader_data import Passages, gather
 from .span_reader import SpanReader, best_spans

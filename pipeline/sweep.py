@@ -16,7 +16,7 @@ from typing import TYPE_CHECKING
 import numpy as np
 
 from .atomic import atomic_file
-from .config import FUSION, TrainConfig, TunerConfig
+from .config import LAYER_FUSIONS, TrainConfig, TunerConfig
 from .tables import markdown_table
 
 if TYPE_CHECKING:
@@ -24,7 +24,7 @@ if TYPE_CHECKING:
 
 log = logging.getLogger(__name__)
 
-BASELINES = ("pooled-linear", *FUSION)  # pooled-linear: one point per layer
+BASELINES = ("pooled-linear", *LAYER_FUSIONS)  # pooled-linear: one point per layer
 
 
 @dataclass(frozen=True)
@@ -197,7 +197,7 @@ def sweep_tables(points: list[dict], sel: dict, top: int = 5) -> str:
         if "test_rank" in sel:
             lines.append(verdict(sel["test_rank"], "On test (reported, never chosen on)"))
         lines.append("")
-    fused = [p for p in points if p["variant"] in FUSION]
+    fused = [p for p in points if p["variant"] in LAYER_FUSIONS]
     if grid and fused:
         best_fused = max(fused, key=lambda p: p["dev_ndcg@10"] or -1)
         lines += [f"Best fusion baseline on dev: {best_fused['point']} ({best_fused['dev_ndcg@10']} dev, "

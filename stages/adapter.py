@@ -27,7 +27,8 @@ from pipeline.training_sets import open_training_sets
 def command(data, layer, params_file, overrides, out) -> None:
     """Train the LoRA adapter baseline (the LLM runs forward and backward in every step: it cannot read a store)."""
     from pipeline.adapter import AdapterConfig, train_adapter
-    from pipeline.llm import Template, default_device
+    from pipeline.config import template_of
+    from pipeline.llm import default_device
 
     check_writable(out)
     params = load_params(params_file, overrides)
@@ -39,7 +40,7 @@ def command(data, layer, params_file, overrides, out) -> None:
             raise ConfigError(f"layer_selection {selection!r} names no U-layer: give --layer")
         layer = int(selection.split(",")[0])
     extract = params["extract"]
-    template = Template(query=extract["query_template"].replace("\\n", "\n"), case=extract["case"])
+    template = template_of(params)
     cfg = AdapterConfig(model=params["model"], layer=layer, query_max_length=extract["query_max_length"],
                         passage_max_length=extract["passage_max_length"], template=vars(template), **knobs)
     # the tuners' recipe, with a step budget: one pass of `max_steps` batches, dev scored once at its end

@@ -9,8 +9,8 @@ import click
 from pipeline.analyze import ANALYZE, analyze, layer_table
 from pipeline.atomic import check_writable
 from pipeline.command_line import friendly_errors, names
+from pipeline.config import CASES, Template
 from pipeline.extract import EXTRACT
-from pipeline.llm import CASES, Template
 from pipeline.precision import COMPUTE_DTYPES
 from pipeline.prepare import ensure_prepared
 

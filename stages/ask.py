@@ -9,6 +9,7 @@ from pathlib import Path
 import click
 
 from pipeline.command_line import friendly_errors
+from pipeline.config import RAG
 from pipeline.hits import format_hits
 from pipeline.reader import ORDERS, PROMPTS
 
@@ -30,7 +31,8 @@ from pipeline.reader import ORDERS, PROMPTS
 @click.option("--model", help="Refuse the index unless it was built with this LLM.")
 @click.option("--fusion", "fusion_json", type=click.Path(path_type=Path),
               help="fusion.json of `lmort fuse` [cache/<name>/fusion/fusion.json beside the index].")
-@click.option("--max-new-tokens", default=24, show_default=True, help="generate: the longest answer, in tokens.")
+@click.option("--max-new-tokens", default=RAG.max_new_tokens, show_default=True,
+              help="generate: the longest answer, in tokens.")
 @click.argument("question", nargs=-1, required=True)
 @friendly_errors
 def command(index_dir, k, retriever, reader, order, prompt, data, model, fusion_json, max_new_tokens,

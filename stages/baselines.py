@@ -9,6 +9,7 @@ import click
 from pipeline.atomic import check_writable
 from pipeline.baselines import BASELINE_RUNS
 from pipeline.command_line import friendly_errors
+from pipeline.config import RUN
 from pipeline.metrics import evaluate, write_trec_run
 from pipeline.prepare import ensure_prepared
 from pipeline.store import check_compatible, open_stores
@@ -16,11 +17,11 @@ from pipeline.store import check_compatible, open_stores
 
 @click.command("baselines")
 @click.option("--data", required=True)
-@click.option("--split", default="test", show_default=True)
+@click.option("--split", default=RUN.eval_split, show_default=True)
 @click.option("--also-split", help="Also write this split's runs where the set has it (the fusion's dev split: "
               "the corpus is encoded once for both).")
 @click.option("--stores", type=click.Path(path_type=Path, exists=True), help="For the raw pooled-layer baselines.")
-@click.option("--systems", default="bm25,minilm,raw", show_default=True)
+@click.option("--systems", default=RUN.baselines, show_default=True)
 @click.option("--runs", "runs_dir", type=click.Path(path_type=Path), required=True,
               help="Run files go to RUNS/<data>/<split>/<system>.trec.")
 @friendly_errors

@@ -9,8 +9,8 @@ import click
 
 from pipeline.atomic import atomic_file, check_writable
 from pipeline.command_line import friendly_errors
+from pipeline.config import CASES, Template, unescape_newlines
 from pipeline.extract import EXTRACT, ExtractSpec, extract
-from pipeline.llm import CASES, Template
 from pipeline.precision import COMPUTE_DTYPES
 from pipeline.prepare import ensure_prepared
 
@@ -42,7 +42,7 @@ def default_layers(geometry: Path, last_layer: bool = EXTRACT.last_layer) -> lis
               help="lower: lower-case every text before tokenising (recorded in the fingerprint; online search "
                    "applies it too).")
 @click.option("--query-template", default=EXTRACT.query_template, show_default=True,
-              callback=lambda _ctx, _param, value: value.replace("\\n", "\n"),
+              callback=lambda _ctx, _param, value: unescape_newlines(value),
               help="How a query is written before tokenising ({text}: the query; \\n: a newline, since DVC runs "
                    "each line of a command apart). `lmort ask` needs the prompt's prefix here, e.g. "
                    "'<|im_start|>user\\n{text}' for a chat model (in the fingerprint).")

@@ -6,10 +6,10 @@ import json
 from pathlib import Path
 
 import click
-import yaml
 
 from pipeline.atomic import atomic_file, check_writable
 from pipeline.command_line import friendly_errors, names
+from pipeline.config import FUSION, section
 from pipeline.errors import DataError
 from pipeline.fusion import (
     CHOICE_COLUMNS,
@@ -24,6 +24,7 @@ from pipeline.fusion import (
     significance,
 )
 from pipeline.metrics import read_trec_run, write_trec_run
+from pipeline.params import load_params
 from pipeline.prepare import ensure_prepared
 from pipeline.runs import find_run
 from pipeline.tables import markdown_table
@@ -57,7 +58,7 @@ def _read_checked(dirs, data: str, split: str, system: str, qrels: dict) -> dict
 
 
 def fuse_set(ds, dev, tune_split: str, split: str, systems: list[str], runs_dirs, dev_dirs, out: Path,
-             max_p: float = 1.0) -> dict:
+             max_p: float = FUSION.max_p) -> dict:
     """Every system fused with BM25 on one evaluation set, each method's weight or k chosen on `dev`/`tune_split`
     (a weight not significantly above BM25 there at `max_p` falls back to 0); writes the fused runs and returns
     what was chosen, with the paired tests against BM25 on `split`."""
@@ -83,7 +84,7 @@ def fuse_set(ds, dev, tune_split: str, split: str, systems: list[str], runs_dirs
                        f"; dev nDCG@10 {picked.dev_fused:.4f} against BM25's {picked.dev_bm25:.4f}, "
                        f"p {picked.dev_p:.2g}"
                        f"{'; not significant, so BM25 alone' if picked.guarded else ''})")
-    per_set["significance"] = significance(ds.qrels[split], tested)
+    per_set["significance"] = significance(ds.qrels[split], tested, max_p=max_p)
     return per_set
 
 
@@ -101,9 +102,7 @@ def command(params_file, runs_dirs, dev_dirs, out) -> None:
     """Fuse each `fusion.variants` and `fusion.baselines` run with BM25's (min-max weighted sum and RRF), chosen
     on dev."""
     check_writable(out)
-    params = yaml.safe_load(params_file.read_text())
-    if not isinstance(params, dict):
-        raise click.ClickException(f"{params_file}: not a mapping of parameters (a YAML file like params.yaml)")
+    params = load_params(params_file)
     systems = fused_systems(params)
     split = params.get("eval_split", "test")
     report: dict = {}
@@ -118,7 +117,7 @@ def command(params_file, runs_dirs, dev_dirs, out) -> None:
         if tune_split not in dev.qrels:
             raise DataError(f"{dev.name} has no {tune_split} split to choose the fusion of {data} on")
         report[ds.name] = fuse_set(ds, dev, tune_split, split, systems, runs_dirs, dev_dirs, out,
-                                   float((params.get("fusion") or {}).get("max_p", 1.0)))
+                                   section(params, "fusion").max_p)
     md = markdown_table(choice_rows(report), CHOICE_COLUMNS, floatfmt=".3f")
     atomic_file(Path(out) / "fusion.json", lambda tmp: tmp.write_text(json.dumps(report, indent=1)))
     atomic_file(Path(out) / "fusion.md", lambda tmp: tmp.write_text(md))

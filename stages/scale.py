@@ -11,7 +11,7 @@ from tqdm.auto import tqdm
 
 from pipeline.atomic import atomic_file, check_writable
 from pipeline.command_line import friendly_errors, names
-from pipeline.config import MIN_STEPS
+from pipeline.config import section
 from pipeline.params import load_params, train_config, tuner_config
 
 
@@ -40,10 +40,9 @@ def command(stores, data, zero_shot, geometry, params_file, overrides, metrics, 
     """Train every (variant, size, queries) point of `scaling:` that is not done yet, then draw the curve."""
     check_writable(out)
     params = load_params(params_file, overrides)
-    scaling = params.get("scaling") or {}
+    scaling = section(params, "scaling")
     todo = [(v, s if v != "pooled-linear" else None, None if q == "all" else int(q))
-            for v in scaling.get("variants", []) for s in scaling.get("sizes", [None])
-            for q in scaling.get("queries", [])]
+            for v in scaling.variants for s in scaling.sizes or (None,) for q in scaling.queries]
     todo = list(dict.fromkeys(todo))  # pooled-linear has no size: one line
     if not todo and not any(Path(out).glob("*/point.json")):  # a configuration without a scaling section: no torch
         return write_no_points(out)
@@ -52,7 +51,7 @@ def command(stores, data, zero_shot, geometry, params_file, overrides, metrics, 
     from pipeline.training_sets import open_training_sets
 
     sets = open_training_sets(stores, names(data))
-    evals = open_training_sets(stores, names(zero_shot) or list(scaling.get("zero_shot", [])), pairs=False)
+    evals = open_training_sets(stores, names(zero_shot) or list(scaling.zero_shot), pairs=False)
     first = sets[0].corpus
     sink = bool(first.fingerprint.get("attention_sink"))
     cfg = train_config(params)
@@ -61,7 +60,7 @@ def command(stores, data, zero_shot, geometry, params_file, overrides, metrics, 
         tuner_cfg = tuner_config({**params, "tuner": {**params.get("tuner", {}), "size": size}}, variant, geometry,
                                  first.width, sink)
         label = {"variant": variant, "size": size, "device": device}
-        point = train_point(sets, evals, tuner_cfg, cfg, queries, int(scaling.get("min_steps", MIN_STEPS)),
+        point = train_point(sets, evals, tuner_cfg, cfg, queries, scaling.min_steps,
                           out / point_name(variant, size, queries), label)
         click.echo(f"{point_name(variant, size, queries)}: dev {point['dev_ndcg@10']}, zero-shot "
                    f"{point['zero_shot_mean']} ({point['steps']} steps, {point['train_seconds']} s)")

@@ -23,7 +23,8 @@ from pipeline.prepare import ensure_prepared
 @friendly_errors
 def command(index_dir, k, data, text, bf16) -> None:
     """Encode TEXT with the frozen LLM + tuner (no store) and search the index: rank, score, id, title, text."""
-    from pipeline.llm import FrozenLLM, Template, default_device
+    from pipeline.config import Template
+    from pipeline.llm import FrozenLLM, default_device
     from pipeline.precision import resolve_compute_dtype
     from pipeline.tuner import Tuner
 

@@ -12,7 +12,7 @@ from tqdm.auto import tqdm
 
 from pipeline.atomic import atomic_file, check_writable
 from pipeline.command_line import friendly_errors, names
-from pipeline.config import MIN_STEPS
+from pipeline.config import section
 from pipeline.params import load_params, train_config, tuner_config
 from pipeline.sweep import plan, plot_heatmap, read_grid, run_sweep, selection, sweep_tables
 
@@ -50,9 +50,9 @@ def command(stores, data, tests, geometry, params_file, overrides, shard, out, p
     i, n = shard_of(shard)
     check_writable(out)
     params = load_params(params_file, overrides)
-    sw = params.get("sweep") or {}
+    sw = section(params, "sweep")
     geo = json.loads(Path(geometry).read_text())
-    layers, pairs, baselines = sw.get("layers"), sw.get("pairs") or [], sw.get("baselines") or []
+    layers, pairs, baselines = sw.layers, list(sw.pairs), list(sw.baselines)
     points = []
     if layers or pairs or baselines:
         if summarize:
@@ -62,11 +62,11 @@ def command(stores, data, tests, geometry, params_file, overrides, shard, out, p
             from pipeline.training_sets import open_training_sets
 
             sets = open_training_sets(stores, names(data))
-            evals = open_training_sets(stores, names(tests) or list(sw.get("test") or []), pairs=False)
+            evals = open_training_sets(stores, names(tests) or list(sw.test), pairs=False)
             first = sets[0].corpus
             stored = list(first.layers)
             points = plan(stored, layers, pairs, baselines)
-            size = sw.get("size")
+            size = sw.size
             tuner = dict(params.get("tuner", {}))
             if size:  # a size sets the stack's shape: the section's own shape knobs give way
                 tuner = {**{k: v for k, v in tuner.items() if k not in ("width", "blocks", "heads", "ff_ratio")},
@@ -79,7 +79,7 @@ def command(stores, data, tests, geometry, params_file, overrides, shard, out, p
                                     bool(first.fingerprint.get("attention_sink")), stored, pair)
 
             bar = lambda xs: tqdm(xs, desc=f"sweep points ({i}/{n})", unit="point")  # noqa: E731
-            run_sweep(sets, evals, points[i::n], config_of, train_config(params), int(sw.get("min_steps", MIN_STEPS)),
+            run_sweep(sets, evals, points[i::n], config_of, train_config(params), sw.min_steps,
                       out, {"size": size, "device": device_name()}, bar)
     if points_only:
         return

@@ -9,7 +9,7 @@ import click
 
 from pipeline.atomic import check_writable
 from pipeline.command_line import friendly_errors, names
-from pipeline.config import FUSION, VARIANTS
+from pipeline.config import LAYER_FUSIONS, RUN, VARIANTS
 from pipeline.params import load_params, train_config, tuner_config
 from pipeline.train import train
 from pipeline.training_sets import open_training_sets
@@ -41,8 +41,8 @@ def layer_pair(selection_rule: str, selection: Path | None) -> tuple[int, int] |
 @click.option("--data", "data", multiple=True, required=True, help="Training set(s); their train pairs are used.")
 @click.option("--geometry", type=click.Path(path_type=Path, exists=True), required=True,
               help="geometry.json of `lmort analyze` (the A- and U-layers).")
-@click.option("--variant", type=click.Choice(VARIANTS + FUSION), default="lmort", show_default=True)
-@click.option("--layer-selection", default="geometry", show_default=True,
+@click.option("--variant", type=click.Choice(VARIANTS + LAYER_FUSIONS), default="lmort", show_default=True)
+@click.option("--layer-selection", default=RUN.layer_selection, show_default=True,
               help="(U, A): `geometry` (the rule in --geometry), `dev` (the best pair on dev of `lmort sweep`, read "
                    "from --selection), or an explicit pair `U,A` (say, a sweep's dev pick in another configuration).")
 @click.option("--selection", type=click.Path(path_type=Path),

@@ -10,10 +10,9 @@ from click.testing import CliRunner
 from safetensors.torch import load_file
 
 from pipeline.adapter import Adapter, AdapterConfig, adapter_step, train_adapter
-from pipeline.config import TrainConfig
+from pipeline.config import Template, TrainConfig
 from pipeline.data import load_prepared
 from pipeline.errors import ConfigError
-from pipeline.llm import Template
 from pipeline.precision import autocast
 from pipeline.prepare import prepare_dataset
 from pipeline.tiny import make_tiny_model, write_beir

@@ -8,9 +8,10 @@ import torch
 from click.testing import CliRunner
 
 from pipeline.ask import Memory
+from pipeline.config import Template
 from pipeline.errors import DataError
 from pipeline.hits import Hit
-from pipeline.llm import FrozenLLM, Template
+from pipeline.llm import FrozenLLM
 from pipeline.reader import Reader, build_prompt
 from pipeline.tuner import Tuner
 from stages.cli import main

@@ -50,3 +50,64 @@ def test_every_library_error_is_one_line_without_torch():
             assert e.message == "x.jsonl:3: field 'text' must be a string"
         else:
             raise AssertionError(f"{error.__name__} passed through")
+
+
+# Which sections of the configuration each command's options take their defaults from ("" = the top level), and
+# the options named otherwise than their knob. Commands left out read no configured knob (compare, compose, tiny,
+# fetch-squad) or take them all from --params (fuse, rag, report's sections).
+SECTIONS = {"prepare": ["prepare"], "analyze": ["analyze", "extract", ""], "extract": ["extract", ""],
+            "train": ["", "train", "tuner"], "index": ["train"], "search": ["train"], "baselines": [""],
+            "ask": ["rag"], "scale": ["scaling"], "sweep": ["sweep"], "train-reader": ["reader"],
+            "adapter": ["adapter"], "report": [""], "evaluate": [""]}
+KNOB_OF = {("baselines", "systems"): "baselines", ("baselines", "split"): "eval_split",
+           ("index", "split"): "eval_split", ("evaluate", "split"): "eval_split"}
+
+
+def test_every_option_default_is_the_default_configuration():
+    """One source of every default: where an option sets a knob of the configuration, its default is the default
+    configuration's value (params.yaml), so a command run by hand does what `make repro` does."""
+    from pathlib import Path
+
+    import yaml
+
+    params = yaml.safe_load((Path(__file__).resolve().parents[1] / "params.yaml").read_text())
+    checked, wrong = 0, []
+    for name, sections in SECTIONS.items():
+        for option in main.get_command(None, name).params:
+            unset = option.default is None or type(option.default).__name__ == "Sentinel"  # click's "no default"
+            if option.required or unset or option.name in ("params_file", "overrides", "out"):
+                continue
+            knob = KNOB_OF.get((name, option.name), option.name)
+            for sec in sections:
+                table = params if sec == "" else params.get(sec) or {}
+                if knob in table and not isinstance(table[knob], dict):
+                    checked += 1
+                    value = option.type_cast_value(None, table[knob]) if table[knob] is not None else None
+                    if option.default != value:
+                        wrong.append(f"lmort {name} --{option.name}: {option.default!r}, configured {value!r}")
+                    break
+    assert not wrong, "\n".join(wrong)
+    assert checked >= 20, checked  # the walk reached the options it is meant to check
+
+
+def test_every_typed_section_holds_the_default_configuration():
+    from pathlib import Path
+
+    import yaml
+
+    from pipeline.config import RUN, SECTIONS, run_config, section
+
+    params = yaml.safe_load((Path(__file__).resolve().parents[1] / "params.yaml").read_text())
+    assert run_config(params) == RUN
+    for name, cls in SECTIONS.items():
+        assert section(params, name) == cls(), name
+
+
+def test_a_misspelt_knob_of_a_typed_section_is_named():
+    import pytest
+
+    from pipeline.config import section
+    from pipeline.errors import ConfigError
+
+    with pytest.raises(ConfigError, match="max_pp"):
+        section({"fusion": {"max_pp": 0.1}}, "fusion")

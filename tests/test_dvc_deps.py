@@ -111,9 +111,8 @@ def test_the_default_configuration_is_the_library_defaults():
     assert all(defaults[k] == v for k, v in {**shape, **tuner}.items()), (shape, tuner)
     # the scaling and sweep points' minimum steps, the analysis' lengths and dtype, the stores' chunking
     from pipeline.analyze import analyze
-    from pipeline.config import MIN_STEPS
+    from pipeline.config import MIN_STEPS, Template
     from pipeline.extract import EXTRACT, ExtractSpec
-    from pipeline.llm import Template
     from pipeline.store import CHUNK_TOKENS, SHARD_TOKENS
 
     assert params["scaling"]["min_steps"] == params["sweep"]["min_steps"] == MIN_STEPS

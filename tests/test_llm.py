@@ -56,8 +56,8 @@ def test_the_packages_the_gguf_loader_needs_are_declared():
 
 
 def test_the_template_lower_cases_by_default_and_keeps_case_when_asked():
+    from pipeline.config import Template
     from pipeline.extract import EXTRACT
-    from pipeline.llm import Template
 
     assert Template().case == EXTRACT.case == "lower"  # one default: the library and the CLI extract the same text
     assert Template().format_query("CELL Biology") == "cell biology"

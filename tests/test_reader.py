@@ -4,9 +4,9 @@
 import pytest
 
 from pipeline.answers import read_answers, sample_questions
+from pipeline.config import Template
 from pipeline.errors import DataError
 from pipeline.hits import Hit
-from pipeline.llm import Template
 from pipeline.reader import answer_scores, build_prompt, normalize_answer
 
 # ---------------------------------------------------------------- the reader's metrics and prompts

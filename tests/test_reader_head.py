@@ -9,9 +9,9 @@ from pathlib import Path
 import pytest
 import torch
 
+from pipeline.config import Template
 from pipeline.data import load_prepared
 from pipeline.errors import ConfigError, DataError, StoreError
-from pipeline.llm import Template
 from pipeline.prepare import prepare_dataset
 from pipeline.reader_data import Passages, length_batches, locate, span_examples
 from pipeline.reader_train import (

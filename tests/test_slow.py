@@ -76,9 +76,9 @@ def test_smollm2_prompt_forward_gives_the_stored_query_vector_in_bf16(question):
     """`lmort ask`'s one forward: the chat prompt's prefix through the full SmolLM2 (with its head), read at the
     tuner's layers, gives the vector `encode_texts` computes through the truncated LLM (what the stores hold),
     within bfloat16's precision; and the prefix's cache continues into the same answer as a fresh prompt."""
-    from pipeline.config import TunerConfig
+    from pipeline.config import Template, TunerConfig
     from pipeline.hits import Hit
-    from pipeline.llm import FrozenLLM, Template
+    from pipeline.llm import FrozenLLM
     from pipeline.reader import Reader, build_prompt
     from pipeline.tuner import Tuner
 

@@ -10,10 +10,10 @@ from click.testing import CliRunner
 from conftest import build_world, write_geometry
 from safetensors.torch import load_file
 
-from pipeline.config import TrainConfig, TunerConfig
+from pipeline.config import Template, TrainConfig, TunerConfig
 from pipeline.extract import ExtractSpec, extract
 from pipeline.index import build_index, retrieve
-from pipeline.llm import FrozenLLM, Template
+from pipeline.llm import FrozenLLM
 from pipeline.metrics import evaluate
 from pipeline.store import ActivationStore
 from pipeline.train import info_nce, train
@@ -52,7 +52,7 @@ def test_training_with_the_model_weights_absent(world, tmp_path, monkeypatch):
         params.write_text("tuner: {width: 16, blocks: 1, heads: 2, out_dim: 16}\ntrain: {epochs: 1, batch_size: 8}\n")
         result = CliRunner().invoke(main, ["train", "--stores", str(world["stores"]), "--data", str(world["ds"].folder),
                                            "--geometry", str(geometry), "--params", str(params),
-                                           "--out", str(tmp_path / "run")])
+                                           "--layer-selection", "geometry", "--out", str(tmp_path / "run")])
         assert result.exit_code == 0, result.output
         # the geometry's layers were trained (U = 2 streams, A = 1 is cross-attended), from the stores alone
         tuner = Tuner.load(tmp_path / "run" / "best")
@@ -124,7 +124,7 @@ def test_a_misspelt_tuner_knob_is_one_line_and_exit_1_from_lmort_train(world, tm
                       "train: {epochs: 1, batch_size: 8}\n")
     r = CliRunner().invoke(main, ["train", "--stores", str(world["stores"]), "--data", str(world["ds"].folder),
                                   "--geometry", str(write_geometry(tmp_path)), "--params", str(params),
-                                  "--out", str(tmp_path / "run")])
+                                  "--layer-selection", "geometry", "--out", str(tmp_path / "run")])
     assert r.exit_code == 1 and "Traceback" not in r.output, r.output
     assert "similarity" in r.output.strip().splitlines()[-1] and not (tmp_path / "run").exists()
 
