@@ -16,16 +16,16 @@ from pathlib import Path
 
 import torch
 
-from pipeline.adapter import Adapter, AdapterConfig, adapter_step, tokenized
-from pipeline.config import template_of
-from pipeline.params import load_params, train_config, tuner_config
-from pipeline.precision import autocast
-from pipeline.prepare import ensure_prepared
-from pipeline.store import open_stores
-from pipeline.tables import markdown_table
-from pipeline.train import epoch_batches, prefetched, train_step
-from pipeline.training_sets import TrainingSet
-from pipeline.tuner import Tuner
+from pipeline.activations.store import open_stores
+from pipeline.common.config import template_of
+from pipeline.common.params import load_params, train_config, tuner_config
+from pipeline.common.precision import autocast
+from pipeline.common.tables import markdown_table
+from pipeline.data.prepare import ensure_prepared
+from pipeline.tuner.adapter import Adapter, AdapterConfig, adapter_step, tokenized
+from pipeline.tuner.model import Tuner
+from pipeline.tuner.train import epoch_batches, prefetched, train_step
+from pipeline.tuner.training_sets import TrainingSet
 
 
 def seconds_per_step(step, batches) -> float:

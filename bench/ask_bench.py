@@ -27,11 +27,11 @@ import click
 @click.option("--order", default="question-first", show_default=True)
 @click.option("--out", type=click.Path(path_type=Path), default=Path("bench/ask_bench.md"), show_default=True)
 def main(index_dir, questions, split, k, retriever, order, out) -> None:
-    from pipeline.ask import Memory
-    from pipeline.baselines import minilm_encode
-    from pipeline.llm import FrozenLLM
-    from pipeline.prepare import ensure_prepared
-    from pipeline.tables import markdown_table
+    from pipeline.activations.llm import FrozenLLM
+    from pipeline.answers.ask import Memory
+    from pipeline.common.tables import markdown_table
+    from pipeline.data.prepare import ensure_prepared
+    from pipeline.retrieval.baselines import minilm_encode
 
     meta = json.loads((index_dir / "meta.json").read_text())
     ds = ensure_prepared(meta["data"])

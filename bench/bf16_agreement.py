@@ -14,11 +14,11 @@ import argparse
 import torch
 import torch.nn.functional as F
 
-from pipeline.config import Template
-from pipeline.extract import texts_of
-from pipeline.llm import FrozenLLM
-from pipeline.prepare import ensure_prepared
-from pipeline.tables import markdown_table
+from pipeline.activations.extract import texts_of
+from pipeline.activations.llm import FrozenLLM
+from pipeline.common.config import Template
+from pipeline.common.tables import markdown_table
+from pipeline.data.prepare import ensure_prepared
 
 
 def main() -> None:

@@ -11,7 +11,7 @@ import argparse
 import json
 from pathlib import Path
 
-from pipeline.tables import markdown_table
+from pipeline.common.tables import markdown_table
 
 
 def main() -> None:

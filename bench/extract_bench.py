@@ -2,8 +2,8 @@
 
 (a) the full causal LM with output_hidden_states=True, fixed-size batches in input order, states of the chosen
     layers saved with numpy; (b) FrozenLLM's length-bucketed forward of the truncated model, no I/O (the compute
-    limit); (c) pipeline.extract.extract end to end into a Zarr store. Also bytes on disk per token per layer and
-    the peak RSS of (c) at one and four times the sample size (in fresh subprocesses).
+    limit); (c) pipeline.activations.extract.extract end to end into a Zarr store. Also bytes on disk per token per
+    layer and the peak RSS of (c) at one and four times the sample size (in fresh subprocesses).
 
 (b) and (c) run once per compute dtype (float32, and bfloat16 where the CPU/GPU has native bf16), in the same
 run. The table also gives the machine's measured float32 and bfloat16 matmul peaks and, from the model's config,
@@ -26,12 +26,12 @@ from pathlib import Path
 import numpy as np
 import torch
 
-from pipeline.config import Template
-from pipeline.extract import ExtractSpec, cached_llm, extract, texts_of
-from pipeline.precision import bf16_native
-from pipeline.prepare import ensure_prepared
-from pipeline.store import store_bytes
-from pipeline.tables import markdown_table
+from pipeline.activations.extract import ExtractSpec, cached_llm, extract, texts_of
+from pipeline.activations.store import store_bytes
+from pipeline.common.config import Template
+from pipeline.common.precision import bf16_native
+from pipeline.common.tables import markdown_table
+from pipeline.data.prepare import ensure_prepared
 
 
 def subset(ds, n):
@@ -43,7 +43,7 @@ def subset(ds, n):
 def naive(model_name, texts, layers, max_length, out_dir, batch_size=8):
     from transformers import AutoModelForCausalLM, AutoTokenizer
 
-    from pipeline.llm import resolve_model
+    from pipeline.activations.llm import resolve_model
 
     path, _ = resolve_model(model_name)
     tok = AutoTokenizer.from_pretrained(path)
@@ -91,7 +91,7 @@ def flops_per_token(model_name: str, blocks: int, ids: list[list[int]]) -> float
     plus causal attention (scores and weighted sum) at each text's mean context of (length + 1) / 2."""
     from transformers import AutoConfig
 
-    from pipeline.llm import resolve_model
+    from pipeline.activations.llm import resolve_model
 
     c = AutoConfig.from_pretrained(resolve_model(model_name)[0])
     c = getattr(c, "text_config", c)
@@ -108,8 +108,8 @@ def rss_child(model, data, docs, layers, max_length):
     code = f"""
 import tempfile
 from pathlib import Path
-from pipeline.extract import ExtractSpec, extract
-from pipeline.prepare import ensure_prepared
+from pipeline.activations.extract import ExtractSpec, extract
+from pipeline.data.prepare import ensure_prepared
 ds = ensure_prepared({data!r}); keep = list(ds.corpus)[:{docs}]; ds.corpus = {{k: ds.corpus[k] for k in keep}}
 with tempfile.TemporaryDirectory() as d:
     extract(ds, ExtractSpec({model!r}, {tuple(layers)!r}, "corpus", {max_length}), Path(d) / "s.zarr", progress=False)

@@ -52,7 +52,7 @@ import shutil, sys
 from pathlib import Path
 import torch
 from transformers import AutoConfig, AutoModelForCausalLM
-from pipeline.llm import models_cache
+from pipeline.activations.llm import models_cache
 src = Path(sys.argv[1])
 target = models_cache() / "smollm2-135m"
 if not (target / "config.json").exists():

@@ -21,7 +21,7 @@ import numpy as np
 import zarr
 from safetensors.numpy import save_file
 
-from pipeline.llm import PRESETS, _gguf_path, resolve_model
+from pipeline.activations.llm import PRESETS, _gguf_path, resolve_model
 
 
 def used_tokens(stores: Path) -> np.ndarray:

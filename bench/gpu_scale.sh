@@ -28,7 +28,7 @@ if [ "$phase" = setup ]; then
       .whl/*.whl || exit 1
   fi
   tar -xJf .gpudata/data.tar.xz -C "$LMORT_CACHE" || exit 1
-  python3 -c "import zarr, faiss, ir_measures, bm25s, gguf, torch, transformers, stages.cli, pipeline.scaling
+  python3 -c "import zarr, faiss, ir_measures, bm25s, gguf, torch, transformers, stages.cli, pipeline.tuner.scaling
 print('imports ok: zarr', zarr.__version__, 'faiss', faiss.__version__, 'torch', torch.__version__,
       'transformers', transformers.__version__, 'cuda', torch.cuda.is_available())" || exit 1
   ls "$LMORT_CACHE/data"

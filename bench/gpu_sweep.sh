@@ -25,7 +25,7 @@ if [ "$phase" = setup ]; then
   python3 -m pip install -q --no-index --no-deps --no-compile --no-cache-dir --upgrade --target /tmp/site \
     .whl/*.whl || exit 1
   mkdir -p /tmp/parts && cp .gpusw-1/* /tmp/parts/ && ls -la /tmp/parts
-  python3 -c "import zarr, faiss, ir_measures, bm25s, gguf, torch, stages.cli, pipeline.sweep
+  python3 -c "import zarr, faiss, ir_measures, bm25s, gguf, torch, stages.cli, pipeline.tuner.sweep
 print('imports ok: torch', torch.__version__, 'cuda', torch.cuda.is_available())" || exit 1
   exit 0
 fi

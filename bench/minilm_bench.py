@@ -16,12 +16,12 @@ import numpy as np
 import torch
 import torch.nn.functional as F
 
-from pipeline.baselines import minilm_encode, minilm_folder
-from pipeline.batching import length_buckets
-from pipeline.bm25 import doc_text
-from pipeline.data import load_prepared
-from pipeline.pooling import mean_pool
-from pipeline.tables import markdown_table
+from pipeline.common.batching import length_buckets
+from pipeline.common.pooling import mean_pool
+from pipeline.common.tables import markdown_table
+from pipeline.data.beir import load_prepared
+from pipeline.data.bm25 import doc_text
+from pipeline.retrieval.baselines import minilm_encode, minilm_folder
 
 
 def with_autograd(texts: list[str]) -> np.ndarray:

@@ -19,17 +19,17 @@ import click
 import numpy as np
 import torch
 
-from pipeline.precision import autocast
-from pipeline.reader_data import length_batches
-from pipeline.span_reader import ReaderConfig, SpanReader, span_loss
-from pipeline.tables import markdown_table
+from pipeline.answers.reader_data import length_batches
+from pipeline.answers.span_reader import ReaderConfig, SpanReader, span_loss
+from pipeline.common.precision import autocast
+from pipeline.common.tables import markdown_table
 
 STORE = Path("cache/rag/stores/squad/corpus.zarr")
 
 
 def passage_lengths() -> np.ndarray:
     if (STORE / "zarr.json").exists():
-        from pipeline.store import ActivationStore
+        from pipeline.activations.store import ActivationStore
 
         return np.asarray(ActivationStore(STORE).lengths)
     return np.random.default_rng(0).integers(60, 257, 20000)

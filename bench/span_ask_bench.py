@@ -35,9 +35,9 @@ def percentile(values: list[float], q: float) -> float:
 @click.option("--out", type=click.Path(path_type=Path), default=Path("bench/span_ask_bench.md"), show_default=True)
 def main(index_dir, questions, split, k, retriever, out) -> None:
     t_start = time.perf_counter()
-    from pipeline.ask import Memory
-    from pipeline.prepare import ensure_prepared
-    from pipeline.tables import markdown_table
+    from pipeline.answers.ask import Memory
+    from pipeline.common.tables import markdown_table
+    from pipeline.data.prepare import ensure_prepared
 
     meta = json.loads((index_dir / "meta.json").read_text())
     ds = ensure_prepared(meta["data"])

@@ -10,15 +10,15 @@ import numpy as np
 import torch
 from transformers import AutoTokenizer
 
-from pipeline.answers import read_answers
-from pipeline.llm import resolve_model
-from pipeline.metrics import read_trec_run
-from pipeline.prepare import ensure_prepared
-from pipeline.reader import answer_scores
-from pipeline.reader_data import gather
-from pipeline.span_read import StoredPassageReader
-from pipeline.span_reader import best_spans
-from pipeline.store import open_stores
+from pipeline.activations.llm import resolve_model
+from pipeline.activations.store import open_stores
+from pipeline.answers.reader import answer_scores
+from pipeline.answers.reader_data import gather
+from pipeline.answers.span_read import StoredPassageReader
+from pipeline.answers.span_reader import best_spans
+from pipeline.common.metrics import read_trec_run
+from pipeline.data.answers import read_answers
+from pipeline.data.prepare import ensure_prepared
 
 ds = ensure_prepared("squad")
 queries, corpus = open_stores("cache/rag/stores", "squad")

@@ -19,17 +19,17 @@ from pathlib import Path
 
 import torch
 
-from pipeline.config import Template
-from pipeline.extract import texts_of
-from pipeline.llm import FrozenLLM, default_device
-from pipeline.params import load_params, train_config, tuner_config
-from pipeline.precision import autocast, bf16_native, feed_dtype
-from pipeline.prepare import ensure_prepared
-from pipeline.store import open_stores
-from pipeline.tables import markdown_table
-from pipeline.train import epoch_batches, load_within_budget, prefetched, train_step
-from pipeline.training_sets import TrainingSet
-from pipeline.tuner import Tuner
+from pipeline.activations.extract import texts_of
+from pipeline.activations.llm import FrozenLLM, default_device
+from pipeline.activations.store import open_stores
+from pipeline.common.config import Template
+from pipeline.common.params import load_params, train_config, tuner_config
+from pipeline.common.precision import autocast, bf16_native, feed_dtype
+from pipeline.common.tables import markdown_table
+from pipeline.data.prepare import ensure_prepared
+from pipeline.tuner.model import Tuner
+from pipeline.tuner.train import epoch_batches, load_within_budget, prefetched, train_step
+from pipeline.tuner.training_sets import TrainingSet
 
 
 class LLMInTheLoop:

@@ -9,11 +9,11 @@ from pathlib import Path
 
 import click
 
-from pipeline.atomic import check_writable
-from pipeline.command_line import friendly_errors, names
-from pipeline.errors import ConfigError
-from pipeline.params import load_params, train_config
-from pipeline.training_sets import open_training_sets
+from pipeline.common.atomic import check_writable
+from pipeline.common.command_line import friendly_errors, names
+from pipeline.common.errors import ConfigError
+from pipeline.common.params import load_params, train_config
+from pipeline.tuner.training_sets import open_training_sets
 
 
 @click.command("adapter")
@@ -26,9 +26,9 @@ from pipeline.training_sets import open_training_sets
 @friendly_errors
 def command(data, layer, params_file, overrides, out) -> None:
     """Train the LoRA adapter baseline (the LLM runs forward and backward in every step: it cannot read a store)."""
-    from pipeline.adapter import AdapterConfig, train_adapter
-    from pipeline.config import template_of
-    from pipeline.llm import default_device
+    from pipeline.activations.llm import default_device
+    from pipeline.common.config import template_of
+    from pipeline.tuner.adapter import AdapterConfig, train_adapter
 
     check_writable(out)
     params = load_params(params_file, overrides)

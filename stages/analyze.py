@@ -6,13 +6,13 @@ from pathlib import Path
 
 import click
 
-from pipeline.analyze import ANALYZE, analyze, layer_table
-from pipeline.atomic import check_writable
-from pipeline.command_line import friendly_errors, names
-from pipeline.config import CASES, Template
-from pipeline.extract import EXTRACT
-from pipeline.precision import COMPUTE_DTYPES
-from pipeline.prepare import ensure_prepared
+from pipeline.activations.extract import EXTRACT
+from pipeline.common.atomic import check_writable
+from pipeline.common.command_line import friendly_errors, names
+from pipeline.common.config import CASES, Template
+from pipeline.common.precision import COMPUTE_DTYPES
+from pipeline.data.prepare import ensure_prepared
+from pipeline.tuner.analyze import ANALYZE, analyze, layer_table
 
 
 @click.command("analyze")

@@ -8,10 +8,10 @@ from pathlib import Path
 
 import click
 
-from pipeline.command_line import friendly_errors
-from pipeline.config import RAG
-from pipeline.hits import format_hits
-from pipeline.reader import ORDERS, PROMPTS
+from pipeline.answers.reader import ORDERS, PROMPTS
+from pipeline.common.command_line import friendly_errors
+from pipeline.common.config import RAG
+from pipeline.retrieval.hits import format_hits
 
 
 @click.command("ask")
@@ -40,9 +40,9 @@ def command(index_dir, k, retriever, reader, order, prompt, data, model, fusion_
     """Answer QUESTION: retrieve with the question's own hidden states, then read the passages."""
     import json
 
-    from pipeline.ask import Memory, dev_prompt
-    from pipeline.errors import DataError
-    from pipeline.prepare import ensure_prepared
+    from pipeline.answers.ask import Memory, dev_prompt
+    from pipeline.common.errors import DataError
+    from pipeline.data.prepare import ensure_prepared
 
     text = " ".join(question)
     if not text.strip():

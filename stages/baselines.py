@@ -6,13 +6,13 @@ from pathlib import Path
 
 import click
 
-from pipeline.atomic import check_writable
-from pipeline.baselines import BASELINE_RUNS
-from pipeline.command_line import friendly_errors
-from pipeline.config import RUN
-from pipeline.metrics import evaluate, write_trec_run
-from pipeline.prepare import ensure_prepared
-from pipeline.store import check_compatible, open_stores
+from pipeline.activations.store import check_compatible, open_stores
+from pipeline.common.atomic import check_writable
+from pipeline.common.command_line import friendly_errors
+from pipeline.common.config import RUN
+from pipeline.common.metrics import evaluate, write_trec_run
+from pipeline.data.prepare import ensure_prepared
+from pipeline.retrieval.baselines import BASELINE_RUNS
 
 
 @click.command("baselines")
@@ -28,7 +28,7 @@ from pipeline.store import check_compatible, open_stores
 def command(data, split, also_split, stores, systems, runs_dir) -> None:
     """Write TREC runs of BM25, all-MiniLM-L6-v2 and each stored raw pooled layer."""
     check_writable(runs_dir)
-    from pipeline import baselines
+    from pipeline.retrieval import baselines
 
     ds = ensure_prepared(data)
     splits = [split, *([also_split] if also_split and also_split in ds.qrels and also_split != split else [])]

@@ -7,8 +7,8 @@ from pathlib import Path
 
 import click
 
-from pipeline.atomic import atomic_file, check_writable
-from pipeline.command_line import friendly_errors, names
+from pipeline.common.atomic import atomic_file, check_writable
+from pipeline.common.command_line import friendly_errors, names
 
 
 @click.command("compare")
@@ -26,7 +26,7 @@ from pipeline.command_line import friendly_errors, names
 def command(configs, sets, systems, trained, trained_runs, out) -> None:
     """One Markdown table: each configuration's systems (nDCG@10 per set, train seconds, s/step, extraction
     tokens/s, store size), and a row per --trained model (the adapter baseline)."""
-    from pipeline.compare import compare_table, configuration_rows, trained_row
+    from pipeline.evaluation.compare import compare_table, configuration_rows, trained_row
 
     check_writable(out)
     sets_, rows = names((sets,)), []

@@ -8,9 +8,9 @@ from pathlib import Path
 import click
 import yaml
 
-from pipeline.atomic import atomic_file
-from pipeline.command_line import friendly_errors
-from pipeline.params import CONF_DIR, compose_params
+from pipeline.common.atomic import atomic_file
+from pipeline.common.command_line import friendly_errors
+from pipeline.common.params import CONF_DIR, compose_params
 
 
 @click.command("compose")

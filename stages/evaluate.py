@@ -9,14 +9,14 @@ from pathlib import Path
 import click
 import yaml
 
-from pipeline.atomic import atomic_file, check_writable
-from pipeline.baselines import BASELINE_RUNS
-from pipeline.command_line import friendly_errors, names
-from pipeline.fusion import METHODS, fused_name, fused_systems
-from pipeline.metrics import MEASURES, evaluate, read_trec_run
-from pipeline.prepare import ensure_prepared
-from pipeline.report import ablation_rows
-from pipeline.tables import markdown_table
+from pipeline.common.atomic import atomic_file, check_writable
+from pipeline.common.command_line import friendly_errors, names
+from pipeline.common.metrics import MEASURES, evaluate, read_trec_run
+from pipeline.common.tables import markdown_table
+from pipeline.data.prepare import ensure_prepared
+from pipeline.evaluation.report import ablation_rows
+from pipeline.retrieval.baselines import BASELINE_RUNS
+from pipeline.retrieval.fusion import METHODS, fused_name, fused_systems
 
 
 def configured_systems(params: dict) -> Callable[[str], bool]:

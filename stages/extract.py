@@ -7,12 +7,12 @@ from pathlib import Path
 
 import click
 
-from pipeline.atomic import atomic_file, check_writable
-from pipeline.command_line import friendly_errors
-from pipeline.config import CASES, Template, unescape_newlines
-from pipeline.extract import EXTRACT, ExtractSpec, extract
-from pipeline.precision import COMPUTE_DTYPES
-from pipeline.prepare import ensure_prepared
+from pipeline.activations.extract import EXTRACT, ExtractSpec, extract
+from pipeline.common.atomic import atomic_file, check_writable
+from pipeline.common.command_line import friendly_errors
+from pipeline.common.config import CASES, Template, unescape_newlines
+from pipeline.common.precision import COMPUTE_DTYPES
+from pipeline.data.prepare import ensure_prepared
 
 
 def default_layers(geometry: Path, last_layer: bool = EXTRACT.last_layer) -> list[int]:

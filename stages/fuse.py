@@ -7,11 +7,15 @@ from pathlib import Path
 
 import click
 
-from pipeline.atomic import atomic_file, check_writable
-from pipeline.command_line import friendly_errors, names
-from pipeline.config import FUSION, section
-from pipeline.errors import DataError
-from pipeline.fusion import (
+from pipeline.common.atomic import atomic_file, check_writable
+from pipeline.common.command_line import friendly_errors, names
+from pipeline.common.config import FUSION, section
+from pipeline.common.errors import DataError
+from pipeline.common.metrics import read_trec_run, write_trec_run
+from pipeline.common.params import load_params
+from pipeline.common.tables import markdown_table
+from pipeline.data.prepare import ensure_prepared
+from pipeline.retrieval.fusion import (
     CHOICE_COLUMNS,
     METHODS,
     check_run_of,
@@ -23,11 +27,7 @@ from pipeline.fusion import (
     fused_systems,
     significance,
 )
-from pipeline.metrics import read_trec_run, write_trec_run
-from pipeline.params import load_params
-from pipeline.prepare import ensure_prepared
-from pipeline.runs import find_run
-from pipeline.tables import markdown_table
+from pipeline.retrieval.runs import find_run
 
 
 def tuning_set(data: str, params: dict) -> tuple[str, str] | None:

@@ -9,9 +9,9 @@ from pathlib import Path
 
 import click
 
-from pipeline.atomic import atomic_file, check_writable
-from pipeline.command_line import friendly_errors, names
-from pipeline.training_sets import training_identity
+from pipeline.common.atomic import atomic_file, check_writable
+from pipeline.common.command_line import friendly_errors, names
+from pipeline.tuner.training_sets import training_identity
 
 
 @click.command("identify")

@@ -7,10 +7,10 @@ from pathlib import Path
 
 import click
 
-from pipeline.atomic import check_writable
-from pipeline.command_line import friendly_errors
-from pipeline.prepare import ensure_prepared
-from pipeline.store import open_stores
+from pipeline.activations.store import open_stores
+from pipeline.common.atomic import check_writable
+from pipeline.common.command_line import friendly_errors
+from pipeline.data.prepare import ensure_prepared
 
 
 @click.command("index")
@@ -31,11 +31,11 @@ def index_command(tuner_dir, stores, data, split, kind, system, out, run_path, b
     """Encode a corpus from its store with a trained tuner; FAISS index and a TREC run of the split."""
     check_writable(out)
     check_writable(run_path)
-    from pipeline.index import index_dataset
+    from pipeline.tuner.indexing import index_dataset
 
     ds = ensure_prepared(data)
     if (tuner_dir / "adapter.json").exists():
-        from pipeline.adapter import index_adapter
+        from pipeline.tuner.adapter import index_adapter
 
         meta = index_adapter(tuner_dir, ds, list(ds.qrels[split]), out, run_path, system, kind, bf16=bf16)
         click.echo(f"{system} on {ds.name}: {meta['texts']} vectors encoded online in {meta['encode_seconds']} s; "

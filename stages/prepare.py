@@ -7,10 +7,10 @@ from pathlib import Path
 
 import click
 
-from pipeline.atomic import atomic_file, check_writable
-from pipeline.command_line import friendly_errors
-from pipeline.prepare import DEFAULT, prepare_dataset, prepared_dir
-from pipeline.tables import markdown_table
+from pipeline.common.atomic import atomic_file, check_writable
+from pipeline.common.command_line import friendly_errors
+from pipeline.common.tables import markdown_table
+from pipeline.data.prepare import DEFAULT, prepare_dataset, prepared_dir
 
 
 @click.command("prepare")

@@ -8,9 +8,9 @@ from pathlib import Path
 
 import click
 
-from pipeline.atomic import atomic_file, check_writable
-from pipeline.command_line import friendly_errors
-from pipeline.params import load_params
+from pipeline.common.atomic import atomic_file, check_writable
+from pipeline.common.command_line import friendly_errors
+from pipeline.common.params import load_params
 
 
 @click.command("rag")
@@ -38,11 +38,11 @@ def command(params_file, runs_dirs, dev_dirs, index_root, answers, readers_root,
     if (params.get("rag") or {}).get("sets"):
         import torch
 
-        from pipeline.llm import default_device
-        from pipeline.precision import resolve_compute_dtype
-        from pipeline.prepare import ensure_prepared
-        from pipeline.rag_run import rag_set
-        from pipeline.reader import Reader
+        from pipeline.activations.llm import default_device
+        from pipeline.answers.rag_run import rag_set
+        from pipeline.answers.reader import Reader
+        from pipeline.common.precision import resolve_compute_dtype
+        from pipeline.data.prepare import ensure_prepared
 
         reader = Reader(params["model"], dtype=resolve_compute_dtype(params["extract"]["compute_dtype"],
                                                                      default_device()))

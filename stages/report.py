@@ -7,10 +7,10 @@ from pathlib import Path
 import click
 import yaml
 
-from pipeline.atomic import check_writable
-from pipeline.command_line import friendly_errors
-from pipeline.paths import cache_root
-from pipeline.report import build_report
+from pipeline.common.atomic import check_writable
+from pipeline.common.command_line import friendly_errors
+from pipeline.common.paths import cache_root
+from pipeline.evaluation.report import build_report
 
 
 @click.command("report")

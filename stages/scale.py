@@ -9,10 +9,10 @@ from pathlib import Path
 import click
 from tqdm.auto import tqdm
 
-from pipeline.atomic import atomic_file, check_writable
-from pipeline.command_line import friendly_errors, names
-from pipeline.config import section
-from pipeline.params import load_params, train_config, tuner_config
+from pipeline.common.atomic import atomic_file, check_writable
+from pipeline.common.command_line import friendly_errors, names
+from pipeline.common.config import section
+from pipeline.common.params import load_params, train_config, tuner_config
 
 
 def write_no_points(out: Path) -> None:
@@ -46,9 +46,9 @@ def command(stores, data, zero_shot, geometry, params_file, overrides, metrics, 
     todo = list(dict.fromkeys(todo))  # pooled-linear has no size: one line
     if not todo and not any(Path(out).glob("*/point.json")):  # a configuration without a scaling section: no torch
         return write_no_points(out)
-    from pipeline.llm import device_name
-    from pipeline.scaling import curve_table, plot_curve, point_name, read_points, reference_scores, train_point
-    from pipeline.training_sets import open_training_sets
+    from pipeline.activations.llm import device_name
+    from pipeline.tuner.scaling import curve_table, plot_curve, point_name, read_points, reference_scores, train_point
+    from pipeline.tuner.training_sets import open_training_sets
 
     sets = open_training_sets(stores, names(data))
     evals = open_training_sets(stores, names(zero_shot) or list(scaling.zero_shot), pairs=False)

@@ -6,10 +6,10 @@ from pathlib import Path
 
 import click
 
-from pipeline.command_line import friendly_errors
-from pipeline.hits import format_hits, hits_of
-from pipeline.index import load_index, search
-from pipeline.prepare import ensure_prepared
+from pipeline.common.command_line import friendly_errors
+from pipeline.data.prepare import ensure_prepared
+from pipeline.retrieval.hits import format_hits, hits_of
+from pipeline.retrieval.index import load_index, search
 
 
 @click.command("search")
@@ -23,10 +23,10 @@ from pipeline.prepare import ensure_prepared
 @friendly_errors
 def command(index_dir, k, data, text, bf16) -> None:
     """Encode TEXT with the frozen LLM + tuner (no store) and search the index: rank, score, id, title, text."""
-    from pipeline.config import Template
-    from pipeline.llm import FrozenLLM, default_device
-    from pipeline.precision import resolve_compute_dtype
-    from pipeline.tuner import Tuner
+    from pipeline.activations.llm import FrozenLLM, default_device
+    from pipeline.common.config import Template
+    from pipeline.common.precision import resolve_compute_dtype
+    from pipeline.tuner.model import Tuner
 
     query = " ".join(text)
     if not query.strip():
@@ -34,7 +34,7 @@ def command(index_dir, k, data, text, bf16) -> None:
     index, meta = load_index(index_dir)
     template = Template(**meta["template"])
     if "adapter" in meta:  # the adapter baseline: the LLM with its adapters, pooled, the head
-        from pipeline.adapter import Adapter
+        from pipeline.tuner.adapter import Adapter
 
         vec = Adapter.load(Path(meta["adapter"])).encode([template.format_query(query)], meta["query_max_length"],
                                                          bf16, progress=False)

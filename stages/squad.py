@@ -6,10 +6,10 @@ from pathlib import Path
 
 import click
 
-from pipeline.atomic import check_writable
-from pipeline.command_line import friendly_errors
-from pipeline.paths import cache_root
-from pipeline.squad import SQUAD_URL, fetch_squad
+from pipeline.common.atomic import check_writable
+from pipeline.common.command_line import friendly_errors
+from pipeline.common.paths import cache_root
+from pipeline.data.squad import SQUAD_URL, fetch_squad
 
 
 @click.command("fetch-squad")

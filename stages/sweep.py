@@ -10,11 +10,11 @@ from pathlib import Path
 import click
 from tqdm.auto import tqdm
 
-from pipeline.atomic import atomic_file, check_writable
-from pipeline.command_line import friendly_errors, names
-from pipeline.config import section
-from pipeline.params import load_params, train_config, tuner_config
-from pipeline.sweep import plan, plot_heatmap, read_grid, run_sweep, selection, sweep_tables
+from pipeline.common.atomic import atomic_file, check_writable
+from pipeline.common.command_line import friendly_errors, names
+from pipeline.common.config import section
+from pipeline.common.params import load_params, train_config, tuner_config
+from pipeline.tuner.sweep import plan, plot_heatmap, read_grid, run_sweep, selection, sweep_tables
 
 
 def shard_of(text: str) -> tuple[int, int]:
@@ -58,8 +58,8 @@ def command(stores, data, tests, geometry, params_file, overrides, shard, out, p
         if summarize:
             points = plan(None, layers, pairs, baselines)
         else:  # torch, only where there is a point to train (a sweep with nothing planned takes under a second)
-            from pipeline.llm import device_name
-            from pipeline.training_sets import open_training_sets
+            from pipeline.activations.llm import device_name
+            from pipeline.tuner.training_sets import open_training_sets
 
             sets = open_training_sets(stores, names(data))
             evals = open_training_sets(stores, names(tests) or list(sw.test), pairs=False)

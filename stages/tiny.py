@@ -6,7 +6,7 @@ from pathlib import Path
 
 import click
 
-from pipeline.tiny import make_tiny_model, write_beir
+from pipeline.data.tiny import make_tiny_model, write_beir
 
 
 @click.command("tiny")

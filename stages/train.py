@@ -7,12 +7,12 @@ from pathlib import Path
 
 import click
 
-from pipeline.atomic import check_writable
-from pipeline.command_line import friendly_errors, names
-from pipeline.config import LAYER_FUSIONS, RUN, VARIANTS
-from pipeline.params import load_params, train_config, tuner_config
-from pipeline.train import train
-from pipeline.training_sets import open_training_sets
+from pipeline.common.atomic import check_writable
+from pipeline.common.command_line import friendly_errors, names
+from pipeline.common.config import LAYER_FUSIONS, RUN, VARIANTS
+from pipeline.common.params import load_params, train_config, tuner_config
+from pipeline.tuner.train import train
+from pipeline.tuner.training_sets import open_training_sets
 
 
 def layer_pair(selection_rule: str, selection: Path | None) -> tuple[int, int] | None:

@@ -7,9 +7,9 @@ from pathlib import Path
 
 import click
 
-from pipeline.atomic import atomic_dir, check_writable
-from pipeline.command_line import friendly_errors, names
-from pipeline.params import load_params
+from pipeline.common.atomic import atomic_dir, check_writable
+from pipeline.common.command_line import friendly_errors, names
+from pipeline.common.params import load_params
 
 
 @click.command("train-reader")
@@ -36,8 +36,8 @@ def command(stores, data, answers_path, params_file, overrides, out) -> None:
         atomic_dir(out, lambda tmp: (tmp / "readers.json").write_text(json.dumps({})))
         click.echo("no rag.sets in the params: no reader to train")
         return
-    from pipeline.answers import answers_file
-    from pipeline.reader_train import open_reader_inputs, reader_model_config, reader_train_config, train_reader
+    from pipeline.answers.reader_train import open_reader_inputs, reader_model_config, reader_train_config, train_reader
+    from pipeline.data.answers import answers_file
 
     train_cfg = reader_train_config(params)
     for name in sets:

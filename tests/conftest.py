@@ -6,9 +6,9 @@ from pathlib import Path
 
 import pytest
 
-from pipeline.data import load_prepared
-from pipeline.prepare import prepare_dataset
-from pipeline.tiny import make_tiny_model, write_beir
+from pipeline.data.beir import load_prepared
+from pipeline.data.prepare import prepare_dataset
+from pipeline.data.tiny import make_tiny_model, write_beir
 
 
 @pytest.fixture(scope="session")
@@ -31,7 +31,7 @@ def prepared(tiny_beir, tmp_path):
 def build_world(root: Path, n_docs: int, n_queries: int, negatives: int) -> dict:
     """A tiny 2-block model, a prepared tiny set and its stores of layers 0, 1, 2 (root/stores/tiny/*.zarr):
     what the stage-two and memory tests train and search on."""
-    from pipeline.extract import ExtractSpec, extract
+    from pipeline.activations.extract import ExtractSpec, extract
 
     model = str(make_tiny_model(root / "model", layers=2))
     write_beir(root / "tiny", n_docs=n_docs, n_queries=n_queries)
@@ -57,11 +57,11 @@ TUNER = dict(width=16, blocks=1, heads=2, out_dim=16, dropout=0.0, temperature=0
 def memory_world(tmp_path_factory):
     """A tiny model, a prepared set with titles, its stores, a trained tuner and its index (built once: the ask and
     rag tests read it)."""
-    from pipeline.config import TrainConfig, TunerConfig
-    from pipeline.index import index_dataset
-    from pipeline.store import ActivationStore
-    from pipeline.train import train
-    from pipeline.training_sets import TrainingSet
+    from pipeline.activations.store import ActivationStore
+    from pipeline.common.config import TrainConfig, TunerConfig
+    from pipeline.tuner.indexing import index_dataset
+    from pipeline.tuner.train import train
+    from pipeline.tuner.training_sets import TrainingSet
 
     world = build_world(tmp_path_factory.mktemp("memory"), n_docs=30, n_queries=24, negatives=2)
     root, model, ds = world["root"], world["model"], world["ds"]

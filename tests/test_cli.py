@@ -36,10 +36,10 @@ def test_help_imports_no_stage():
 
 
 def test_every_library_error_is_one_line_without_torch():
-    modules = imported_after("import pipeline.command_line")
+    modules = imported_after("import pipeline.common.command_line")
     assert "torch" not in modules
-    from pipeline.command_line import friendly_errors
-    from pipeline.errors import ConfigError, DataError, OutputError, StoreError
+    from pipeline.common.command_line import friendly_errors
+    from pipeline.common.errors import ConfigError, DataError, OutputError, StoreError
 
     for error in (DataError, ConfigError, StoreError, OutputError, FileNotFoundError):
         def failing(error=error):
@@ -95,7 +95,7 @@ def test_every_typed_section_holds_the_default_configuration():
 
     import yaml
 
-    from pipeline.config import RUN, SECTIONS, run_config, section
+    from pipeline.common.config import RUN, SECTIONS, run_config, section
 
     params = yaml.safe_load((Path(__file__).resolve().parents[1] / "params.yaml").read_text())
     assert run_config(params) == RUN
@@ -106,8 +106,8 @@ def test_every_typed_section_holds_the_default_configuration():
 def test_a_misspelt_knob_of_a_typed_section_is_named():
     import pytest
 
-    from pipeline.config import section
-    from pipeline.errors import ConfigError
+    from pipeline.common.config import section
+    from pipeline.common.errors import ConfigError
 
     with pytest.raises(ConfigError, match="max_pp"):
         section({"fusion": {"max_pp": 0.1}}, "fusion")

@@ -5,8 +5,8 @@ from pathlib import Path
 
 import pytest
 
-from pipeline.config import SIZES, TunerConfig
-from pipeline.params import CONF_DIR, compose_params, train_config
+from pipeline.common.config import SIZES, TunerConfig
+from pipeline.common.params import CONF_DIR, compose_params, train_config
 
 ROOT = Path(__file__).resolve().parents[1]
 PROTOCOLS = sorted(p.stem for p in (CONF_DIR / "protocol").glob("*.yaml"))

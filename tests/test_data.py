@@ -10,11 +10,11 @@ from functools import partial
 import pytest
 from click.testing import CliRunner
 
-from pipeline.bm25 import BM25
-from pipeline.data import load_beir, load_prepared
-from pipeline.errors import DataError
-from pipeline.fetch import download_beir
-from pipeline.prepare import judged_relevant, prepare_dataset, training_pairs
+from pipeline.common.errors import DataError
+from pipeline.data.beir import load_beir, load_prepared
+from pipeline.data.bm25 import BM25
+from pipeline.data.fetch import download_beir
+from pipeline.data.prepare import judged_relevant, prepare_dataset, training_pairs
 from stages.cli import main
 
 
@@ -122,7 +122,7 @@ def test_bad_files_are_one_clear_line(tiny_beir, tmp_path, case, message):
     ("q0 Q0 d0 1 x lmort\n", "run.trec:2: field 'score' is not a number"),
 ])
 def test_bad_run_lines_are_refused(tmp_path, line, message):
-    from pipeline.metrics import read_trec_run
+    from pipeline.common.metrics import read_trec_run
 
     path = tmp_path / "run.trec"
     path.write_text("q0 Q0 d1 1 0.9 lmort\n" + line)
@@ -137,8 +137,8 @@ def test_prepare_writes_tables_pairs_and_dev(tiny_beir, tmp_path):
     assert summary["dev_carved_from_train"]["queries"] >= 1
     assert not set(ds.qrels["dev"]) & set(ds.pairs("train").to_pydict()["query_id"])
     # the sanity score is BM25's on the test split, as `lmort baselines` computes it
-    from pipeline.baselines import bm25_run
-    from pipeline.metrics import evaluate
+    from pipeline.common.metrics import evaluate
+    from pipeline.retrieval.baselines import bm25_run
 
     test = list(ds.qrels["test"])
     assert summary["bm25"]["test"]["nDCG@10"] == pytest.approx(
@@ -197,7 +197,7 @@ def test_unreachable_archive_is_one_clear_line(tmp_path, loopback, monkeypatch):
     nothing half-written; a server that stalls is cut off by the timeout."""
     import socket
 
-    import pipeline.fetch as data_module
+    import pipeline.data.fetch as data_module
 
     with socket.socket() as s:  # a port nobody listens on
         s.bind(("127.0.0.1", 0))
@@ -221,7 +221,7 @@ def test_unreachable_archive_is_one_clear_line(tmp_path, loopback, monkeypatch):
 def test_atomic_folders_get_the_mode_of_a_plain_mkdir(tmp_path):
     import os
 
-    from pipeline.atomic import atomic_dir
+    from pipeline.common.atomic import atomic_dir
 
     atomic_dir(tmp_path / "made", lambda tmp: (tmp / "f").write_text("x"))
     (tmp_path / "plain").mkdir()
@@ -231,8 +231,8 @@ def test_atomic_folders_get_the_mode_of_a_plain_mkdir(tmp_path):
 def test_a_prepared_set_is_reused_only_for_the_source_it_was_made_from(tmp_path, monkeypatch, caplog):
     """cache/data/<name> records its source folder and digest: another folder of the same name, or the same
     folder changed, is prepared again instead of silently reusing the old tables."""
-    from pipeline.prepare import ensure_prepared
-    from pipeline.tiny import write_beir
+    from pipeline.data.prepare import ensure_prepared
+    from pipeline.data.tiny import write_beir
 
     monkeypatch.setenv("LMORT_CACHE", str(tmp_path / "cache"))
     first = write_beir(tmp_path / "a" / "cranfield", n_docs=40)
@@ -252,7 +252,7 @@ def test_a_prepared_set_is_reused_only_for_the_source_it_was_made_from(tmp_path,
 
 def test_a_set_found_nowhere_and_not_in_the_archive_says_where_to_put_it(tmp_path, monkeypatch):
     """cacm is in neither the BEIR archive nor ir_datasets: without ../shared a user is told what to do."""
-    import pipeline.fetch as data
+    import pipeline.data.fetch as data
 
     monkeypatch.setenv("LMORT_DATA", str(tmp_path / "nothing"))
     monkeypatch.setattr(data, "SHARED_BEIR", tmp_path / "no-shared")

@@ -116,7 +116,7 @@ def nfcorpus_files() -> dict[str, str]:
 
 def lmort(tmp_path: Path, *args: str, **env: str) -> subprocess.CompletedProcess:
     """`lmort ...` in a fresh process that sees no ../shared copy and no $LMORT_DATA set."""
-    code = ("import sys, pipeline.fetch as f; from pathlib import Path; f.SHARED_BEIR = Path(sys.argv.pop(1)); "
+    code = ("import sys, pipeline.data.fetch as f; from pathlib import Path; f.SHARED_BEIR = Path(sys.argv.pop(1)); "
             "f.PROJECT_ROOT = f.SHARED_BEIR; from stages.cli import main; main()")
     environ = {k: v for k, v in os.environ.items() if k not in ("LMORT_DATA", "HTTP_PROXY", "HTTPS_PROXY")}
     environ.update(IR_DATASETS_HOME=str(tmp_path / "irds"), LMORT_CACHE=str(tmp_path / "cache"), **env)

@@ -6,12 +6,12 @@ import numpy as np
 import pytest
 from click.testing import CliRunner
 
-from pipeline.data import load_prepared
-from pipeline.errors import DataError
-from pipeline.fusion import check_same_corpus, check_same_queries, choose, fuse, significance
-from pipeline.metrics import write_trec_run
-from pipeline.prepare import prepare_dataset
-from pipeline.tiny import write_beir
+from pipeline.common.errors import DataError
+from pipeline.common.metrics import write_trec_run
+from pipeline.data.beir import load_prepared
+from pipeline.data.prepare import prepare_dataset
+from pipeline.data.tiny import write_beir
+from pipeline.retrieval.fusion import check_same_corpus, check_same_queries, choose, fuse, significance
 from stages.cli import main
 
 # ---------------------------------------------------------------- fusion

@@ -2,8 +2,8 @@ import math
 
 import torch
 
-from pipeline.geometry import alignment, choose_layers, uniformity
-from pipeline.pooling import mean_pool
+from pipeline.common.pooling import mean_pool
+from pipeline.tuner.geometry import alignment, choose_layers, uniformity
 
 
 def test_alignment_and_uniformity_by_hand():

@@ -2,7 +2,7 @@ import pytest
 import torch
 from transformers import AutoModel
 
-from pipeline.llm import FrozenLLM
+from pipeline.activations.llm import FrozenLLM
 
 
 def test_truncated_model_runs_only_needed_blocks_and_matches_full(tiny_model):
@@ -56,8 +56,8 @@ def test_the_packages_the_gguf_loader_needs_are_declared():
 
 
 def test_the_template_lower_cases_by_default_and_keeps_case_when_asked():
-    from pipeline.config import Template
-    from pipeline.extract import EXTRACT
+    from pipeline.activations.extract import EXTRACT
+    from pipeline.common.config import Template
 
     assert Template().case == EXTRACT.case == "lower"  # one default: the library and the CLI extract the same text
     assert Template().format_query("CELL Biology") == "cell biology"
@@ -75,7 +75,7 @@ def test_the_template_lower_cases_by_default_and_keeps_case_when_asked():
 def test_weights_hash_is_the_files_sha256_stamped_until_a_file_changes(tmp_path):
     import hashlib
 
-    from pipeline.llm import weights_hash
+    from pipeline.activations.llm import weights_hash
 
     (tmp_path / "model.safetensors").write_bytes(b"weights one")
     first = weights_hash(str(tmp_path))

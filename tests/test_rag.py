@@ -5,14 +5,14 @@ import json
 import pytest
 from click.testing import CliRunner
 
-from pipeline.errors import DataError
-from pipeline.metrics import write_trec_run
+from pipeline.common.errors import DataError
+from pipeline.common.metrics import write_trec_run
 from stages.cli import main
 
 
 def test_lmort_rag_chooses_on_dev_and_scores_every_system_on_the_same_test_questions(memory_world, tmp_path,
                                                                                       monkeypatch):
-    from pipeline.baselines import bm25_run
+    from pipeline.retrieval.baselines import bm25_run
 
     ds = memory_world["ds"]
     beir = memory_world["root"] / "tiny"
@@ -57,7 +57,7 @@ def test_lmort_rag_chooses_on_dev_and_scores_every_system_on_the_same_test_quest
 
 
 def test_answer_f1_is_compared_with_bm25_question_by_question():
-    from pipeline.rag import with_gaps
+    from pipeline.answers.rag import with_gaps
 
     bm25 = {f"q{i}": 0.5 for i in range(8)}
     better = {q: f + 0.25 + 0.01 * i for i, (q, f) in enumerate(bm25.items())}  # +0.25 on every question
@@ -69,7 +69,7 @@ def test_answer_f1_is_compared_with_bm25_question_by_question():
 
 def test_timing_a_fused_system_needs_its_dev_chosen_weight(memory_world):
     """A fused system is timed with the weight `lmort fuse` chose on dev; without one it refuses, never guesses."""
-    from pipeline.rag import time_retrieval
+    from pipeline.answers.rag import time_retrieval
 
     ds = memory_world["ds"]
     with pytest.raises(DataError, match="no dev-chosen fusion weight"):

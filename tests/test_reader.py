@@ -3,11 +3,11 @@
 
 import pytest
 
-from pipeline.answers import read_answers, sample_questions
-from pipeline.config import Template
-from pipeline.errors import DataError
-from pipeline.hits import Hit
-from pipeline.reader import answer_scores, build_prompt, normalize_answer
+from pipeline.answers.reader import answer_scores, build_prompt, normalize_answer
+from pipeline.common.config import Template
+from pipeline.common.errors import DataError
+from pipeline.data.answers import read_answers, sample_questions
+from pipeline.retrieval.hits import Hit
 
 # ---------------------------------------------------------------- the reader's metrics and prompts
 

@@ -9,12 +9,9 @@ from pathlib import Path
 import pytest
 import torch
 
-from pipeline.config import Template
-from pipeline.data import load_prepared
-from pipeline.errors import ConfigError, DataError, StoreError
-from pipeline.prepare import prepare_dataset
-from pipeline.reader_data import Passages, length_batches, locate, span_examples
-from pipeline.reader_train import (
+from pipeline.activations.store import check_compatible
+from pipeline.answers.reader_data import Passages, length_batches, locate, span_examples
+from pipeline.answers.reader_train import (
     ReaderTrainConfig,
     dev_scores,
     open_reader_inputs,
@@ -22,9 +19,12 @@ from pipeline.reader_train import (
     reader_model_config,
     train_reader,
 )
-from pipeline.span_reader import ReaderConfig, SpanReader, best_spans
-from pipeline.store import check_compatible
-from pipeline.tiny import WORDS, make_tiny_model
+from pipeline.answers.span_reader import ReaderConfig, SpanReader, best_spans
+from pipeline.common.config import Template
+from pipeline.common.errors import ConfigError, DataError, StoreError
+from pipeline.data.beir import load_prepared
+from pipeline.data.prepare import prepare_dataset
+from pipeline.data.tiny import WORDS, make_tiny_model
 
 MARK = "omega"  # the answer is the word after this one: a span a head over layer-0 states can learn
 
@@ -59,7 +59,7 @@ def write_planted(folder: Path, n_docs: int = 48, seed: int = 0) -> dict[str, li
 
 @pytest.fixture(scope="module")
 def planted(tmp_path_factory):
-    from pipeline.extract import ExtractSpec, extract
+    from pipeline.activations.extract import ExtractSpec, extract
 
     root = tmp_path_factory.mktemp("reader")
     model = str(make_tiny_model(root / "model", layers=2))
@@ -73,7 +73,7 @@ def planted(tmp_path_factory):
 
 
 def test_offsets_round_trip_under_both_cases_and_a_title():
-    from pipeline.data import Prepared
+    from pipeline.data.beir import Prepared
 
     ds = Prepared("x", {"d": {"title": "Alpha Beta", "text": "Gamma beta Delta omega Cell gene"}}, {}, {}, Path("."))
     for case in ("keep", "lower"):
@@ -104,8 +104,8 @@ def _word_tokenizer():
 def test_labels_are_the_stored_tokens_of_the_answer(planted):
     from transformers import AutoTokenizer
 
-    from pipeline.answers import read_answers
-    from pipeline.store import open_stores
+    from pipeline.activations.store import open_stores
+    from pipeline.data.answers import read_answers
 
     ds = planted["ds"]
     _, corpus = open_stores(planted["stores"], ds.name)
@@ -191,11 +191,11 @@ def test_reader_knobs_are_checked():
 @pytest.fixture(scope="module")
 def span_memory(planted, trained_reader):
     """The planted world laid out as a configuration: a tuner's index, the stores and a trained span reader."""
-    from pipeline.config import TrainConfig, TunerConfig
-    from pipeline.index import index_dataset
-    from pipeline.store import open_stores
-    from pipeline.train import train
-    from pipeline.training_sets import TrainingSet
+    from pipeline.activations.store import open_stores
+    from pipeline.common.config import TrainConfig, TunerConfig
+    from pipeline.tuner.indexing import index_dataset
+    from pipeline.tuner.train import train
+    from pipeline.tuner.training_sets import TrainingSet
 
     root, ds = planted["root"], planted["ds"]
     queries, corpus = open_stores(planted["stores"], ds.name)
@@ -209,7 +209,7 @@ def span_memory(planted, trained_reader):
 
 
 def test_ask_with_the_span_reader_answers_from_a_retrieved_passage(span_memory):
-    from pipeline.ask import Memory
+    from pipeline.answers.ask import Memory
 
     ds = span_memory["ds"]
     memory = Memory(span_memory["index"], ds)  # span: the configuration trained a reader
@@ -249,8 +249,8 @@ def test_lmort_ask_span_prints_the_answer_its_passage_and_the_time_of_each_part(
 def test_lmort_rag_reads_with_both_readers_and_chooses_each_on_dev(span_memory, tmp_path):
     from click.testing import CliRunner
 
-    from pipeline.baselines import bm25_run
-    from pipeline.metrics import write_trec_run
+    from pipeline.common.metrics import write_trec_run
+    from pipeline.retrieval.baselines import bm25_run
     from stages.cli import main
 
     ds, root = span_memory["ds"], span_memory["root"]
@@ -291,7 +291,7 @@ def test_lmort_rag_reads_with_both_readers_and_chooses_each_on_dev(span_memory, 
 
 
 def test_constrained_decoding_continues_only_spans_of_the_passages():
-    from pipeline.reader import allowed_next
+    from pipeline.answers.reader import allowed_next
 
     seqs = [[5, 6, 7, 8], [6, 9]]
     assert allowed_next([], seqs, [2], 0) == [5, 6, 7, 8, 9]  # any passage token starts an answer
@@ -301,8 +301,8 @@ def test_constrained_decoding_continues_only_spans_of_the_passages():
 
 
 def test_a_few_shot_prompt_puts_worked_examples_before_the_question():
-    from pipeline.hits import Hit
-    from pipeline.reader import Shot, build_prompt
+    from pipeline.answers.reader import Shot, build_prompt
+    from pipeline.retrieval.hits import Hit
 
     shots = [Shot("who wrote it", Hit(1, 1.0, "d1", "Book", "It was written by Ann."), "Ann")]
     hits = [Hit(1, 1.0, "d2", "Song", "Sung by Bob.")]

@@ -10,9 +10,9 @@ import numpy as np
 import pytest
 import torch
 
-from pipeline.data import load_prepared
-from pipeline.fetch import SHARED_BEIR
-from pipeline.prepare import prepare_dataset
+from pipeline.data.beir import load_prepared
+from pipeline.data.fetch import SHARED_BEIR
+from pipeline.data.prepare import prepare_dataset
 
 pytestmark = [
     pytest.mark.slow,
@@ -41,7 +41,7 @@ def scifact_slice(tmp_path_factory):
 
 
 def test_analyze_smollm2_on_real_pairs(scifact_slice, tmp_path):
-    from pipeline.analyze import analyze
+    from pipeline.tuner.analyze import analyze
 
     result = analyze("smollm2-135m", [scifact_slice], tmp_path, max_pairs=30)
     assert result["num_layers"] == 30 and len(result["alignment"]) == len(result["uniformity"]) == 31
@@ -51,8 +51,8 @@ def test_analyze_smollm2_on_real_pairs(scifact_slice, tmp_path):
 
 
 def test_attention_sink_and_store_round_trip_on_smollm2(scifact_slice, tmp_path):
-    from pipeline.extract import ExtractSpec, cached_llm, extract, texts_of
-    from pipeline.store import ActivationStore
+    from pipeline.activations.extract import ExtractSpec, cached_llm, extract, texts_of
+    from pipeline.activations.store import ActivationStore
 
     spec = ExtractSpec("smollm2-135m", (0, 2, 15), "corpus", 64, shard_tokens=1024, chunk_tokens=128)
     extract(scifact_slice, spec, tmp_path / "c.zarr", progress=False)
@@ -76,11 +76,11 @@ def test_smollm2_prompt_forward_gives_the_stored_query_vector_in_bf16(question):
     """`lmort ask`'s one forward: the chat prompt's prefix through the full SmolLM2 (with its head), read at the
     tuner's layers, gives the vector `encode_texts` computes through the truncated LLM (what the stores hold),
     within bfloat16's precision; and the prefix's cache continues into the same answer as a fresh prompt."""
-    from pipeline.config import Template, TunerConfig
-    from pipeline.hits import Hit
-    from pipeline.llm import FrozenLLM
-    from pipeline.reader import Reader, build_prompt
-    from pipeline.tuner import Tuner
+    from pipeline.activations.llm import FrozenLLM
+    from pipeline.answers.reader import Reader, build_prompt
+    from pipeline.common.config import Template, TunerConfig
+    from pipeline.retrieval.hits import Hit
+    from pipeline.tuner.model import Tuner
 
     torch.manual_seed(0)
     tuner = Tuner(TunerConfig(llm_width=576, stream_layer=6, cross_layer=0)).eval()

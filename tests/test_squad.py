@@ -21,9 +21,9 @@ def official_json(path, split_articles):
 
 
 def test_squad_from_the_official_json_has_the_shared_copys_ids(tmp_path):
-    from pipeline.answers import read_answers
-    from pipeline.data import load_beir
-    from pipeline.squad import squad_to_beir
+    from pipeline.data.answers import read_answers
+    from pipeline.data.beir import load_beir
+    from pipeline.data.squad import squad_to_beir
 
     train = official_json(tmp_path / "train-v1.1.json", [
         ("2008_Sichuan_earthquake", [("The 2008 Sichuan  earthquake killed 69,197 people.",

@@ -10,15 +10,15 @@ from click.testing import CliRunner
 from conftest import build_world, write_geometry
 from safetensors.torch import load_file
 
-from pipeline.config import Template, TrainConfig, TunerConfig
-from pipeline.extract import ExtractSpec, extract
-from pipeline.index import build_index, retrieve
-from pipeline.llm import FrozenLLM
-from pipeline.metrics import evaluate
-from pipeline.store import ActivationStore
-from pipeline.train import info_nce, train
-from pipeline.training_sets import TrainingSet
-from pipeline.tuner import Tuner
+from pipeline.activations.extract import ExtractSpec, extract
+from pipeline.activations.llm import FrozenLLM
+from pipeline.activations.store import ActivationStore
+from pipeline.common.config import Template, TrainConfig, TunerConfig
+from pipeline.common.metrics import evaluate
+from pipeline.retrieval.index import build_index, retrieve
+from pipeline.tuner.model import Tuner
+from pipeline.tuner.train import info_nce, train
+from pipeline.tuner.training_sets import TrainingSet
 from stages.cli import main
 
 TUNER = dict(width=16, blocks=1, heads=2, out_dim=16, dropout=0.1, temperature=0.1)
@@ -66,7 +66,7 @@ def test_training_with_the_model_weights_absent(world, tmp_path, monkeypatch):
 
 
 def test_killed_training_resumes_to_the_same_weights(world, tmp_path, monkeypatch):
-    import pipeline.train as tr
+    import pipeline.tuner.train as tr
 
     cfg = TunerConfig(llm_width=32, stream_layer=2, cross_layer=1, **TUNER)
     tcfg = TrainConfig(epochs=3, batch_size=8, patience=9)
@@ -166,7 +166,7 @@ def test_metrics_on_a_hand_computed_run():
 
 def test_evaluate_scores_only_the_configured_systems(world, tmp_path):
     """A run file left by a variant the configuration no longer names is not scored."""
-    from pipeline.metrics import write_trec_run
+    from pipeline.common.metrics import write_trec_run
 
     ds = world["ds"]
     qids = list(ds.qrels["test"])
@@ -187,7 +187,7 @@ def test_evaluate_scores_only_the_configured_systems(world, tmp_path):
 
 
 def test_report_rows_split_in_domain_and_zero_shot_and_check_the_claim():
-    from pipeline.report import ablation_rows, claim_verdict
+    from pipeline.evaluation.report import ablation_rows, claim_verdict
 
     metrics = {"a": {"lmort": {"nDCG@10": 0.5}, "a-only": {"nDCG@10": 0.4}, "bm25": {"nDCG@10": 0.9}},
                "b": {"lmort": {"nDCG@10": 0.1}, "a-only": {"nDCG@10": 0.4}, "bm25": {"nDCG@10": 0.9}}}
@@ -203,7 +203,7 @@ def test_report_rows_split_in_domain_and_zero_shot_and_check_the_claim():
 
 
 def test_report_gaps_are_lmort_minus_each_reference():
-    from pipeline.report import ablation_rows, lmort_gaps
+    from pipeline.evaluation.report import ablation_rows, lmort_gaps
 
     scores = {"lmort": (0.5, 0.1), "a-only": (0.4, 0.4), "pooled-linear": (0.2, 0.2), "bm25": (0.9, 0.6),
               "raw-layer-0": (0.1, 0.1), "raw-layer-2": (0.3, 0.2)}
@@ -235,7 +235,7 @@ def test_streamed_stores_train_to_the_same_weights_as_loaded_ones(world, tmp_pat
 
 
 def test_set_mixing_rule():
-    from pipeline.train import set_quotas
+    from pipeline.tuner.train import set_quotas
 
     assert set_quotas([1600, 160], 16, alpha=1.0) == [100, 10]  # proportional: each query once an epoch
     assert set_quotas([1600, 160], 16, alpha=0.0) == [55, 55]  # uniform over sets, same epoch length
@@ -244,7 +244,7 @@ def test_set_mixing_rule():
 
 
 def test_a_small_set_repeats_its_queries_but_never_within_a_batch(world):
-    from pipeline.train import epoch_batches
+    from pipeline.tuner.train import epoch_batches
 
     ts = training_set(world)
     n = len([r for r in ts.pairs if r["positive_ids"]])
@@ -256,7 +256,7 @@ def test_a_small_set_repeats_its_queries_but_never_within_a_batch(world):
 
 
 def test_query_samples_are_nested_and_keep_every_dev_split(world):
-    from pipeline.training_sets import sample_queries
+    from pipeline.tuner.training_sets import sample_queries
 
     ts = training_set(world)
     other = TrainingSet(ts.data, ts.queries, ts.corpus, ts.pairs[:6], {"q": {"d": 1}})
@@ -271,8 +271,8 @@ def test_query_samples_are_nested_and_keep_every_dev_split(world):
 def test_stores_built_unlike_each_other_or_the_tuner_are_refused(world, tmp_path):
     """A queries store computed in bfloat16 beside a float32 corpus store: train refuses and names the field; a tuner
     trained on float32 stores refuses to index bfloat16 ones."""
-    from pipeline.errors import StoreError
-    from pipeline.index import index_dataset
+    from pipeline.common.errors import StoreError
+    from pipeline.tuner.indexing import index_dataset
 
     spec = ExtractSpec(world["model"], (0, 1, 2), "queries", 8, compute_dtype="bfloat16", shard_tokens=256,
                        chunk_tokens=16)
@@ -292,7 +292,7 @@ def test_stores_built_unlike_each_other_or_the_tuner_are_refused(world, tmp_path
 
 def test_a_document_judged_relevant_to_two_queries_is_never_a_negative(world):
     """In-batch negatives: query i's positive is a negative for query j unless j is also judged relevant to it."""
-    from pipeline.train import read_batch
+    from pipeline.tuner.train import read_batch
 
     ts = training_set(world)
     rows = [r for r in ts.pairs if r["positive_ids"]][:3]
@@ -313,7 +313,7 @@ def test_a_document_judged_relevant_to_two_queries_is_never_a_negative(world):
 def test_scaling_curve_trains_each_point_once_from_the_stores(world, tmp_path, monkeypatch):
     """`lmort scale`: nested query samples, at least min_steps each, scored on dev and zero-shot; a rerun trains
     nothing, and the LLM is never loaded."""
-    import pipeline.scaling as sc
+    import pipeline.tuner.scaling as sc
 
     monkeypatch.setattr(FrozenLLM, "__init__", lambda *a, **k: pytest.fail("stage two loaded the LLM"))
     geometry = write_geometry(tmp_path)
@@ -342,8 +342,8 @@ def test_scaling_curve_trains_each_point_once_from_the_stores(world, tmp_path, m
 def test_layer_sweep_trains_each_pair_once_from_one_store_and_feeds_dev_selection(world, tmp_path, monkeypatch):
     """`lmort sweep`: LMORT per (U, A) pair plus the fusion baselines, all from the one multi-layer store (the LLM
     is never loaded); the rule's rank and the dev pick land in selection.json, which `lmort train` can follow."""
-    import pipeline.scaling as sc
-    from pipeline.sweep import read_grid
+    import pipeline.tuner.scaling as sc
+    from pipeline.tuner.sweep import read_grid
 
     monkeypatch.setattr(FrozenLLM, "__init__", lambda *a, **k: pytest.fail("stage two loaded the LLM"))
     geometry = write_geometry(tmp_path)
@@ -408,7 +408,7 @@ def test_layer_selection_takes_the_rule_the_dev_pick_or_an_explicit_pair(tmp_pat
 
 def test_a_finished_point_is_reused_only_for_the_same_inputs(world, tmp_path, monkeypatch):
     """train_point: other test sets are scored again without training; other training pairs train again."""
-    import pipeline.scaling as sc
+    import pipeline.tuner.scaling as sc
 
     ts = training_set(world)
     cfg = TunerConfig(llm_width=32, stream_layer=2, cross_layer=1, **TUNER)
@@ -431,7 +431,7 @@ def test_a_finished_point_is_reused_only_for_the_same_inputs(world, tmp_path, mo
 
 
 def test_the_rule_rank_counts_only_strictly_better_pairs_and_the_plan_is_what_counts(tmp_path):
-    from pipeline.sweep import SweepPoint, plan, read_grid, selection
+    from pipeline.tuner.sweep import SweepPoint, plan, read_grid, selection
 
     def point(u, a, dev):
         return {"variant": "lmort", "point": SweepPoint("lmort", u, a).name, "u_layer": u, "a_layer": a,
@@ -451,7 +451,7 @@ def test_the_rule_rank_counts_only_strictly_better_pairs_and_the_plan_is_what_co
 
 
 def test_a_sweep_over_layers_the_store_lacks_is_refused():
-    from pipeline.sweep import plan
+    from pipeline.tuner.sweep import plan
 
     assert [p.name for p in plan([0, 2, 4], [0, 4])] == ["lmort-u0-a0", "lmort-u0-a4", "lmort-u4-a0", "lmort-u4-a4"]
     assert len(plan([0, 2, 4], "all")) == 9
@@ -489,13 +489,14 @@ def _commands(world, tmp, out):
                                      "baselines", "evaluate", "report"])
 @pytest.mark.parametrize("where", ["under a file", "full disk"])
 def test_an_output_that_cannot_be_written_is_refused_before_any_work(world, tmp_path, monkeypatch, command, where):
-    import pipeline.atomic as atomic
+    import pipeline.common.atomic as atomic
 
     (tmp_path / "file").write_text("x")
     out = str(tmp_path / "file" / "out") if where == "under a file" else str(tmp_path / "new" / "out")
     if where == "full disk":
         monkeypatch.setattr(atomic.shutil, "disk_usage", lambda p: type("U", (), {"free": 10 << 20})())
-    for slow in ("pipeline.train.train", "pipeline.extract.extract", "pipeline.prepare.prepare_dataset"):
+    for slow in ("pipeline.tuner.train.train", "pipeline.activations.extract.extract",
+                 "pipeline.data.prepare.prepare_dataset"):
         monkeypatch.setattr(slow, lambda *a, **k: pytest.fail("the long work started"))
     result = CliRunner().invoke(main, _commands(world, tmp_path, out)[command])
     assert result.exit_code != 0 and "Traceback" not in result.output
@@ -520,7 +521,7 @@ def test_training_stops_after_patience_evaluations_without_a_better_dev_score(wo
 
 def test_a_checkpoint_from_other_settings_is_not_resumed(world, tmp_path, monkeypatch):
     """A checkpoint left by a run with another learning rate is discarded: the new run equals a fresh one."""
-    import pipeline.train as tr
+    import pipeline.tuner.train as tr
 
     cfg = TunerConfig(llm_width=32, stream_layer=2, cross_layer=0, **TUNER)
     monkeypatch.setattr(tr, "write_logs", lambda *a, **k: (_ for _ in ()).throw(KeyboardInterrupt()))

@@ -8,10 +8,10 @@ import numpy as np
 import pytest
 import torch
 
-from pipeline.errors import StoreError
-from pipeline.extract import ExtractSpec, extract, texts_of
-from pipeline.llm import FrozenLLM
-from pipeline.store import ActivationStore, StoreWriter, store_lock
+from pipeline.activations.extract import ExtractSpec, extract, texts_of
+from pipeline.activations.llm import FrozenLLM
+from pipeline.activations.store import ActivationStore, StoreWriter, store_lock
+from pipeline.common.errors import StoreError
 
 
 def spec_for(model, **kw):
@@ -107,7 +107,7 @@ def test_second_writer_refused_and_a_dead_writers_lock_is_free(tiny_model, prepa
 
 LOCK_AND_SLEEP = """
 import sys, time
-from pipeline.store import store_lock
+from pipeline.activations.store import store_lock
 with store_lock(sys.argv[1]):
     print("locked", flush=True)
     time.sleep(60)
@@ -116,8 +116,8 @@ with store_lock(sys.argv[1]):
 
 KILLABLE = """
 import sys, time
-import pipeline.extract as ex
-from pipeline.data import load_prepared
+import pipeline.activations.extract as ex
+from pipeline.data.beir import load_prepared
 real = ex.write_shard
 def slow(*a, **k):
     real(*a, **k)
@@ -175,7 +175,7 @@ def test_compute_dtype_is_in_the_fingerprint_and_a_mismatch_is_refused(tiny_mode
 
 
 def test_auto_falls_back_to_float32_without_native_bf16(monkeypatch):
-    from pipeline.precision import autocast, resolve_compute_dtype
+    from pipeline.common.precision import autocast, resolve_compute_dtype
 
     monkeypatch.setenv("LMORT_BF16", "0")
     assert resolve_compute_dtype("auto", "cpu") == torch.float32
@@ -189,7 +189,7 @@ def test_auto_falls_back_to_float32_without_native_bf16(monkeypatch):
 def test_bfloat16_extraction_round_trip(tiny_model, prepared, tmp_path, monkeypatch):
     """On a CPU with native bf16, auto computes in bfloat16, and the stored states stay within bfloat16's
     tolerance of the model's own float32 states."""
-    from pipeline.precision import bf16_native
+    from pipeline.common.precision import bf16_native
 
     monkeypatch.delenv("LMORT_BF16")
     if not bf16_native("cpu"):
@@ -219,7 +219,7 @@ def test_a_dry_run_writes_nothing(tiny_model, prepared, tmp_path):
 
 def test_a_shard_writer_that_lost_its_lock_does_not_write(tiny_model, prepared, tmp_path):
     """What a dask worker checks before writing: its writer still holds the store's lock."""
-    from pipeline.store import check_owner, write_shard
+    from pipeline.activations.store import check_owner, write_shard
 
     path = tmp_path / "c.zarr"
     with store_lock(path) as owner:
@@ -232,7 +232,7 @@ def test_a_shard_writer_that_lost_its_lock_does_not_write(tiny_model, prepared, 
 
 
 def test_length_buckets_cover_every_text_once_longest_first_within_the_budget():
-    from pipeline.batching import length_buckets
+    from pipeline.common.batching import length_buckets
 
     lengths = [5, 300, 17, 17, 1, 64, 0, 256]
     batches = list(length_buckets(lengths, batch_tokens=512))

@@ -1,8 +1,8 @@
 import pytest
 import torch
 
-from pipeline.config import VARIANTS, TunerConfig, variant_config
-from pipeline.tuner import Tuner
+from pipeline.common.config import VARIANTS, TunerConfig, variant_config
+from pipeline.tuner.model import Tuner
 
 
 def cfg(**kw):

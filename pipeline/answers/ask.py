@@ -1,0 +1,226 @@
+"""`lmort ask`: the LLM answers from its own memory. One forward of the question gives the query vector (the tuner
+on the LLM's own states) and either
+
+- span (where the configuration trained a span reader): the question's states at the reader's layers, read
+  against the retrieved passages' states from the corpus store: no LLM forward over a passage; or
+- generate: the key/value cache the full LLM's answer is generated from (question-first), as before."""
+
+from __future__ import annotations
+
+import json
+import time
+from dataclasses import dataclass, field
+from pathlib import Path
+
+from ..common.config import RAG, Template
+from ..common.errors import DataError
+from ..data.beir import Prepared
+from ..retrieval.fusion import fuse
+from ..retrieval.hits import Hit
+from ..retrieval.index import load_index, search
+from .reader import ORDERS, Reader, build_prompt, query_vector
+
+READER_CHOICES = ("span", "generate")
+
+
+@dataclass
+class Answer:
+    question: str
+    answer: str
+    passages: list[Hit]
+    retriever: str
+    order: str  # the prompt order (generate) or "span"
+    ms: dict[str, float] = field(default_factory=dict)  # forward, retrieve, read or generate, total
+    source: object | None = None  # the span reader's SpanAnswer: its passage, score and sentence
+    notes: list[str] = field(default_factory=list)  # what the reader wants said (a truncated question)
+
+
+def dev_prompt(rag_json: Path, data: str) -> tuple[str, list]:
+    """The generative reader's prompt style dev chose (`lmort rag`'s rag.json) and its few-shot examples; plain
+    where the configuration has no rag.json."""
+    from .reader import Shot
+
+    if not Path(rag_json).is_file():
+        return "plain", []
+    result = json.loads(Path(rag_json).read_text()).get(data) or {}
+    shots = [Shot(s["question"], Hit(1, 1.0, s["doc_id"], s["title"], s["text"]), s["answer"])
+             for s in result.get("shots", [])]
+    return (result.get("choice") or {}).get("prompt", "plain"), shots
+
+
+def fusion_weight(fusion_json: Path, data: str, system: str) -> float:
+    """The dense weight dev chose for `<system>+bm25` on `data` (`lmort fuse`'s fusion.json)."""
+    if not Path(fusion_json).exists():
+        raise FileNotFoundError(f"{fusion_json}: no fusion choices (run `lmort fuse`, or ask with --retriever "
+                                f"{system} or bm25)")
+    try:
+        choices = json.loads(Path(fusion_json).read_text())
+    except (json.JSONDecodeError, UnicodeDecodeError) as e:
+        raise DataError(f"{fusion_json}: not JSON ({e}); pass `lmort fuse`'s fusion.json") from None
+    if not isinstance(choices, dict):
+        raise DataError(f"{fusion_json}: not `lmort fuse`'s fusion.json (a mapping of sets)")
+    choice = choices.get(data, {}).get("systems", {}).get(f"{system}+bm25")
+    if choice is None:
+        raise DataError(f"{fusion_json}: no {system}+bm25 choice for {data}")
+    return float(choice["dense_weight"])
+
+
+class Memory:
+    """An index of a configuration, its tuner, the corpus it indexes, BM25 over the same corpus and the reader:
+    the span reader over the corpus store where the configuration trained one (`reader` "span" or None), else the
+    full LLM generating (`reader` "generate", or None with `notice` saying why)."""
+
+    def __init__(self, index_dir: Path, ds: Prepared, model: str | None = None, fusion_json: Path | None = None,
+                 reader: str | None = None, readers_root: Path | None = None, stores: Path | None = None):
+        from ..tuner.model import Tuner, trained_on
+
+        if reader not in (None, *READER_CHOICES):
+            raise DataError(f"reader {reader!r}: one of {', '.join(READER_CHOICES)}")
+        self.index, self.meta = load_index(index_dir)
+        self.system = self.meta["system"]
+        if model is not None and model != self.meta["model"]:
+            raise DataError(f"{index_dir}: the index was built with {self.meta['model']}, not {model}")
+        if self.meta.get("data") not in (None, ds.name):
+            raise DataError(f"{index_dir}: the index holds {self.meta['data']}, not {ds.name}")
+        if set(self.meta["ids"]) != set(ds.corpus):
+            raise DataError(f"{index_dir}: its {len(self.meta['ids'])} documents are not {ds.name}'s corpus")
+        self.tuner = Tuner.load(Path(self.meta["tuner"]))
+        stores_of = trained_on(Path(self.meta["tuner"])) or {}
+        for key in ("model", "template"):
+            if key in stores_of and stores_of[key] != self.meta[key]:
+                raise DataError(f"{index_dir}: the tuner {self.meta['tuner']} was trained on stores with another "
+                                f"{key} ({stores_of[key]!r}) than the index's ({self.meta[key]!r})")
+        self.template = Template(**self.meta["template"])
+        self.query_max_length = self.meta["query_max_length"]
+        self.ds = ds
+        root = Path(index_dir).resolve().parents[2]  # cache/<name>/index/<variant>/<set>: the configuration's root
+        self.fusion_json = fusion_json or root / "fusion" / "fusion.json"
+        reader_dir = Path(readers_root or root / "reader") / ds.name / "best"
+        self.notice = None
+        if reader == "span" and not (reader_dir / "reader.json").is_file():
+            raise DataError(f"{reader_dir}: no span reader for this configuration (run `lmort train-reader`, or "
+                            "ask with --reader generate)")
+        self.mode = reader or ("span" if (reader_dir / "reader.json").is_file() else "generate")
+        if reader is None and self.mode == "generate":
+            self.notice = f"no span reader trained for this configuration ({reader_dir}): the LLM generates"
+        self._bm25 = None
+        self._load_reader(reader_dir, Path(stores or root / "stores"))
+
+    def _load_reader(self, reader_dir: Path, stores: Path) -> None:
+        from ..activations.llm import default_device
+        from ..common.precision import resolve_compute_dtype
+
+        dtype = resolve_compute_dtype(self.meta.get("compute_dtype", "float32"), default_device())
+        if self.mode == "generate":
+            self.reader = Reader(self.meta["model"], dtype=dtype)
+            return
+        from transformers import AutoTokenizer
+
+        from ..activations.llm import FrozenLLM, resolve_model
+        from ..activations.store import ActivationStore
+        from .span_read import StoredPassageReader
+
+        corpus = ActivationStore(stores / self.ds.name / "corpus.zarr")
+        tokenizer = AutoTokenizer.from_pretrained(resolve_model(self.meta["model"])[0])
+        self.span = StoredPassageReader(reader_dir, corpus, self.ds, tokenizer)
+        self.layers = sorted(set(self.tuner.cfg.layers) | set(self.span.layers))
+        self.llm = FrozenLLM(self.meta["model"], max_layer=max(self.layers), dtype=dtype)  # only the blocks read
+
+    @property
+    def bm25(self):
+        from ..data.bm25 import BM25
+
+        if self._bm25 is None:
+            self._bm25 = BM25(self.ds.corpus)
+        return self._bm25
+
+    def retrievers(self) -> tuple[str, ...]:
+        return (f"{self.system}+bm25", self.system, "bm25")
+
+    def check(self, question: str, k: int, retriever: str | None, order: str) -> str:
+        """The retriever to use; bad input is one line, before any work."""
+        retriever = retriever or f"{self.system}+bm25"
+        if not question.strip():
+            raise DataError("the question is empty")
+        if retriever not in self.retrievers():
+            raise DataError(f"retriever {retriever!r}: this index offers {', '.join(self.retrievers())}")
+        if order not in ORDERS:
+            raise DataError(f"order {order!r}: one of {', '.join(ORDERS)}")
+        if not 1 <= k <= len(self.meta["ids"]):
+            raise DataError(f"k {k} outside 1..{len(self.meta['ids'])} (the corpus' size)")
+        return retriever
+
+    def ask(self, question: str, k: int = 3, retriever: str | None = None, order: str = "question-first",
+            max_new_tokens: int = RAG.max_new_tokens, bf16: bool = True, prompt: str = "plain", shots=None) -> Answer:
+        retriever = self.check(question, k, retriever, order)
+        if self.mode == "span":
+            return self._ask_span(question, k, retriever, bf16)
+        return self._ask_generate(question, k, retriever, order, max_new_tokens, bf16, prompt, shots)
+
+    def _passages(self, run: dict[str, float], k: int) -> list[Hit]:
+        return [Hit(r, s, d, self.ds.corpus[d]["title"], self.ds.corpus[d]["text"])
+                for r, (d, s) in enumerate(sorted(run.items(), key=lambda x: -x[1])[:k], 1)]
+
+    def _ask_span(self, question: str, k: int, retriever: str, bf16: bool) -> Answer:
+        """One forward of the truncated LLM over the question (as the queries store holds it); the tuner's layers
+        retrieve, the reader's layers read the passages' stored states."""
+        t0 = time.perf_counter()
+        ids, truncated = self.llm.tokenize([self.template.format_query(question)], self.query_max_length)
+        states, mask = self.llm.forward(ids, self.layers)
+        states = {layer: x[:, : int(mask.sum())] for layer, x in states.items()}  # the batch's width is padded
+        t1 = time.perf_counter()
+        passages = self._passages(self._retrieve(question, {layer: states[layer] for layer in self.tuner.cfg.layers},
+                                                 retriever, k, bf16), k)
+        t2 = time.perf_counter()
+        read = self.span.read({layer: states[layer] for layer in self.span.layers}, [p.id for p in passages])
+        t3 = time.perf_counter()
+        notes = [f"the question was truncated at {self.query_max_length} tokens (the stores' query length)"
+                 ] if truncated else []
+        ms = {"forward": (t1 - t0) * 1e3, "retrieve": (t2 - t1) * 1e3, "read": (t3 - t2) * 1e3,
+              "total": (t3 - t0) * 1e3}
+        return Answer(question, read[0].text if read else "", passages, retriever, "span", ms, read[0] if read
+                      else None, notes)
+
+    def _ask_generate(self, question: str, k: int, retriever: str, order: str, max_new_tokens: int, bf16: bool,
+                      prompt: str, shots) -> Answer:
+        from .reader import span_sequences
+
+        t0 = time.perf_counter()
+        prefix_ids = self.reader.ids(self.template.format_query(question), True)
+        # the stores truncate a query at query_max_length tokens: the vector reads the same tokens
+        states, cache = self.reader.prefix_forward(prefix_ids, self.tuner.cfg.layers)
+        t1 = time.perf_counter()
+        run = self._retrieve(question, {layer: s[:, : self.query_max_length] for layer, s in states.items()},
+                             retriever, k, bf16)
+        passages = self._passages(run, k)
+        t2 = time.perf_counter()
+        few = shots if prompt == "few-shot" else None
+        order = "passages-first" if few else order
+        parts = build_prompt(question, passages, self.template, self.reader.tail, order, few, self.reader.end_of_turn)
+        constraints = [span_sequences(self.reader.tokenizer, passages)] if prompt == "constrained" else None
+        if order == "question-first" and constraints is None:  # the prefix's cache carries on: only the rest is run
+            rest_ids = self.reader.ids(parts.rest, False)
+            answer = self.reader.continue_answer(prefix_ids, rest_ids, cache, max_new_tokens)
+        else:  # the passages come first (the question is computed again), or the decoding is constrained
+            answer = self.reader.generate([parts], max_new_tokens, batch_size=1, progress=False,
+                                          constraints=constraints)[0][0]
+        t3 = time.perf_counter()
+        notes = [f"the query vector read the question's first {self.query_max_length} tokens (the stores' length)"
+                 ] if len(prefix_ids) > self.query_max_length else []
+        ms = {"forward": (t1 - t0) * 1e3, "retrieve": (t2 - t1) * 1e3, "generate": (t3 - t2) * 1e3,
+              "total": (t3 - t0) * 1e3}
+        return Answer(question, answer, passages, retriever, f"{prompt}, {order}", ms, None, notes)
+
+    def _retrieve(self, question: str, states, retriever: str, k: int, bf16: bool) -> dict[str, float]:
+        depth = max(k, 100) if "+" in retriever else k
+        dense = bm25 = None
+        if retriever != "bm25":
+            vec = query_vector(self.tuner, states, bf16)
+            scores, idx = search(self.index, vec, min(depth, self.index.ntotal))
+            dense = {self.meta["ids"][j]: float(s) for s, j in zip(scores[0], idx[0]) if j >= 0}
+        if retriever != self.system:
+            bm25 = self.bm25.search({"q": question}, k=depth)["q"]
+        if dense is not None and bm25 is not None:
+            weight = fusion_weight(self.fusion_json, self.ds.name, self.system)
+            return fuse({"q": dense}, {"q": bm25}, "wsum", weight, k=k)["q"]
+        return dense if dense is not None else bm25

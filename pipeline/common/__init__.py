@@ -1,0 +1,2 @@
+"""What every part shares: errors, atomic writes, the typed configuration, params, paths, precision, batching,
+pooling, metrics, tables."""

@@ -1,0 +1,1 @@
+"""Reports: the configuration's REPORT.md and the comparison across configurations."""
