@@ -148,6 +148,7 @@ class FrozenLLM:
     def __init__(self, name: str, max_layer: int | None = None, device: str | None = None,
                  dtype: torch.dtype | None = None):
         from transformers import AutoConfig, AutoModel, AutoTokenizer
+        from transformers.utils import logging as transformers_logging
 
         self.name = name
         self.path, self.attention_sink = resolve_model(name)
@@ -155,20 +156,25 @@ class FrozenLLM:
         # "auto": bfloat16 weights and activations where the device computes bf16 natively (a GPU, or a CPU with
         # AVX-512 BF16 / AMX), float32 elsewhere
         self.dtype = dtype or resolve_compute_dtype("auto", self.device)
-        config = AutoConfig.from_pretrained(self.path)
-        config = getattr(config, "text_config", config)
+        full = AutoConfig.from_pretrained(self.path)
+        config = getattr(full, "text_config", full)
         self.num_layers: int = config.num_hidden_layers
         self.hidden_size: int = config.hidden_size
         keep = self.num_layers if max_layer is None else max_layer
         if not 0 <= keep <= self.num_layers:
             raise ValueError(f"max_layer {keep} outside 0..{self.num_layers} for {name}")
         self.tokenizer = AutoTokenizer.from_pretrained(self.path)
-        model = AutoModel.from_pretrained(self.path, dtype=self.dtype, use_safetensors=True)
-        # Run only the blocks up to `keep`: the later ones and the final norm never execute.
-        model.layers = model.layers[:keep]
-        model.config.num_hidden_layers = keep
-        if getattr(model.config, "layer_types", None):
-            model.config.layer_types = model.config.layer_types[:keep]
+        # Build and load only the blocks up to `keep` (the later ones' weights stay on disk: `lmort search` loads 7
+        # blocks of SmolLM2's 30); the final norm never runs.
+        config.num_hidden_layers = keep
+        if getattr(config, "layer_types", None):
+            config.layer_types = config.layer_types[:keep]
+        verbosity = transformers_logging.get_verbosity()
+        transformers_logging.set_verbosity_error()  # not a warning: the unused later blocks are what was asked
+        try:
+            model = AutoModel.from_pretrained(self.path, config=full, dtype=self.dtype, use_safetensors=True)
+        finally:
+            transformers_logging.set_verbosity(verbosity)
         model.norm = torch.nn.Identity()
         self.model = model.to(self.device).eval().requires_grad_(False)
         self.max_layer = keep
