@@ -495,9 +495,14 @@ def test_an_output_that_cannot_be_written_is_refused_before_any_work(world, tmp_
     out = str(tmp_path / "file" / "out") if where == "under a file" else str(tmp_path / "new" / "out")
     if where == "full disk":
         monkeypatch.setattr(atomic.shutil, "disk_usage", lambda p: type("U", (), {"free": 10 << 20})())
-    for slow in ("pipeline.tuner.train.train", "pipeline.activations.extract.extract",
-                 "pipeline.data.prepare.prepare_dataset"):
-        monkeypatch.setattr(slow, lambda *a, **k: pytest.fail("the long work started"))
+    import stages.extract
+    import stages.prepare
+    import stages.train
+
+    # the long work, where the stages call it (patched in the stage module: a stage first imported under a patch
+    # of the library's name would keep the stand-in for later tests)
+    for module, name in ((stages.train, "train"), (stages.extract, "extract"), (stages.prepare, "prepare_dataset")):
+        monkeypatch.setattr(module, name, lambda *a, **k: pytest.fail("the long work started"))
     result = CliRunner().invoke(main, _commands(world, tmp_path, out)[command])
     assert result.exit_code != 0 and "Traceback" not in result.output
     message = result.output.strip().splitlines()[-1]
@@ -536,3 +541,19 @@ def test_a_checkpoint_from_other_settings_is_not_resumed(world, tmp_path, monkey
     a = load_file(tmp_path / "run" / "best" / "model.safetensors")
     b = load_file(tmp_path / "fresh" / "best" / "model.safetensors")
     assert all(torch.equal(a[k], b[k]) for k in b)
+
+
+def test_identify_records_every_configured_set_and_its_stores(world, tmp_path):
+    """The DVC stage `stores`: one record of every set's stores, which later stages depend on instead of the chunk
+    files; a rebuilt store changes it."""
+    params = tmp_path / "p.yaml"
+    params.write_text(f"datasets: [{world['ds'].folder}]\n")
+    out = tmp_path / "stores.json"
+    result = CliRunner().invoke(main, ["identify", "--params", str(params), "--stores", str(world["stores"]),
+                                       "--out", str(out)])
+    assert result.exit_code == 0, result.output
+    record = json.loads(out.read_text())[world["ds"].name]
+    assert set(record["stores"]) == {"queries", "corpus"} and record["prepared"]
+    assert record["stores"]["corpus"]["fingerprint"]["layers"] == [0, 1, 2]
+    missing = CliRunner().invoke(main, ["identify", "--out", str(out)])
+    assert missing.exit_code == 2 and "give --data, or --params" in missing.output

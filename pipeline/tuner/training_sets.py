@@ -61,11 +61,11 @@ def training_identity(names: list[str], stores: Path | None = None) -> dict:
     the whole data and stores folders, so adding an evaluation-only set reruns neither."""
     out = {}
     for name in names:
-        folder = ensure_prepared(name).folder
+        ds = ensure_prepared(name)
         record = {"prepared": {f.name: hashlib.sha256(f.read_bytes()).hexdigest()
-                               for f in sorted(Path(folder).iterdir()) if f.is_file()}}
+                               for f in sorted(Path(ds.folder).iterdir()) if f.is_file()}}
         if stores is not None:
-            queries, corpus = open_stores(stores, name)
+            queries, corpus = open_stores(stores, ds.name)
             record["stores"] = {"queries": queries.identity(), "corpus": corpus.identity()}
-        out[Path(name).name] = record
+        out[ds.name] = record
     return out
