@@ -7,11 +7,11 @@ from collections.abc import Callable
 from pathlib import Path
 
 import click
-import yaml
 
 from pipeline.common.atomic import atomic_file, check_writable
 from pipeline.common.command_line import friendly_errors, names
 from pipeline.common.metrics import MEASURES, evaluate, read_trec_run
+from pipeline.common.params import load_params
 from pipeline.common.tables import markdown_table
 from pipeline.data.prepare import ensure_prepared
 from pipeline.evaluation.report import ablation_rows
@@ -61,7 +61,7 @@ def evaluate_command(datasets, split, runs_dirs, out, params_file) -> None:
     check_writable(out)
     keep = None
     if params_file:
-        params = yaml.safe_load(Path(params_file).read_text())
+        params = load_params(params_file)
         keep, datasets = configured_systems(params), datasets or tuple(params.get("eval_sets", ()))
     found = sorted({p.parent.name for d in runs_dirs for p in Path(d).glob(f"*/{split}")})
     metrics = evaluate_runs(names(datasets) or found, split, list(runs_dirs), keep)

@@ -5,10 +5,10 @@ from __future__ import annotations
 from pathlib import Path
 
 import click
-import yaml
 
 from pipeline.common.atomic import check_writable
 from pipeline.common.command_line import friendly_errors
+from pipeline.common.params import load_params
 from pipeline.common.paths import cache_root
 from pipeline.evaluation.report import build_report
 
@@ -21,7 +21,7 @@ from pipeline.evaluation.report import build_report
 def command(name, params_file, out) -> None:
     """Write REPORT.md: layer geometry, ablations and baselines, training curves, efficiency."""
     check_writable(out)
-    params = yaml.safe_load(Path(params_file).read_text()) if Path(params_file).exists() else None
+    params = load_params(params_file) if Path(params_file).exists() else None
     root = cache_root() / name
     if not root.exists():
         raise click.ClickException(f"{root}: no artifacts for configuration '{name}'; run `dvc repro` first")
