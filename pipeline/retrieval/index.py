@@ -6,7 +6,8 @@ from pathlib import Path
 
 import numpy as np
 
-from ..common.metrics import Run
+from ..common.atomic import atomic_file
+from ..common.metrics import Run, write_trec_run
 
 
 def build_index(vectors: np.ndarray, kind: str = "flat", use_gpu: bool | None = None):
@@ -54,6 +55,25 @@ def write_index(index, path) -> None:
     if hasattr(faiss, "GpuIndex") and isinstance(index, faiss.GpuIndex):
         index = faiss.index_gpu_to_cpu(index)
     faiss.write_index(index, str(path))
+
+
+def save_index(vectors: np.ndarray, ids: list[str], query_vectors: np.ndarray, qids: list[str], out: Path,
+               run_path: Path, system: str, meta: dict, kind: str = "flat", k: int = 100) -> dict:
+    """What `lmort index` writes for any encoder (a tuner reading the stores, the adapter encoding online): the
+    vectors, the FAISS index, meta.json (`meta`, the encoder's own fields, then the index's) and the TREC run of
+    `qids`. Returns meta.json's content."""
+    import json
+
+    index = build_index(vectors, kind)
+    run = retrieve(index, ids, qids, query_vectors, k)
+    out.mkdir(parents=True, exist_ok=True)
+    np.save(out / "vectors.npy", vectors)
+    atomic_file(out / "index.faiss", lambda tmp: write_index(index, tmp))
+    meta = {"system": system, "kind": kind, "ids": list(ids), **meta, "dim": int(vectors.shape[1]),
+            "texts": len(vectors)}
+    atomic_file(out / "meta.json", lambda tmp: tmp.write_text(json.dumps(meta)))
+    write_trec_run(run, run_path, system)
+    return meta
 
 
 def load_index(folder: Path):

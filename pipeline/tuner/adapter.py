@@ -33,7 +33,7 @@ from ..common.metrics import evaluate
 from ..common.pooling import mean_pool
 from ..common.precision import autocast
 from ..data.beir import Prepared
-from ..retrieval.index import build_index, retrieve
+from ..retrieval.index import build_index, retrieve, save_index
 from .train import batch_layout, contrastive_loss, epoch_batches, warmup_linear_decay
 from .training_sets import TrainingSet
 
@@ -226,23 +226,10 @@ def index_adapter(adapter_dir: Path, ds: Prepared, qids: list[str], out: Path, r
                   kind: str = "flat", k: int = 100, bf16: bool = True) -> dict:
     """As `index_dataset` for a tuner, but the corpus is encoded online (the adapter changes the LLM's states, so
     no store holds them): vectors, FAISS index, meta.json (what `lmort search` reads) and a TREC run."""
-    from ..common.metrics import write_trec_run
-    from ..retrieval.index import write_index
-
     adapter = Adapter.load(adapter_dir)
     cfg = adapter.cfg
     t0 = time.time()
     dids, vectors, queries = encode_set(adapter, ds, qids, bf16)
-    encode_seconds = time.time() - t0
-    index = build_index(vectors, kind)
-    run = retrieve(index, dids, qids, queries, k)
-    out.mkdir(parents=True, exist_ok=True)
-    np.save(out / "vectors.npy", vectors)
-    atomic_file(out / "index.faiss", lambda tmp: write_index(index, tmp))
-    meta = {"adapter": str(adapter_dir), "system": system, "kind": kind, "data": ds.name, "ids": dids,
-            "model": cfg.model, "template": cfg.template, "query_max_length": cfg.query_max_length,
-            "encode_seconds": round(encode_seconds, 1), "dim": int(vectors.shape[1]), "texts": len(vectors),
-            "bf16": bf16}
-    atomic_file(out / "meta.json", lambda tmp: tmp.write_text(json.dumps(meta)))
-    write_trec_run(run, run_path, system)
-    return meta
+    return save_index(vectors, dids, queries, qids, out, run_path, system, kind=kind, k=k, meta={
+        "adapter": str(adapter_dir), "data": ds.name, "model": cfg.model, "template": cfg.template,
+        "query_max_length": cfg.query_max_length, "encode_seconds": round(time.time() - t0, 1), "bf16": bf16})
