@@ -22,9 +22,11 @@ from pipeline.common.params import load_params, train_config, tuner_config
 from pipeline.common.precision import autocast
 from pipeline.common.tables import markdown_table
 from pipeline.data.prepare import ensure_prepared
-from pipeline.tuner.adapter import Adapter, AdapterConfig, adapter_step, tokenized
+from pipeline.tuner.adapter import Adapter, AdapterConfig
+from pipeline.tuner.adapter_train import adapter_step, tokenized
+from pipeline.tuner.loop import epoch_batches
 from pipeline.tuner.model import Tuner
-from pipeline.tuner.train import epoch_batches, prefetched, train_step
+from pipeline.tuner.train import prefetched, train_step
 from pipeline.tuner.training_sets import TrainingSet
 
 

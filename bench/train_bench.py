@@ -27,8 +27,9 @@ from pipeline.common.params import load_params, train_config, tuner_config
 from pipeline.common.precision import autocast, bf16_native, feed_dtype
 from pipeline.common.tables import markdown_table
 from pipeline.data.prepare import ensure_prepared
+from pipeline.tuner.loop import epoch_batches
 from pipeline.tuner.model import Tuner
-from pipeline.tuner.train import epoch_batches, load_within_budget, prefetched, train_step
+from pipeline.tuner.train import load_within_budget, prefetched, train_step
 from pipeline.tuner.training_sets import TrainingSet
 
 

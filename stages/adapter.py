@@ -28,7 +28,8 @@ def command(data, layer, params_file, overrides, out) -> None:
     """Train the LoRA adapter baseline (the LLM runs forward and backward in every step: it cannot read a store)."""
     from pipeline.activations.llm import default_device
     from pipeline.common.config import template_of
-    from pipeline.tuner.adapter import AdapterConfig, train_adapter
+    from pipeline.tuner.adapter import AdapterConfig
+    from pipeline.tuner.adapter_train import train_adapter
 
     check_writable(out)
     params = load_params(params_file, overrides)

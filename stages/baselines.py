@@ -12,7 +12,6 @@ from pipeline.common.command_line import friendly_errors
 from pipeline.common.config import RUN
 from pipeline.common.metrics import evaluate, write_trec_run
 from pipeline.data.prepare import ensure_prepared
-from pipeline.retrieval.baselines import BASELINE_RUNS
 
 
 @click.command("baselines")
@@ -34,18 +33,20 @@ def command(data, split, also_split, stores, systems, runs_dir) -> None:
     splits = [split, *([also_split] if also_split and also_split in ds.qrels and also_split != split else [])]
     qids = [q for s in splits for q in ds.qrels[s]]
     wanted = systems.split(",")
+    unknown = [s for s in wanted if s not in baselines.BASELINES and s != "raw"]
+    if unknown:
+        raise click.UsageError(f"--systems {','.join(unknown)}: the baselines are "
+                               f"{', '.join([*baselines.BASELINES, 'raw'])}")
     runs = {}
-    if "bm25" in wanted:
-        runs[BASELINE_RUNS["bm25"]] = baselines.bm25_run(ds, qids)
-    if "minilm" in wanted:
-        runs[BASELINE_RUNS["minilm"]] = baselines.minilm_run(ds, qids)
+    for system in (s for s in baselines.BASELINES if s in wanted):  # the registry's order: BM25 first
+        runs[baselines.BASELINES[system].name] = baselines.baseline_run(system, ds, qids)
     if "raw" in wanted:
         if not stores:
             raise click.UsageError("raw pooled-layer baselines need --stores")
         queries, corpus = open_stores(stores, ds.name)
         check_compatible([queries, corpus])
         for layer, run in baselines.raw_layer_runs(queries, corpus, qids).items():
-            runs[f"{BASELINE_RUNS['raw']}{layer}"] = run
+            runs[f"{baselines.RAW_LAYER_RUNS}{layer}"] = run
     for s in splits:
         for name, run in runs.items():
             part = {q: run.get(q, {}) for q in ds.qrels[s]}

@@ -15,7 +15,7 @@ from pipeline.common.params import load_params
 from pipeline.common.tables import markdown_table
 from pipeline.data.prepare import ensure_prepared
 from pipeline.evaluation.report import ablation_rows
-from pipeline.retrieval.baselines import BASELINE_RUNS
+from pipeline.retrieval.baselines import baseline_runs
 from pipeline.retrieval.fusion import METHODS, fused_name, fused_systems
 
 
@@ -24,7 +24,8 @@ def configured_systems(params: dict) -> Callable[[str], bool]:
     (`<system>+bm25`, `<system>+bm25-rrf`). Run files that an earlier
     configuration left behind (a variant since removed) are not scored."""
     variants = set(params.get("variants", []))
-    prefixes = tuple(BASELINE_RUNS[b] for b in names((str(params.get("baselines", "")),)) if b in BASELINE_RUNS)
+    stems = baseline_runs()
+    prefixes = tuple(stems[b] for b in names((str(params.get("baselines", "")),)) if b in stems)
     fused = {fused_name(s, m) for s in fused_systems(params) for m in METHODS}
     return lambda system: system in variants or system in fused or system.startswith(prefixes)
 

@@ -35,7 +35,7 @@ def index_command(tuner_dir, stores, data, split, kind, system, out, run_path, b
 
     ds = ensure_prepared(data)
     if (tuner_dir / "adapter.json").exists():
-        from pipeline.tuner.adapter import index_adapter
+        from pipeline.tuner.adapter_train import index_adapter
 
         meta = index_adapter(tuner_dir, ds, list(ds.qrels[split]), out, run_path, system, kind, bf16=bf16)
         click.echo(f"{system} on {ds.name}: {meta['texts']} vectors encoded online in {meta['encode_seconds']} s; "

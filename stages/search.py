@@ -8,8 +8,7 @@ import click
 
 from pipeline.common.command_line import friendly_errors
 from pipeline.data.prepare import ensure_prepared
-from pipeline.retrieval.hits import format_hits, hits_of
-from pipeline.retrieval.index import load_index, search
+from pipeline.retrieval.hits import format_hits, ranked_hits
 
 
 @click.command("search")
@@ -23,27 +22,12 @@ from pipeline.retrieval.index import load_index, search
 @friendly_errors
 def command(index_dir, k, data, text, bf16) -> None:
     """Encode TEXT with the frozen LLM + tuner (no store) and search the index: rank, score, id, title, text."""
-    from pipeline.activations.llm import FrozenLLM, default_device
-    from pipeline.common.config import Template
-    from pipeline.common.precision import resolve_compute_dtype
-    from pipeline.tuner.model import Tuner
+    from pipeline.tuner.encoders import open_index
 
     query = " ".join(text)
     if not query.strip():
         raise click.UsageError("the query is empty")
-    index, meta = load_index(index_dir)
-    template = Template(**meta["template"])
-    if "adapter" in meta:  # the adapter baseline: the LLM with its adapters, pooled, the head
-        from pipeline.tuner.adapter import Adapter
-
-        vec = Adapter.load(Path(meta["adapter"])).encode([template.format_query(query)], meta["query_max_length"],
-                                                         bf16, progress=False)
-    else:
-        tuner = Tuner.load(Path(meta["tuner"]))
-        llm = FrozenLLM(meta["model"], max_layer=max(tuner.cfg.layers),
-                        dtype=resolve_compute_dtype(meta.get("compute_dtype", "float32"), default_device()))
-        vec = tuner.encode_texts(llm, [query], template, meta["query_max_length"], bf16=bf16)
-    scores, idx = search(index, vec, k)
+    retriever, meta = open_index(index_dir, bf16)
+    found = retriever.search({"q": query}, k)["q"]
     data = data or meta.get("data")
-    ds = ensure_prepared(data) if data else None
-    click.echo(format_hits(hits_of(meta["ids"], scores[0], idx[0], ds)))
+    click.echo(format_hits(ranked_hits(found, ensure_prepared(data) if data else None, k)))

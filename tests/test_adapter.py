@@ -15,8 +15,9 @@ from pipeline.common.precision import autocast
 from pipeline.data.beir import load_prepared
 from pipeline.data.prepare import prepare_dataset
 from pipeline.data.tiny import make_tiny_model, write_beir
-from pipeline.tuner.adapter import Adapter, AdapterConfig, adapter_step, train_adapter
-from pipeline.tuner.train import epoch_batches
+from pipeline.tuner.adapter import Adapter, AdapterConfig
+from pipeline.tuner.adapter_train import adapter_step, train_adapter
+from pipeline.tuner.loop import epoch_batches
 from pipeline.tuner.training_sets import TrainingSet
 from stages.cli import main
 
@@ -41,7 +42,7 @@ def test_training_moves_only_the_adapter_and_the_head_and_the_adapter_changes_th
     trained = {n: p.detach().clone() for n, p in adapter.named_parameters() if p.requires_grad}
     assert frozen and all("lora_" in n or n.startswith(("norm.", "head.")) for n in trained)
     opt = torch.optim.AdamW([p for p in adapter.parameters() if p.requires_grad], lr=1e-2)
-    from pipeline.tuner.adapter import tokenized
+    from pipeline.tuner.adapter_train import tokenized
 
     texts = tokenized(adapter, adapter_world["ds"])
     cfg = TrainConfig(batch_size=8, negatives=1)

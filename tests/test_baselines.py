@@ -23,11 +23,12 @@ def test_minilm_vectors_are_unit_length_batch_independent_and_rank_a_paraphrase_
 
 
 def test_the_minilm_run_scores_each_document_by_the_cosine_of_its_own_vector(prepared):
-    """`minilm_run` (the `minilm-l6` rows): the top documents of a query with the cosine of the two encodings."""
-    from pipeline.retrieval.baselines import doc_text, minilm_run
+    """The `minilm` baseline (the `minilm-l6` rows): the top documents of a query with the cosine of the two
+    encodings."""
+    from pipeline.retrieval.baselines import baseline_run, doc_text
 
     q = list(prepared.qrels["test"])[0]
-    run = minilm_run(prepared, [q], k=5)
+    run = baseline_run("minilm", prepared, [q], k=5)
     assert len(run[q]) == 5
     for d, score in run[q].items():
         want = minilm_encode([prepared.queries[q]], progress=False) @ minilm_encode(

@@ -235,7 +235,7 @@ def test_streamed_stores_train_to_the_same_weights_as_loaded_ones(world, tmp_pat
 
 
 def test_set_mixing_rule():
-    from pipeline.tuner.train import set_quotas
+    from pipeline.tuner.loop import set_quotas
 
     assert set_quotas([1600, 160], 16, alpha=1.0) == [100, 10]  # proportional: each query once an epoch
     assert set_quotas([1600, 160], 16, alpha=0.0) == [55, 55]  # uniform over sets, same epoch length
@@ -244,7 +244,7 @@ def test_set_mixing_rule():
 
 
 def test_a_small_set_repeats_its_queries_but_never_within_a_batch(world):
-    from pipeline.tuner.train import epoch_batches
+    from pipeline.tuner.loop import epoch_batches
 
     ts = training_set(world)
     n = len([r for r in ts.pairs if r["positive_ids"]])

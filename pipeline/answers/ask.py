@@ -12,12 +12,10 @@ import time
 from dataclasses import dataclass, field
 from pathlib import Path
 
-from ..common.config import RAG, Template
+from ..common.config import RAG
 from ..common.errors import DataError
 from ..data.beir import Prepared
-from ..retrieval.fusion import fuse
-from ..retrieval.hits import Hit
-from ..retrieval.index import load_index, search
+from ..retrieval.hits import Hit, ranked_hits
 from .reader import ORDERS, Reader, build_prompt, query_vector
 
 READER_CHOICES = ("span", "generate")
@@ -72,11 +70,14 @@ class Memory:
 
     def __init__(self, index_dir: Path, ds: Prepared, model: str | None = None, fusion_json: Path | None = None,
                  reader: str | None = None, readers_root: Path | None = None, stores: Path | None = None):
-        from ..tuner.model import Tuner, trained_on
+        from ..tuner.encoders import TunerEncoder, open_index
 
         if reader not in (None, *READER_CHOICES):
             raise DataError(f"reader {reader!r}: one of {', '.join(READER_CHOICES)}")
-        self.index, self.meta = load_index(index_dir)
+        self.dense, self.meta = open_index(index_dir)  # checks the tuner against the index's model and template
+        if not isinstance(self.dense.encode, TunerEncoder):
+            raise DataError(f"{index_dir}: an adapter's index; `lmort ask` reads a tuner's (its LLM states feed the "
+                            "reader)")
         self.system = self.meta["system"]
         if model is not None and model != self.meta["model"]:
             raise DataError(f"{index_dir}: the index was built with {self.meta['model']}, not {model}")
@@ -84,14 +85,8 @@ class Memory:
             raise DataError(f"{index_dir}: the index holds {self.meta['data']}, not {ds.name}")
         if set(self.meta["ids"]) != set(ds.corpus):
             raise DataError(f"{index_dir}: its {len(self.meta['ids'])} documents are not {ds.name}'s corpus")
-        self.tuner = Tuner.load(Path(self.meta["tuner"]))
-        stores_of = trained_on(Path(self.meta["tuner"])) or {}
-        for key in ("model", "template"):
-            if key in stores_of and stores_of[key] != self.meta[key]:
-                raise DataError(f"{index_dir}: the tuner {self.meta['tuner']} was trained on stores with another "
-                                f"{key} ({stores_of[key]!r}) than the index's ({self.meta[key]!r})")
-        self.template = Template(**self.meta["template"])
-        self.query_max_length = self.meta["query_max_length"]
+        self.tuner = self.dense.encode.tuner
+        self.template, self.query_max_length = self.dense.encode.template, self.dense.encode.max_length
         self.ds = ds
         root = Path(index_dir).resolve().parents[2]  # cache/<name>/index/<variant>/<set>: the configuration's root
         self.fusion_json = fusion_json or root / "fusion" / "fusion.json"
@@ -103,7 +98,7 @@ class Memory:
         self.mode = reader or ("span" if (reader_dir / "reader.json").is_file() else "generate")
         if reader is None and self.mode == "generate":
             self.notice = f"no span reader trained for this configuration ({reader_dir}): the LLM generates"
-        self._bm25 = None
+        self._retrievers: dict = {}
         self._load_reader(reader_dir, Path(stores or root / "stores"))
 
     def _load_reader(self, reader_dir: Path, stores: Path) -> None:
@@ -126,16 +121,24 @@ class Memory:
         self.layers = sorted(set(self.tuner.cfg.layers) | set(self.span.layers))
         self.llm = FrozenLLM(self.meta["model"], max_layer=max(self.layers), dtype=dtype)  # only the blocks read
 
-    @property
-    def bm25(self):
-        from ..data.bm25 import BM25
-
-        if self._bm25 is None:
-            self._bm25 = BM25(self.ds.corpus)
-        return self._bm25
-
     def retrievers(self) -> tuple[str, ...]:
         return (f"{self.system}+bm25", self.system, "bm25")
+
+    def retriever(self, name: str):
+        """The retriever `name` (one of `retrievers()`), built on first use: BM25 indexes the corpus, the fused
+        one reads the dense weight dev chose."""
+        if name not in self._retrievers:
+            from ..data.bm25 import BM25
+            from ..retrieval.fusion import FusedRetriever
+
+            if name == "bm25":
+                self._retrievers[name] = BM25(self.ds.corpus)
+            elif name == self.system:
+                self._retrievers[name] = self.dense
+            else:
+                weight = fusion_weight(self.fusion_json, self.ds.name, self.system)
+                self._retrievers[name] = FusedRetriever(self.dense, self.retriever("bm25"), weight)
+        return self._retrievers[name]
 
     def check(self, question: str, k: int, retriever: str | None, order: str) -> str:
         """The retriever to use; bad input is one line, before any work."""
@@ -157,10 +160,6 @@ class Memory:
             return self._ask_span(question, k, retriever, bf16)
         return self._ask_generate(question, k, retriever, order, max_new_tokens, bf16, prompt, shots)
 
-    def _passages(self, run: dict[str, float], k: int) -> list[Hit]:
-        return [Hit(r, s, d, self.ds.corpus[d]["title"], self.ds.corpus[d]["text"])
-                for r, (d, s) in enumerate(sorted(run.items(), key=lambda x: -x[1])[:k], 1)]
-
     def _ask_span(self, question: str, k: int, retriever: str, bf16: bool) -> Answer:
         """One forward of the truncated LLM over the question (as the queries store holds it); the tuner's layers
         retrieve, the reader's layers read the passages' stored states."""
@@ -169,8 +168,8 @@ class Memory:
         states, mask = self.llm.forward(ids, self.layers)
         states = {layer: x[:, : int(mask.sum())] for layer, x in states.items()}  # the batch's width is padded
         t1 = time.perf_counter()
-        passages = self._passages(self._retrieve(question, {layer: states[layer] for layer in self.tuner.cfg.layers},
-                                                 retriever, k, bf16), k)
+        passages = ranked_hits(self._retrieve(question, {layer: states[layer] for layer in self.tuner.cfg.layers},
+                                                 retriever, k, bf16), self.ds, k)
         t2 = time.perf_counter()
         read = self.span.read({layer: states[layer] for layer in self.span.layers}, [p.id for p in passages])
         t3 = time.perf_counter()
@@ -192,7 +191,7 @@ class Memory:
         t1 = time.perf_counter()
         run = self._retrieve(question, {layer: s[:, : self.query_max_length] for layer, s in states.items()},
                              retriever, k, bf16)
-        passages = self._passages(run, k)
+        passages = ranked_hits(run, self.ds, k)
         t2 = time.perf_counter()
         few = shots if prompt == "few-shot" else None
         order = "passages-first" if few else order
@@ -212,15 +211,8 @@ class Memory:
         return Answer(question, answer, passages, retriever, f"{prompt}, {order}", ms, None, notes)
 
     def _retrieve(self, question: str, states, retriever: str, k: int, bf16: bool) -> dict[str, float]:
-        depth = max(k, 100) if "+" in retriever else k
-        dense = bm25 = None
-        if retriever != "bm25":
-            vec = query_vector(self.tuner, states, bf16)
-            scores, idx = search(self.index, vec, min(depth, self.index.ntotal))
-            dense = {self.meta["ids"][j]: float(s) for s, j in zip(scores[0], idx[0]) if j >= 0}
-        if retriever != self.system:
-            bm25 = self.bm25.search({"q": question}, k=depth)["q"]
-        if dense is not None and bm25 is not None:
-            weight = fusion_weight(self.fusion_json, self.ds.name, self.system)
-            return fuse({"q": dense}, {"q": bm25}, "wsum", weight, k=k)["q"]
-        return dense if dense is not None else bm25
+        """The question's run: the dense side reads the query vector of the question's states (no second forward)."""
+        queries = {"q": question}
+        if retriever == "bm25":
+            return self.retriever(retriever).search(queries, k)["q"]
+        return self.retriever(retriever).search(queries, k, vectors=query_vector(self.tuner, states, bf16))["q"]

@@ -17,7 +17,7 @@ from ..common.config import RAG, Template
 from ..common.errors import DataError
 from ..common.metrics import Run
 from ..data.beir import Prepared
-from ..retrieval.hits import Hit
+from ..retrieval.hits import Hit, ranked_hits
 from .reader import Reader, Shot, answer_scores, build_prompt, span_sequences
 
 CLOSED_BOOK, ORACLE = "closed-book", "oracle"
@@ -30,10 +30,7 @@ log = logging.getLogger(__name__)
 
 def passages_of(ds: Prepared, run: Run | None, qid: str, k: int) -> list[Hit]:
     """The top k of a run for one question (none without a run: closed-book)."""
-    if run is None:
-        return []
-    ranked = sorted(run.get(qid, {}).items(), key=lambda x: -x[1])[:k]
-    return [Hit(i, s, d, ds.corpus[d]["title"], ds.corpus[d]["text"]) for i, (d, s) in enumerate(ranked, 1)]
+    return [] if run is None else ranked_hits(run.get(qid, {}), ds, k)
 
 
 def gold_of(ds: Prepared, split: str, qid: str) -> list[str]:
@@ -207,64 +204,39 @@ def with_gaps(rows: list[dict], f1_per_question: dict[str, dict[str, float]] | N
     return rows
 
 
-def time_retrieval(system: str, questions: list[str], ds: Prepared, index_dirs: dict[str, Path],
-                   fusion: dict | None = None) -> float | None:
-    """Seconds per question to retrieve online, one question at a time, as `lmort search` would: BM25 (bm25s),
-    a tuner variant (the truncated LLM, the tuner, FAISS), MiniLM (its encoder, then FAISS over a flat index of
-    the corpus' size), or a fused system (both sides and the fusion). None for closed-book and the oracle."""
+def online_retriever(system: str, ds: Prepared, index_dirs: dict[str, Path], fusion: dict | None = None):
+    """The retriever `system` answers with online, one question at a time, as `lmort search` would: BM25 (bm25s), a
+    tuner variant (its index: the truncated LLM, the tuner, FAISS), MiniLM (its encoder, then FAISS over a flat index
+    of the corpus' size, of random vectors: the search's cost does not depend on their values, and encoding the
+    corpus again would not be timed), or `<system>+bm25` (both sides and the fusion, at the dev-chosen weight)."""
     from ..data.bm25 import BM25
-    from ..retrieval.fusion import fuse
+    from ..retrieval.baselines import MiniLM
+    from ..retrieval.fusion import FusedRetriever
+    from ..tuner.encoders import open_index
 
-    if system in (CLOSED_BOOK, ORACLE):
-        return None
+    if system == "bm25":
+        return BM25(ds.corpus)
     dense_name, _, fused = system.partition("+")
     weight = ((fusion or {}).get(system) or {}).get("dense_weight")
     if fused and weight is None:
         raise DataError(f"{system}: no dev-chosen fusion weight for {ds.name} (run `lmort fuse` first)")
-    bm25 = BM25(ds.corpus) if fused or system == "bm25" else None
-    dense = None if system == "bm25" else _dense_searcher(dense_name, ds, index_dirs)
+    if dense_name == MiniLM.name:
+        dense = MiniLM(ds.corpus, np.random.default_rng(0).standard_normal((len(ds.corpus), 384)).astype(np.float32))
+    elif dense_name in index_dirs:
+        dense = open_index(index_dirs[dense_name])[0]
+    else:
+        raise DataError(f"no index of {dense_name} to time its retrieval")
+    return FusedRetriever(dense, BM25(ds.corpus), weight) if fused else dense
+
+
+def time_retrieval(system: str, questions: list[str], ds: Prepared, index_dirs: dict[str, Path],
+                   fusion: dict | None = None) -> float | None:
+    """Seconds per question to retrieve online with `online_retriever(system)`, one question at a time. None for
+    closed-book and the oracle."""
+    if system in (CLOSED_BOOK, ORACLE):
+        return None
+    retriever = online_retriever(system, ds, index_dirs, fusion)
     t0 = time.perf_counter()
     for q in questions:
-        runs = {}
-        if dense is not None:
-            runs["dense"] = dense(q)
-        if bm25 is not None:
-            runs["bm25"] = bm25.search({"q": q})["q"]
-        if len(runs) == 2:
-            fuse({"q": runs["dense"]}, {"q": runs["bm25"]}, "wsum", weight)
+        retriever.search({"q": q}, 100)
     return (time.perf_counter() - t0) / max(1, len(questions))
-
-
-def _dense_searcher(system: str, ds: Prepared, index_dirs: dict[str, Path]):
-    from ..retrieval.index import build_index, load_index, search
-
-    if system == "minilm-l6":
-        from ..retrieval.baselines import minilm_encode
-
-        # the cost of a MiniLM query: its encoder on the question, then a flat search over as many vectors as
-        # the corpus has (random ones: the search's cost does not depend on their values)
-        rng = np.random.default_rng(0)
-        index = build_index(rng.standard_normal((len(ds.corpus), 384)).astype(np.float32))
-
-        def minilm(q: str) -> dict[str, float]:
-            vec = minilm_encode([q], desc="MiniLM query", progress=False)
-            scores, idx = search(index, vec, 100)
-            return {str(j): float(s) for s, j in zip(scores[0], idx[0])}
-        return minilm
-    if system not in index_dirs:
-        raise DataError(f"no index of {system} to time its retrieval")
-    from ..activations.llm import FrozenLLM, default_device
-    from ..common.precision import resolve_compute_dtype
-    from ..tuner.model import Tuner
-
-    index, meta = load_index(index_dirs[system])
-    tuner = Tuner.load(Path(meta["tuner"]))
-    llm = FrozenLLM(meta["model"], max_layer=max(tuner.cfg.layers),
-                    dtype=resolve_compute_dtype(meta.get("compute_dtype", "float32"), default_device()))
-    template = Template(**meta["template"])
-
-    def dense(q: str) -> dict[str, float]:
-        vec = tuner.encode_texts(llm, [q], template, meta["query_max_length"])
-        scores, idx = search(index, vec, 100)
-        return {meta["ids"][j]: float(s) for s, j in zip(scores[0], idx[0]) if j >= 0}
-    return dense

@@ -21,7 +21,8 @@ from ..activations.store import ActivationStore, check_compatible
 from ..common.atomic import atomic_file, existing_dir
 from ..common.precision import autocast, feed_dtype
 from ..data.beir import Prepared
-from ..tuner.train import _load_checkpoint, _save_checkpoint, warmup_linear_decay
+from ..tuner.loop import warmup_linear_decay
+from ..tuner.train import _load_checkpoint, _save_checkpoint
 from .reader_data import Passages, SpanExample, gather, length_batches, load_layers
 from .span_reader import ReaderConfig, SpanReader, best_spans, span_loss
 

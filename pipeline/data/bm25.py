@@ -12,7 +12,10 @@ def doc_text(doc: dict[str, str]) -> str:
 
 
 class BM25:
-    """A bm25s index over a corpus dict (id -> {title, text}); plain BM25, English stopwords, no stemming."""
+    """A bm25s index over a corpus dict (id -> {title, text}); plain BM25, English stopwords, no stemming. A
+    retriever (pipeline/retrieval/retrievers.py): `search(queries, k) -> Run`."""
+
+    name = "bm25"  # its run files' stem
 
     def __init__(self, corpus: dict[str, dict[str, str]]):
         self.ids = list(corpus)

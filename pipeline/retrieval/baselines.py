@@ -1,4 +1,8 @@
-"""Baselines computed by the project: BM25, all-MiniLM-L6-v2, and each raw pooled LLM layer (no training)."""
+"""Baselines computed by the project: BM25, all-MiniLM-L6-v2, and each raw pooled LLM layer (no training).
+
+A text baseline is a retriever class (retrievers.py's `search(queries, k) -> Run`) built from a corpus, registered
+under its `--systems` name with `@baseline`: `lmort baselines` and the configuration's `baselines:` line find it
+there, and its runs are named by its `name`."""
 
 from __future__ import annotations
 
@@ -18,12 +22,35 @@ from ..common.precision import autocast
 from ..data.beir import Prepared
 from ..data.bm25 import BM25, doc_text
 from .index import build_index, retrieve
+from .retrievers import DenseRetriever
 
-BASELINE_RUNS = {"bm25": "bm25", "minilm": "minilm-l6", "raw": "raw-layer-"}  # --systems name: run-file stem (prefix)
+BASELINES: dict[str, type] = {}  # --systems name -> a retriever class built from a corpus (id -> {title, text})
+RAW_LAYER_RUNS = "raw-layer-"  # the raw pooled layers' run-file stem, followed by the layer ("raw" in --systems)
+
+
+def baseline(system: str):
+    """Registers a retriever class as the baseline `system` of `lmort baselines --systems`."""
+    def register(cls):
+        BASELINES[system] = cls
+        return cls
+    return register
+
+
+def baseline_runs() -> dict[str, str]:
+    """--systems name -> its run files' stem (a prefix for the raw layers)."""
+    return {**{system: cls.name for system, cls in BASELINES.items()}, "raw": RAW_LAYER_RUNS}
+
+
+def baseline_run(system: str, ds: Prepared, qids: list[str], k: int = 100) -> Run:
+    """The run of `qids` by the baseline `system` over the set's corpus."""
+    return BASELINES[system](ds.corpus).search({q: ds.queries[q] for q in qids}, k=k)
 
 
 def bm25_run(ds: Prepared, qids: list[str], k: int = 100) -> Run:
-    return BM25(ds.corpus).search({q: ds.queries[q] for q in qids}, k=k)
+    return baseline_run("bm25", ds, qids, k)
+
+
+baseline("bm25")(BM25)
 
 
 def minilm_folder() -> Path:
@@ -54,11 +81,19 @@ def minilm_encode(texts: list[str], folder: Path | None = None, batch_size: int 
     return out
 
 
-def minilm_run(ds: Prepared, qids: list[str], k: int = 100, bf16: bool = False) -> Run:
-    dids = list(ds.corpus)
-    docs = minilm_encode([doc_text(ds.corpus[d]) for d in dids], desc="MiniLM corpus", bf16=bf16)
-    queries = minilm_encode([ds.queries[q] for q in qids], desc="MiniLM queries", bf16=bf16)
-    return retrieve(build_index(docs), dids, qids, queries, k)
+@baseline("minilm")
+class MiniLM(DenseRetriever):
+    """all-MiniLM-L6-v2 over a corpus: its passages encoded once (or `vectors` given), its queries as they come."""
+
+    name = "minilm-l6"
+
+    def __init__(self, corpus: dict[str, dict[str, str]], vectors: np.ndarray | None = None, bf16: bool = False):
+        ids = list(corpus)
+        if vectors is None:
+            vectors = minilm_encode([doc_text(corpus[d]) for d in ids], desc="MiniLM corpus", bf16=bf16)
+        super().__init__(self.name, build_index(vectors), ids, lambda texts: minilm_encode(
+            texts, desc="MiniLM queries", progress=len(texts) > 1, bf16=bf16))
+
 
 
 def pooled_layer(store: ActivationStore, layer: int, ids: list[str], batch: int = 256) -> np.ndarray:

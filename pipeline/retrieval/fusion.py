@@ -197,3 +197,18 @@ def choice_rows(fusion_report: dict) -> list[dict]:
                          "p": f"{s['p']:.2g}" if s else None,
                          "significant": ("yes" if s.get("significant") else "no") if s else None})
     return rows
+
+
+class FusedRetriever:
+    """A retriever (retrievers.py): `dense` (a `DenseRetriever`) and `sparse` (BM25) fused by a min-max weighted
+    sum at the dense weight dev chose (`lmort fuse`); each side is searched `depth` deep, as the pipeline's fused
+    runs are. `vectors`: the dense side's query vectors, already encoded."""
+
+    def __init__(self, dense, sparse, dense_weight: float, depth: int = 100):
+        self.dense, self.sparse, self.dense_weight, self.depth = dense, sparse, dense_weight, depth
+        self.name = f"{dense.name}+{sparse.name}"
+
+    def search(self, queries: dict[str, str], k: int = 100, vectors=None) -> Run:
+        depth = max(k, self.depth)
+        return fuse(self.dense.search(queries, depth, vectors), self.sparse.search(queries, depth), "wsum",
+                    self.dense_weight, k=k)

@@ -16,13 +16,11 @@ class Hit:
     text: str
 
 
-def hits_of(ids: list[str], scores, idx, ds: Prepared | None) -> list[Hit]:
-    """Hits of one query from FAISS's (scores, indices) rows; titles and texts from the prepared set, if any."""
+def ranked_hits(scores: dict[str, float], ds: Prepared | None, k: int) -> list[Hit]:
+    """The top `k` of one query's run (doc id -> score) as hits, best first (ties keep the run's order); titles
+    and texts from the prepared set, if any."""
     out = []
-    for rank, (s, j) in enumerate(zip(scores, idx), 1):
-        if j < 0:
-            continue
-        did = ids[j]
+    for rank, (did, s) in enumerate(sorted(scores.items(), key=lambda x: -x[1])[:k], 1):
         doc = ds.corpus.get(did, {}) if ds is not None else {}
         out.append(Hit(rank, float(s), did, doc.get("title", ""), doc.get("text", "")))
     return out

@@ -1,19 +1,17 @@
-"""The adapter baseline (issue 26): the reviewers' "what if we simply insert adapters and only update them?".
+"""The adapter baseline's model (issue 26): the reviewers' "what if we simply insert adapters and only update them?".
 
 LoRA adapters (the `peft` library) on the attention and MLP projections of the LLM's blocks up to the U-layer; the
 U-layer's states, mean-pooled (the sink left out) after a LayerNorm, go through a linear head, as pooled-linear
-reads the stored layer. The same training pairs, hard negatives, loss, batch size and dev selection as the tuners
-(pipeline/tuner/train.py), but gradients run through the LLM: every step costs its forward and backward, so the adapter
-cannot train from the activation stores. It is the one variant that does not. Saved as safetensors holding the
-adapter's and the head's weights only; the LLM's stay the preset's.
+reads the stored layer. Trained by adapter_train.py in the tuners' loop (loop.py), but gradients run through the LLM:
+every step costs its forward and backward, so the adapter cannot train from the activation stores. It is the one
+variant that does not. Saved as safetensors holding the adapter's and the head's weights only; the LLM's stay the
+preset's.
 """
 
 from __future__ import annotations
 
 import json
-import time
 from dataclasses import asdict, dataclass, field
-from functools import partial
 from pathlib import Path
 
 import numpy as np
@@ -23,19 +21,13 @@ import torch.nn.functional as F
 from safetensors.torch import load_file, save_file
 from tqdm.auto import tqdm
 
-from ..activations.extract import texts_of
 from ..activations.llm import FrozenLLM
-from ..common.atomic import atomic_dir, atomic_file
+from ..common.atomic import atomic_dir
 from ..common.batching import length_buckets
-from ..common.config import Template, TrainConfig
+from ..common.config import Template
 from ..common.errors import ConfigError
-from ..common.metrics import evaluate
 from ..common.pooling import mean_pool
 from ..common.precision import autocast
-from ..data.beir import Prepared
-from ..retrieval.index import build_index, retrieve, save_index
-from .train import batch_layout, contrastive_loss, epoch_batches, warmup_linear_decay
-from .training_sets import TrainingSet
 
 TARGETS = ("q_proj", "k_proj", "v_proj", "o_proj", "gate_proj", "up_proj", "down_proj")
 
@@ -130,106 +122,3 @@ class Adapter(nn.Module):
         return out
 
 
-def tokenized(adapter: Adapter, ds: Prepared) -> tuple[dict, dict]:
-    """Every query's and passage's token ids, written with the adapter's template (as the stores' texts are)."""
-    template, cfg = Template(**adapter.cfg.template), adapter.cfg
-    out = []
-    for kind, length in (("queries", cfg.query_max_length), ("corpus", cfg.passage_max_length)):
-        ids, texts = texts_of(ds, kind, template)
-        out.append(dict(zip(ids, adapter.llm.tokenize(texts, length)[0])))
-    return out[0], out[1]
-
-
-def encode_set(adapter: Adapter, ds: Prepared, qids: list[str], bf16: bool = True) -> tuple[list[str], np.ndarray,
-                                                                                          np.ndarray]:
-    """The set's corpus ids, its passages' vectors and the `qids` queries' vectors, written with the adapter's
-    template and encoded online (no store holds an adapted LLM's states)."""
-    template, cfg = Template(**adapter.cfg.template), adapter.cfg
-    dids, passages = texts_of(ds, "corpus", template)
-    corpus = adapter.encode(passages, cfg.passage_max_length, bf16, desc=f"adapter {ds.name} corpus")
-    query_text = dict(zip(*texts_of(ds, "queries", template)))
-    queries = adapter.encode([query_text[q] for q in qids], cfg.query_max_length, bf16, progress=False)
-    return dids, corpus, queries
-
-
-def adapter_run(adapter: Adapter, ds: Prepared, qids: list[str], bf16: bool = True, k: int = 100) -> dict:
-    """The adapter's TREC run of `qids` over the set's whole corpus (exact inner-product search)."""
-    dids, corpus, queries = encode_set(adapter, ds, qids, bf16)
-    return retrieve(build_index(corpus, use_gpu=False), dids, qids, queries, k)
-
-
-def dev_ndcg(adapter: Adapter, sets: list[TrainingSet], bf16: bool) -> float | None:
-    """Mean dev nDCG@10 over the sets with a dev split, as the tuners are selected."""
-    scores = [evaluate(adapter_run(adapter, ts.data, list(ts.dev_qrels), bf16), ts.dev_qrels)["nDCG@10"]
-              for ts in sets if ts.dev_qrels]
-    return float(np.mean(scores)) if scores else None
-
-
-def adapter_step(adapter: Adapter, opt, texts: tuple[dict, dict], batch, amp, clip: float) -> float:
-    """One optimizer step: the batch's queries and documents through the LLM with its adapters (forward and
-    backward), the tuners' InfoNCE; returns the loss."""
-    qids, docs, targets, false_neg = batch_layout(batch)
-    queries, corpus = texts
-    with amp:
-        loss = contrastive_loss(adapter([queries[q] for q in qids]), adapter([corpus[d] for d in docs]),
-                                targets, false_neg, 1.0 / adapter.cfg.temperature)
-    opt.zero_grad(set_to_none=True)
-    loss.backward()
-    torch.nn.utils.clip_grad_norm_([p for p in adapter.parameters() if p.requires_grad], clip)
-    opt.step()
-    return float(loss.detach())
-
-
-def train_adapter(sets: list[TrainingSet], cfg: AdapterConfig, train_cfg: TrainConfig, out: Path,
-                  device: str = "cpu", progress: bool = True) -> dict:
-    """Train the adapter on the sets' training pairs (the tuners' batches, loss, schedule and dev selection; the
-    step budget is `train_cfg.max_steps_per_epoch`) into `out` (best/, train.json). No checkpoint: a killed run
-    starts again."""
-    out = Path(out)
-    torch.manual_seed(train_cfg.seed)
-    adapter = Adapter(cfg, device)
-    texts = [tokenized(adapter, ts.data) for ts in sets]
-    opt = torch.optim.AdamW([p for p in adapter.parameters() if p.requires_grad], lr=train_cfg.lr,
-                            weight_decay=train_cfg.weight_decay)
-    total = max(1, len(epoch_batches(sets, train_cfg, 0)) * train_cfg.epochs)
-    schedule = torch.optim.lr_scheduler.LambdaLR(opt, partial(warmup_linear_decay, total=total,
-                                                              warmup=train_cfg.warmup))
-    amp = autocast(device, train_cfg.bf16)
-    state = {"step": 0, "seconds": 0.0, "losses": [], "dev": [], "best": None, "best_epoch": None}
-    for epoch in range(1, train_cfg.epochs + 1):
-        torch.manual_seed(train_cfg.seed * 7919 + epoch - 1)  # dropout of this epoch, as the tuners'
-        adapter.train()
-        t0 = time.time()
-        for s_i, batch in tqdm(epoch_batches(sets, train_cfg, epoch - 1), unit="step", disable=not progress,
-                               desc=f"adapter epoch {epoch}/{train_cfg.epochs}"):
-            loss = adapter_step(adapter, opt, texts[s_i], batch, amp, train_cfg.clip)
-            schedule.step()
-            state["step"] += 1
-            state["losses"].append({"step": state["step"], "loss": loss, "set": sets[s_i].data.name})
-        state["seconds"] += time.time() - t0
-        if epoch % train_cfg.dev_every == 0 or epoch == train_cfg.epochs:
-            score = dev_ndcg(adapter, sets, train_cfg.bf16)
-            state["dev"].append({"epoch": epoch, "dev_ndcg@10": score})
-            if score is None or state["best"] is None or score > state["best"]:
-                state.update(best=score, best_epoch=epoch)
-                adapter.save(out / "best", {"epoch": epoch, "dev_ndcg@10": score})
-    summary = {"variant": "adapter", "trainable_parameters": adapter.trainable_parameters(),
-               "steps": state["step"], "train_seconds": round(state["seconds"], 1),
-               "seconds_per_step": round(state["seconds"] / max(1, state["step"]), 3),
-               "best_epoch": state["best_epoch"], "dev_ndcg@10": state["best"], "adapter": asdict(cfg),
-               "train": asdict(train_cfg), "losses": state["losses"], "dev": state["dev"]}
-    atomic_file(out / "train.json", lambda tmp: tmp.write_text(json.dumps(summary, indent=1)))
-    return summary
-
-
-def index_adapter(adapter_dir: Path, ds: Prepared, qids: list[str], out: Path, run_path: Path, system: str,
-                  kind: str = "flat", k: int = 100, bf16: bool = True) -> dict:
-    """As `index_dataset` for a tuner, but the corpus is encoded online (the adapter changes the LLM's states, so
-    no store holds them): vectors, FAISS index, meta.json (what `lmort search` reads) and a TREC run."""
-    adapter = Adapter.load(adapter_dir)
-    cfg = adapter.cfg
-    t0 = time.time()
-    dids, vectors, queries = encode_set(adapter, ds, qids, bf16)
-    return save_index(vectors, dids, queries, qids, out, run_path, system, kind=kind, k=k, meta={
-        "adapter": str(adapter_dir), "data": ds.name, "model": cfg.model, "template": cfg.template,
-        "query_max_length": cfg.query_max_length, "encode_seconds": round(time.time() - t0, 1), "bf16": bf16})

@@ -16,8 +16,9 @@ import numpy as np
 from ..common.atomic import atomic_file
 from ..common.config import TrainConfig, TunerConfig
 from ..common.metrics import evaluate, mean_or_none
+from .loop import epoch_batches, split_ndcg
 from .model import Tuner
-from .train import data_setup, epoch_batches, numeric_settings, split_ndcg, train
+from .train import data_setup, numeric_settings, store_encoder, train
 from .training_sets import TrainingSet, sample_queries
 
 
@@ -42,7 +43,7 @@ def ndcg_on_test_splits(tuner_dir: Path, evals: list[TrainingSet], bf16: bool) -
     from ..activations.llm import default_device
 
     tuner = Tuner.load(tuner_dir, default_device())
-    return {ts.data.name: round(split_ndcg(tuner, ts, ts.data.qrels["test"], bf16=bf16), 4) for ts in evals}
+    return {ts.data.name: round(split_ndcg(store_encoder(tuner, bf16), ts, ts.data.qrels["test"]), 4) for ts in evals}
 
 
 def mean_score(scores: dict[str, float]) -> float | None:

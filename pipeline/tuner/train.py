@@ -1,8 +1,9 @@
 """Stage two: train a tuner purely from the activation stores (the LLM is never loaded).
 
-InfoNCE over in-batch and BM25 hard negatives (METHOD.md step 3), AdamW with warm-up and linear decay,
-gradient clipping, model selection on dev nDCG@10 only, and an epoch-level checkpoint a killed run resumes
-from: every epoch seeds its own sampling and dropout, so a resumed run equals an uninterrupted one.
+The loop, its batches, loss, schedule and dev selection are loop.py's (METHOD.md step 3), shared with the
+adapter; here is what is the tuner's own: its batches' states read from the stores (loaded within a memory budget
+or streamed, read ahead), and an epoch-level checkpoint a killed run resumes from (every epoch seeds its own
+sampling and dropout, so a resumed run equals an uninterrupted one).
 """
 
 from __future__ import annotations
@@ -11,25 +12,20 @@ import hashlib
 import json
 import logging
 import shutil
-import time
 from collections import deque
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import asdict
-from functools import partial
 from pathlib import Path
 
 import numpy as np
 import torch
-import torch.nn.functional as F
 from safetensors.torch import load_file, save_file
-from tqdm.auto import tqdm
 
 from ..activations.store import check_compatible
 from ..common.atomic import atomic_dir, atomic_file, existing_dir
 from ..common.config import IO_ONLY, TrainConfig, TunerConfig
-from ..common.metrics import evaluate
 from ..common.precision import autocast, feed_dtype
-from ..retrieval.index import build_index, retrieve
+from .loop import Trainee, batch_layout, contrastive_loss, fit, fresh_state, optimizer, optimizer_step
 from .model import Tuner
 from .training_sets import TrainingSet, sample_queries
 
@@ -51,59 +47,6 @@ def data_setup(sets: list[TrainingSet]) -> dict:
             "pairs_sha256": hashlib.sha256(data.encode()).hexdigest()}
 
 
-def set_quotas(sizes: list[int], batch_size: int, alpha: float) -> list[int]:
-    """Batches per training set in one epoch. An epoch has as many batches as the sets' queries fill; set i gets
-    a share proportional to (its queries)^alpha: 1 = proportional to size (each query once an epoch, the
-    original rule), 0 = uniform over sets, 0.5 = square-root (a set 60x larger gets about 8x the batches, so
-    squad does not drown scifact; the small sets repeat their queries, the large ones show a fresh sample)."""
-    natural = [max(1, n // batch_size) if n else 0 for n in sizes]
-    if alpha == 1.0:
-        return natural
-    weights = [n**alpha for n in sizes]
-    return [max(1, round(sum(natural) * w / sum(weights))) if n else 0 for n, w in zip(sizes, weights)]
-
-
-def epoch_batches(sets: list[TrainingSet], cfg: TrainConfig, epoch: int):
-    """Seeded per epoch: a list of (set index, [(qid, pos, negs, all positives)]). Every batch comes from one set,
-    so its in-batch negatives share a corpus; how many batches each set gets is `set_quotas`."""
-    g = torch.Generator().manual_seed(cfg.seed * 100003 + epoch)
-    rows_of = [[r for r in ts.pairs if r["positive_ids"]] for ts in sets]
-    quotas = set_quotas([len(rows) for rows in rows_of], cfg.batch_size, cfg.mix_alpha)
-    out = []
-    for s_i, (rows, quota) in enumerate(zip(rows_of, quotas)):
-        made = 0
-        while made < quota:  # one permutation after another; no query twice within a batch
-            perm = torch.randperm(len(rows), generator=g).tolist()
-            for b in range(0, max(1, len(perm) - cfg.batch_size + 1), cfg.batch_size):  # full batches only
-                if made == quota:
-                    break
-                batch = []
-                for r in (rows[i] for i in perm[b : b + cfg.batch_size]):
-                    pos = r["positive_ids"][int(torch.randint(len(r["positive_ids"]), (1,), generator=g))]
-                    negs = r["negative_ids"]
-                    pick = torch.randperm(len(negs), generator=g)[: cfg.negatives].tolist() if negs else []
-                    batch.append((r["query_id"], pos, [negs[i] for i in pick], set(r["positive_ids"])))
-                out.append((s_i, batch))
-                made += 1
-    order = torch.randperm(len(out), generator=g).tolist()
-    out = [out[i] for i in order]
-    return out[: cfg.max_steps_per_epoch] if cfg.max_steps_per_epoch else out
-
-
-def batch_layout(batch) -> tuple[list[str], list[str], torch.Tensor, torch.Tensor]:
-    """A batch's query ids, its documents (each query's positive, then its hard negatives), the index of each
-    query's positive among them, and the [queries, documents] mask of false negatives: another query's document
-    that is also judged relevant to this query is not a negative."""
-    qids = [b[0] for b in batch]
-    docs, targets = [], []
-    for _, pos, negs, _ in batch:
-        targets.append(len(docs))
-        docs += [pos, *negs]
-    false_neg = torch.tensor([[docs[j] in b[3] and j != targets[i] for j in range(len(docs))]
-                              for i, b in enumerate(batch)])
-    return qids, docs, torch.tensor(targets), false_neg
-
-
 def read_batch(ts: TrainingSet, batch, layers: list[int], dtype: torch.dtype = torch.float32) -> dict:
     """The states a batch needs, read from the stores (memory or Zarr) in `dtype`: what the prefetcher runs
     ahead."""
@@ -111,15 +54,6 @@ def read_batch(ts: TrainingSet, batch, layers: list[int], dtype: torch.dtype = t
     qs, qm = ts.queries.batch(qids, layers, dtype)
     ds, dm = ts.corpus.batch(docs, layers, dtype)
     return {"q": (qs, qm), "d": (ds, dm), "targets": targets, "false_neg": false_neg}
-
-
-def contrastive_loss(q: torch.Tensor, d: torch.Tensor, targets: torch.Tensor, false_neg: torch.Tensor,
-                     scale: float) -> torch.Tensor:
-    """InfoNCE of queries `q` [B, D] against documents `d` [N, D]: each query's positive (`targets`) against every
-    other document of the batch, false negatives masked out."""
-    scores = (q @ d.T).float() * scale
-    scores = scores.masked_fill(false_neg.to(scores.device), float("-inf"))
-    return F.cross_entropy(scores, targets.to(scores.device))
 
 
 def info_nce(tuner: Tuner, states: dict, device) -> torch.Tensor:
@@ -162,31 +96,14 @@ def load_within_budget(sets: list[TrainingSet], layers: list[int], budget_gb: fl
     return streamed
 
 
-def split_ndcg(tuner: Tuner, ts: TrainingSet, qrels: dict, progress: bool = False, bf16: bool = True) -> float:
-    """nDCG@10 of the queries judged in `qrels` against the set's full corpus (exact search): dev selection and
-    the scaling curve's zero-shot scores share it."""
-    qids = [q for q in qrels if q in ts.queries.row]
-    corpus = tuner.encode_store(ts.corpus, desc="dev corpus", progress=progress, bf16=bf16)
-    run = retrieve(build_index(corpus, use_gpu=False), list(ts.corpus.ids), qids,
-                   tuner.encode_store(ts.queries, qids, progress=False, bf16=bf16))
-    return evaluate(run, qrels)["nDCG@10"]
-
-
-def dev_ndcg(tuner: Tuner, sets: list[TrainingSet], progress: bool = False, bf16: bool = True) -> float | None:
-    """Mean dev nDCG@10 over the sets with a dev split (full corpus, exact search)."""
-    scores = [split_ndcg(tuner, ts, ts.dev_qrels, progress, bf16) for ts in sets if ts.dev_qrels]
-    return float(np.mean(scores)) if scores else None
-
-
-# ------------------------------------------------------------------ the learning-rate schedule
-
-
-def warmup_linear_decay(step: int, total: int, warmup: float) -> float:
-    """The learning-rate factor before optimizer step `step` (0-based): a linear warm-up over the first `warmup`
-    fraction of the `total` steps, then a linear decay to 0. It is torch's LambdaLR with this factor rather than
-    transformers' get_linear_schedule_with_warmup, whose warm-up starts at 0 (the first step learns nothing) and
-    rounds the warm-up to whole steps: the committed reports were trained with this one, and stay reproducible."""
-    return min((step + 1) / max(1, warmup * total), max(0.0, (total - step) / max(1, total * (1 - warmup))))
+def store_encoder(tuner: Tuner, bf16: bool = True):
+    """The dev scorer's encoder (loop.SetEncoder): the set's corpus and the queries its queries store holds, read
+    from the stores."""
+    def encode(ts: TrainingSet, qids: list[str]):
+        qids = [q for q in qids if q in ts.queries.row]
+        corpus = tuner.encode_store(ts.corpus, desc="dev corpus", progress=False, bf16=bf16)
+        return list(ts.corpus.ids), corpus, qids, tuner.encode_store(ts.queries, qids, progress=False, bf16=bf16)
+    return encode
 
 
 # ------------------------------------------------------------------ checkpoints (safetensors + JSON)
@@ -220,8 +137,7 @@ def _load_checkpoint(tuner, opt, schedule, folder: Path) -> dict:
 def resume_or_start(tuner, opt, schedule, setup: dict, out: Path) -> dict:
     """The training state: a checkpoint's in `out` when it was made with the same `setup` (settings, stores, pairs),
     else a fresh one (a checkpoint of other settings is removed, with the best tuner it had saved)."""
-    fresh = {"epoch": 0, "step": 0, "best": None, "best_epoch": None, "bad_epochs": 0, "losses": [], "dev": [],
-             "seconds": 0.0, "setup": setup}
+    fresh = fresh_state(setup)
     ckpt = existing_dir(out / "checkpoint")
     if not (ckpt / "state.json").exists():
         return fresh
@@ -242,47 +158,7 @@ def train_step(tuner: Tuner, opt, states: dict, device: str, amp, clip: float) -
     """One optimizer step of InfoNCE on a batch's states (gradients clipped to `clip`); returns the loss."""
     with amp:
         loss = info_nce(tuner, states, device)
-    opt.zero_grad(set_to_none=True)
-    loss.backward()
-    torch.nn.utils.clip_grad_norm_(tuner.parameters(), clip)
-    opt.step()
-    return float(loss.detach())
-
-
-def train_epoch(tuner: Tuner, opt, schedule, sets: list[TrainingSet], cfg: TrainConfig, state: dict, device: str,
-                progress: bool) -> float:
-    """One epoch of InfoNCE steps (its batches and dropout seeded by the epoch); returns its mean loss."""
-    epoch = state["epoch"]
-    torch.manual_seed(cfg.seed * 7919 + epoch)  # dropout of this epoch
-    t0 = time.time()
-    tuner.train()
-    amp, feed = autocast(device, cfg.bf16), feed_dtype(device, cfg.bf16)
-    batches = epoch_batches(sets, cfg, epoch)
-    bar = tqdm(prefetched(batches, sets, tuner.cfg.layers, cfg.prefetch, feed), total=len(batches),
-               desc=f"epoch {epoch + 1}/{cfg.epochs}", unit="step", disable=not progress)
-    losses = []
-    for (s_i, _), states in zip(batches, bar):
-        losses.append(train_step(tuner, opt, states, device, amp, cfg.clip))
-        schedule.step()
-        state["step"] += 1
-        state["losses"].append({"step": state["step"], "loss": losses[-1], "set": sets[s_i].data.name})
-        bar.set_postfix(loss=f"{losses[-1]:.3f}")
-    state["seconds"] += time.time() - t0
-    state["epoch"] += 1
-    return float(np.mean(losses)) if losses else float("nan")
-
-
-def select_on_dev(tuner: Tuner, sets: list[TrainingSet], cfg: TrainConfig, state: dict, out: Path,
-                  stores: dict) -> float | None:
-    """Score dev; keep the tuner in `out/best` when it is the best so far, else count an epoch without gain."""
-    score = dev_ndcg(tuner, sets, bf16=cfg.bf16)
-    state["dev"].append({"epoch": state["epoch"], "dev_ndcg@10": score})
-    if score is None or state["best"] is None or score > state["best"]:
-        state.update(best=score, best_epoch=state["epoch"], bad_epochs=0)
-        tuner.save(out / "best", {"epoch": state["epoch"], "dev_ndcg@10": score, "stores": stores})
-    else:
-        state["bad_epochs"] += 1
-    return score
+    return optimizer_step(tuner, opt, loss, clip)
 
 
 def train(sets: list[TrainingSet], tuner_cfg: TunerConfig, cfg: TrainConfig, out: Path,
@@ -300,21 +176,18 @@ def train(sets: list[TrainingSet], tuner_cfg: TunerConfig, cfg: TrainConfig, out
         log.info(f"streaming {len(streamed)} store(s) larger than the {cfg.memory_gb} GB budget: {', '.join(streamed)}")
     torch.manual_seed(cfg.seed)
     tuner = Tuner(tuner_cfg).to(device)
-    opt = torch.optim.AdamW(tuner.parameters(), lr=cfg.lr, weight_decay=cfg.weight_decay)
-    total = max(1, len(epoch_batches(sets, cfg, 0)) * cfg.epochs)
-    schedule = torch.optim.lr_scheduler.LambdaLR(opt, partial(warmup_linear_decay, total=total, warmup=cfg.warmup))
+    opt, schedule = optimizer(tuner.parameters(), sets, cfg)
     # what a checkpoint must match to be resumed: settings, the stores' fingerprints, the pairs and dev qrels
     setup = {"tuner": tuner_cfg.to_dict(), "train": numeric_settings(cfg), **data_setup(sets)}
     state = resume_or_start(tuner, opt, schedule, setup, out)
-    while state["epoch"] < cfg.epochs and state["bad_epochs"] < cfg.patience:
-        loss = train_epoch(tuner, opt, schedule, sets, cfg, state, device, progress)
-        if state["epoch"] % cfg.dev_every == 0 or state["epoch"] == cfg.epochs:
-            score = select_on_dev(tuner, sets, cfg, state, out, stores)
-            log.info(f"epoch {state['epoch']}: loss {loss:.4f}, dev nDCG@10 "
-                     f"{score if score is None else round(score, 4)}")
-        else:
-            log.info(f"epoch {state['epoch']}: loss {loss:.4f}")
-        _save_checkpoint(tuner, opt, schedule, state, out / "checkpoint")
+    amp, feed = autocast(device, cfg.bf16), feed_dtype(device, cfg.bf16)
+    trainee = Trainee(
+        tuner, inputs=lambda batches: prefetched(batches, sets, tuner_cfg.layers, cfg.prefetch, feed),
+        step=lambda states: train_step(tuner, opt, states, device, amp, cfg.clip),
+        encode=store_encoder(tuner, cfg.bf16),
+        save=lambda folder, extra: tuner.save(folder, {**extra, "stores": stores}))
+    fit(trainee, schedule, sets, cfg, state, out, progress,
+        checkpoint=lambda state: _save_checkpoint(tuner, opt, schedule, state, out / "checkpoint"))
     summary = {"parameters": tuner.num_parameters(), "epochs_run": state["epoch"], "best_epoch": state["best_epoch"],
                "dev_ndcg@10": state["best"], "train_seconds": round(state["seconds"], 1),
                "steps": state["step"], "tuner": tuner_cfg.to_dict(), "train": asdict(cfg)}
