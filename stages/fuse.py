@@ -9,7 +9,7 @@ import click
 
 from pipeline.common.atomic import atomic_file, check_writable
 from pipeline.common.command_line import friendly_errors, names
-from pipeline.common.config import FUSION, section
+from pipeline.common.config import FUSION, run_config, section
 from pipeline.common.errors import DataError
 from pipeline.common.metrics import read_trec_run, write_trec_run
 from pipeline.common.params import load_params
@@ -34,10 +34,10 @@ def tuning_set(data: str, params: dict) -> tuple[str, str] | None:
     """Where the fusion of `data` is chosen: its own dev split when it is a training set (in-domain), else the
     configuration's zero-shot dev collection, which it must never test on (None: the configuration names none,
     and the zero-shot set is not fused)."""
-    fusion = params.get("fusion") or {}
+    fusion = section(params, "fusion")
     if data in names((str(params.get("train_sets", "")),)):
-        return data, fusion.get("dev_split", "dev")
-    zero_shot = fusion.get("zero_shot_dev") or []
+        return data, fusion.dev_split
+    zero_shot = fusion.zero_shot_dev
     if not zero_shot:
         return None
     if len(zero_shot) > 1:
@@ -46,7 +46,7 @@ def tuning_set(data: str, params: dict) -> tuple[str, str] | None:
     if zero_shot in params.get("eval_sets", []):
         raise DataError(f"fusion.zero_shot_dev {zero_shot} is also an eval set: its weights would be chosen on "
                         "a test split")
-    return zero_shot, fusion.get("zero_shot_split", "test")
+    return zero_shot, fusion.zero_shot_split
 
 
 def _read_checked(dirs, data: str, split: str, system: str, qrels: dict) -> dict:
@@ -104,7 +104,7 @@ def command(params_file, runs_dirs, dev_dirs, out) -> None:
     check_writable(out)
     params = load_params(params_file)
     systems = fused_systems(params)
-    split = params.get("eval_split", "test")
+    split = run_config(params).eval_split
     report: dict = {}
     for data in params.get("eval_sets", []):
         ds = ensure_prepared(data)

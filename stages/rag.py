@@ -10,6 +10,7 @@ import click
 
 from pipeline.common.atomic import atomic_file, check_writable
 from pipeline.common.command_line import friendly_errors
+from pipeline.common.config import section
 from pipeline.common.params import load_params
 
 
@@ -35,7 +36,8 @@ def command(params_file, runs_dirs, dev_dirs, index_root, answers, readers_root,
     check_writable(out)
     params = load_params(params_file)
     results, predictions, md = {}, {}, ""
-    if (params.get("rag") or {}).get("sets"):
+    sets = section(params, "rag").sets
+    if sets:
         import torch
 
         from pipeline.activations.llm import default_device
@@ -47,7 +49,7 @@ def command(params_file, runs_dirs, dev_dirs, index_root, answers, readers_root,
         reader = Reader(params["model"], dtype=resolve_compute_dtype(params["extract"]["compute_dtype"],
                                                                      default_device()))
         torch.manual_seed(0)
-        for data in params["rag"]["sets"]:
+        for data in sets:
             name = ensure_prepared(data).name
             results[name], predictions[name], part = rag_set(reader, data, params, runs_dirs, dev_dirs, index_root,
                                                              answers, out, readers_root, stores)

@@ -9,6 +9,7 @@ import click
 
 from pipeline.common.atomic import atomic_dir, check_writable
 from pipeline.common.command_line import friendly_errors, names
+from pipeline.common.config import section
 from pipeline.common.params import load_params
 
 
@@ -29,7 +30,7 @@ def command(stores, data, answers_path, params_file, overrides, out) -> None:
     """Train a span reader on each set's train questions from the stores; dev EM/F1 selects it."""
     check_writable(out)
     params = load_params(params_file, overrides)
-    sets = names(data) or list((params.get("rag") or {}).get("sets") or [])
+    sets = names(data) or list(section(params, "rag").sets)
     if answers_path and len(sets) != 1:
         raise click.UsageError("--answers goes with exactly one --data")
     if not sets:  # the configuration reads no answers: an empty folder, and no torch imported

@@ -30,7 +30,7 @@ def test_lmort_rag_chooses_on_dev_and_scores_every_system_on_the_same_test_quest
         "extract": {"compute_dtype": "float32", "case": "keep", "query_template": "{text}"},
         "rag": {"sets": [str(memory_world["root"] / "prepared")], "questions": 4, "dev_questions": 3, "seed": 0,
                 "systems": ["closed-book", "bm25", "oracle"], "orders": ["question-first", "passages-first"],
-                "ks": [1, 2], "max_new_tokens": 3, "batch_size": 2, "timing_questions": 2}}))
+                "ks": [1, 2], "max_new_tokens": 3, "batch_size": 2, "timing_questions": 2, "prompts": ["plain"]}}))
     args = ["rag", "--params", str(params), "--runs", str(runs), "--dev-runs", str(runs), "--index-root",
             str(tmp_path / "none"), "--answers", str(beir / "answers.jsonl"), "--out", str(tmp_path / "rag")]
     r = CliRunner().invoke(main, args)

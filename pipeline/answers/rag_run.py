@@ -8,7 +8,7 @@ import logging
 from pathlib import Path
 
 from ..common.atomic import atomic_file
-from ..common.config import Template, template_of
+from ..common.config import Template, run_config, section, template_of
 from ..common.errors import DataError
 from ..common.metrics import read_trec_run
 from ..common.tables import markdown_table
@@ -84,14 +84,14 @@ def test_rows(ctx: dict, gen_best: dict, span_best: dict | None) -> tuple[list[d
     rag, ds, split, qids, refs = ctx["rag"], ctx["ds"], ctx["split"], ctx["test_q"], ctx["refs"]
     rows: dict[str, list[dict]] = {"generate": [], "span": []}
     preds, f1s = {}, {"generate": {}, "span": {}}
-    timed = [ds.queries[q] for q in qids[: rag["timing_questions"]]]
-    for system in rag["systems"]:
+    timed = [ds.queries[q] for q in qids[: rag.timing_questions]]
+    for system in rag.systems:
         run = None if system in (CLOSED_BOOK, ORACLE) else read_trec_run(find_run(ctx["runs"], ds.name, split, system))
         retrieve_s = time_retrieval(system, timed, ds, ctx["index_dirs"], ctx["fused"])
         r = score_reader(ctx["reader"], ds, split, qids, refs, run, gen_best["k"], gen_best["order"], ctx["template"],
-                         oracle=system == ORACLE, max_new_tokens=rag["max_new_tokens"], batch_size=rag["batch_size"],
+                         oracle=system == ORACLE, max_new_tokens=rag.max_new_tokens, batch_size=rag.batch_size,
                          desc=f"test {system}", prompt=gen_best.get("prompt", "plain"), shots=ctx["shots"])
-        read_ms = time_generation(ctx["reader"], r, rag["timing_questions"], rag["max_new_tokens"])
+        read_ms = time_generation(ctx["reader"], r, rag.timing_questions, rag.max_new_tokens)
         rows["generate"].append(reader_rows(system, r, "generate", retrieve_s, read_ms))
         preds[f"{system} generate"], f1s["generate"][system] = r["predictions"], r["f1_per_question"]
         log.info(f"{ds.name} {system} generate: F1 {r['f1']:.3f}, EM {r['em']:.3f}")
@@ -109,8 +109,8 @@ def rag_set(reader, data: str, params: dict, runs_dirs, dev_dirs, index_root: Pa
             out: Path, readers_root: Path | None = None, stores: Path | None = None) -> tuple[dict, dict, str]:
     """One set: the generative prompt (style, order, k) and the span reader's k chosen on dev questions, then
     every `rag.systems` entry with each reader on the test sample. Returns its results, predictions, Markdown."""
-    rag, split = params["rag"], params.get("eval_split", "test")
-    dev_split = (params.get("fusion") or {}).get("dev_split", "dev")
+    rag, split = section(params, "rag"), run_config(params).eval_split
+    dev_split = section(params, "fusion").dev_split
     ds = ensure_prepared(data)
     index_dirs = {p.parent.name: p for p in Path(index_root).glob(f"*/{ds.name}")}
     path = answers_file(data, answers)
@@ -121,23 +121,22 @@ def rag_set(reader, data: str, params: dict, runs_dirs, dev_dirs, index_root: Pa
     fusion_json = Path(out).parent / "fusion" / "fusion.json"
     ctx = {"outcomes": [], "rag": rag, "ds": ds, "split": split, "refs": refs, "reader": reader, "runs": runs_dirs,
            "index_dirs": index_dirs, "template": reader_template(index_dirs, params),
-           "test_q": sample_questions(list(ds.qrels[split]), rag["questions"], rag["seed"]),
-           "shots": few_shot_examples(ds, refs, rag.get("shots", 2), rag["seed"]),
+           "test_q": sample_questions(list(ds.qrels[split]), rag.questions, rag.seed),
+           "shots": few_shot_examples(ds, refs, rag.shots, rag.seed),
            "fused": json.loads(fusion_json.read_text()).get(ds.name, {}).get("systems", {})
            if fusion_json.exists() else {},
-           "span": span_reader_of(readers_root, stores, ds, reader.tokenizer) if "span" in rag.get(
-               "readers", ["generate"]) else None}
-    dev_q = sample_questions([q for q in ds.qrels[dev_split] if q in refs], rag["dev_questions"], rag["seed"])
+           "span": span_reader_of(readers_root, stores, ds, reader.tokenizer) if "span" in rag.readers else None}
+    dev_q = sample_questions([q for q in ds.qrels[dev_split] if q in refs], rag.dev_questions, rag.seed)
     bm25_dev = read_trec_run(find_run(dev_dirs, ds.name, dev_split, "bm25"))
-    gen_best, gen_choices = choose_prompt(reader, ds, dev_split, dev_q, refs, bm25_dev, rag["orders"], rag["ks"],
-                                          ctx["template"], rag["max_new_tokens"], rag["batch_size"],
-                                          tuple(rag.get("prompts", ["plain"])), ctx["shots"])
+    gen_best, gen_choices = choose_prompt(reader, ds, dev_split, dev_q, refs, bm25_dev, rag.orders, rag.ks,
+                                          ctx["template"], rag.max_new_tokens, rag.batch_size,
+                                          rag.prompts, ctx["shots"])
     span_best, span_choices = None, []
     if ctx["span"] is not None:
-        span_dev = sample_questions([q for q in ds.qrels[dev_split] if q in refs], rag.get("span_dev_questions", 500),
-                                    rag["seed"])
+        span_dev = sample_questions([q for q in ds.qrels[dev_split] if q in refs], rag.span_dev_questions,
+                                    rag.seed)
         span_best, span_choices = choose_span_k(*ctx["span"], ds, dev_split, span_dev, refs, bm25_dev,
-                                                rag.get("span_ks", rag["ks"]))
+                                                rag.span_ks)
     rows, preds = test_rows(ctx, gen_best, span_best)
     result = {"split": split, "questions": len(ctx["test_q"]), "dev_split": dev_split, "dev_questions": len(dev_q),
               "choice": gen_best, "choices": gen_choices, "span_choice": span_best, "span_choices": span_choices,

@@ -241,7 +241,7 @@ class SweepConfig:
     test: tuple[str, ...] = ()
 
 
-RUN, FUSION, RAG, SCALING, SWEEP = RunConfig(), FusionConfig(), RagConfig(), ScalingConfig(), SweepConfig()
+RUN, FUSION, RAG = RunConfig(), FusionConfig(), RagConfig()
 SECTIONS = {"fusion": FusionConfig, "rag": RagConfig, "scaling": ScalingConfig, "sweep": SweepConfig}
 
 

@@ -22,7 +22,7 @@ from __future__ import annotations
 
 from dataclasses import asdict, dataclass
 
-from ..common.config import FUSION
+from ..common.config import FUSION, section
 from ..common.errors import DataError
 from ..common.metrics import Qrels, Run, per_query_ndcg
 
@@ -32,8 +32,8 @@ WEIGHT_STEP = 0.05  # the dense weight's grid on dev: 0, 0.05, ..., 1 (0 leaves 
 
 def fused_systems(params: dict) -> list[str]:
     """The dense systems a configuration fuses with BM25: its `fusion.variants` (tuners) and `fusion.baselines`."""
-    fusion = params.get("fusion") or {}
-    return [*(fusion.get("variants") or []), *(fusion.get("baselines") or [])]
+    fusion = section(params, "fusion")
+    return [*fusion.variants, *fusion.baselines]
 
 
 def fused_name(system: str, method: str = "wsum") -> str:
