@@ -26,12 +26,12 @@ from pathlib import Path
 import torch
 import torch.nn as nn
 import torch.nn.functional as F
-from safetensors.torch import load_file, save_file
+from safetensors.torch import load_file
 
 from ..activations.store import describe_difference
-from ..common.atomic import atomic_dir
 from ..common.errors import ConfigError
 from ..common.pooling import pooling_mask
+from ..common.weights import save_weights
 
 NEG = -1e4  # a masked logit (finite: bfloat16 and float16 both hold it)
 
@@ -176,11 +176,7 @@ class SpanReader(nn.Module):
 
     def save(self, folder: Path, extra: dict | None = None) -> None:
         """safetensors weights + reader.json: the config and `extra` (the stores' shared fingerprint, dev scores)."""
-        def write(tmp: Path):
-            save_file({k: v.detach().cpu().contiguous() for k, v in self.state_dict().items()},
-                      tmp / "model.safetensors")
-            (tmp / "reader.json").write_text(json.dumps({"config": self.cfg.to_dict(), **(extra or {})}, indent=1))
-        atomic_dir(Path(folder), write)
+        save_weights(folder, self.state_dict(), "reader.json", {"config": self.cfg.to_dict(), **(extra or {})})
 
     @classmethod
     def load(cls, folder: Path, stores: dict | None = None, device: str = "cpu") -> SpanReader:

@@ -18,16 +18,16 @@ import numpy as np
 import torch
 import torch.nn as nn
 import torch.nn.functional as F
-from safetensors.torch import load_file, save_file
+from safetensors.torch import load_file
 from tqdm.auto import tqdm
 
 from ..activations.llm import FrozenLLM
-from ..common.atomic import atomic_dir
 from ..common.batching import length_buckets
 from ..common.config import Template
 from ..common.errors import ConfigError
 from ..common.pooling import mean_pool
 from ..common.precision import autocast
+from ..common.weights import save_weights
 
 TARGETS = ("q_proj", "k_proj", "v_proj", "o_proj", "gate_proj", "up_proj", "down_proj")
 
@@ -91,10 +91,8 @@ class Adapter(nn.Module):
         return sum(p.numel() for p in self.parameters() if p.requires_grad)
 
     def save(self, folder: Path, extra: dict | None = None) -> None:
-        def write(tmp: Path) -> None:
-            save_file(self.trained_state(), tmp / "adapter.safetensors")
-            (tmp / "adapter.json").write_text(json.dumps({"config": asdict(self.cfg), **(extra or {})}, indent=1))
-        atomic_dir(Path(folder), write)
+        save_weights(folder, self.trained_state(), "adapter.json", {"config": asdict(self.cfg), **(extra or {})},
+                     "adapter.safetensors")
 
     @classmethod
     def load(cls, folder: Path, device: str = "cpu") -> Adapter:

@@ -26,14 +26,14 @@ import numpy as np
 import torch
 import torch.nn as nn
 import torch.nn.functional as F
-from safetensors.torch import load_file, save_file
+from safetensors.torch import load_file
 from tqdm.auto import tqdm
 
-from ..common.atomic import atomic_dir
 from ..common.batching import length_buckets
 from ..common.config import TunerConfig
 from ..common.pooling import mean_pool, pooling_mask
 from ..common.precision import autocast, feed_dtype
+from ..common.weights import save_weights
 
 
 class Attention(nn.Module):
@@ -104,11 +104,7 @@ class Tuner(nn.Module):
 
     def save(self, folder: Path, extra: dict | None = None) -> None:
         """safetensors weights + tuner.json (the config and `extra`: epoch, dev score, the stores' fingerprint)."""
-        def write(tmp: Path):
-            save_file({k: v.detach().cpu().contiguous() for k, v in self.state_dict().items()},
-                      tmp / "model.safetensors")
-            (tmp / "tuner.json").write_text(json.dumps({"config": self.cfg.to_dict(), **(extra or {})}, indent=1))
-        atomic_dir(Path(folder), write)
+        save_weights(folder, self.state_dict(), "tuner.json", {"config": self.cfg.to_dict(), **(extra or {})})
 
     @classmethod
     def load(cls, folder: Path, device: str = "cpu") -> Tuner:
