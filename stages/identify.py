@@ -1,6 +1,10 @@
-"""`lmort identify`: record what a training run reads (the training sets' prepared tables and, with --stores,
-their stores' fingerprints and build histories), so that dvc.yaml's analyze and train stages depend on the
-training sets only: adding an evaluation-only set rewrites this record unchanged, and DVC keeps every tuner."""
+"""`lmort identify`: a small record of what later stages read, so that DVC hashes it instead of the data.
+
+- `--data` (the training sets; `train-data` and `train-stores`): their prepared tables and, with --stores, their
+  stores' fingerprints and build histories; analyze and train depend on it, so adding an evaluation-only set
+  rewrites it unchanged and DVC keeps every tuner.
+- `--params` (every set of the configuration; the `stores` stage): every store's identity, which sweep,
+  train-stores, scale, train-reader, rag and report depend on instead of the stores folder's ~30,000 chunk files."""
 
 from __future__ import annotations
 

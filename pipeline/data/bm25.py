@@ -16,10 +16,11 @@ class BM25:
     retriever (pipeline/retrieval/retrievers.py): `search(queries, k) -> Run`."""
 
     name = "bm25"  # its run files' stem
+    method = "lucene"  # bm25s' scoring variant (a subclass may choose "bm25+", "bm25l", "atire", "robertson")
 
     def __init__(self, corpus: dict[str, dict[str, str]]):
         self.ids = list(corpus)
-        self.retriever = bm25s.BM25()
+        self.retriever = bm25s.BM25(method=self.method)
         tokens = bm25s.tokenize([doc_text(corpus[i]) for i in self.ids], stopwords="en", show_progress=False)
         self.retriever.index(tokens, show_progress=False)
 
