@@ -168,8 +168,8 @@ class Memory:
         states, mask = self.llm.forward(ids, self.layers)
         states = {layer: x[:, : int(mask.sum())] for layer, x in states.items()}  # the batch's width is padded
         t1 = time.perf_counter()
-        passages = ranked_hits(self._retrieve(question, {layer: states[layer] for layer in self.tuner.cfg.layers},
-                                                 retriever, k, bf16), self.ds, k)
+        tuner_states = {layer: states[layer] for layer in self.tuner.cfg.layers}
+        passages = ranked_hits(self._retrieve(question, tuner_states, retriever, k, bf16), self.ds, k)
         t2 = time.perf_counter()
         read = self.span.read({layer: states[layer] for layer in self.span.layers}, [p.id for p in passages])
         t3 = time.perf_counter()
