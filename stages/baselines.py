@@ -29,20 +29,20 @@ def command(data, split, also_split, stores, systems, runs_dir) -> None:
     check_writable(runs_dir)
     from pipeline.retrieval import baselines
 
-    ds = ensure_prepared(data)
-    splits = [split, *([also_split] if also_split and also_split in ds.qrels and also_split != split else [])]
-    qids = [q for s in splits for q in ds.qrels[s]]
-    wanted = systems.split(",")
+    wanted = systems.split(",")  # bad input is one line before any work
     unknown = [s for s in wanted if s not in baselines.BASELINES and s != "raw"]
     if unknown:
         raise click.UsageError(f"--systems {','.join(unknown)}: the baselines are "
                                f"{', '.join([*baselines.BASELINES, 'raw'])}")
+    if "raw" in wanted and not stores:
+        raise click.UsageError("raw pooled-layer baselines need --stores")
+    ds = ensure_prepared(data)
+    splits = [split, *([also_split] if also_split and also_split in ds.qrels and also_split != split else [])]
+    qids = [q for s in splits for q in ds.qrels[s]]
     runs = {}
     for system in (s for s in baselines.BASELINES if s in wanted):  # the registry's order: BM25 first
         runs[baselines.BASELINES[system].name] = baselines.baseline_run(system, ds, qids)
     if "raw" in wanted:
-        if not stores:
-            raise click.UsageError("raw pooled-layer baselines need --stores")
         queries, corpus = open_stores(stores, ds.name)
         check_compatible([queries, corpus])
         for layer, run in baselines.raw_layer_runs(queries, corpus, qids).items():

@@ -82,3 +82,7 @@ def test_a_baseline_is_a_registered_class_and_lmort_baselines_names_the_known_on
                                   str(tmp_path / "runs")])
     assert r.exit_code == 2 and "--systems nope: the baselines are bm25, minilm, raw" in r.output
     assert not (tmp_path / "runs").exists()
+    # checked before the set is even looked at: a set that does not exist is not the error reported
+    r = CliRunner().invoke(main, ["baselines", "--data", str(tmp_path / "no-such-set"), "--systems", "raw",
+                                  "--runs", str(tmp_path / "runs")])
+    assert r.exit_code == 2 and "raw pooled-layer baselines need --stores" in r.output
