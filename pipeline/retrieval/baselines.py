@@ -95,6 +95,7 @@ class MiniLM(DenseRetriever):
             texts, desc="MiniLM queries", progress=len(texts) > 1, bf16=bf16))
 
 
+
 def pooled_layer(store: ActivationStore, layer: int, ids: list[str], batch: int = 256) -> np.ndarray:
     """L2-normalised mean-pooled raw states of one stored layer (position 0 left out for sink models)."""
     sink = bool(store.fingerprint.get("attention_sink"))
