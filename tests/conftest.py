@@ -11,6 +11,11 @@ from pipeline.data.prepare import prepare_dataset
 from pipeline.data.tiny import make_tiny_model, write_beir
 
 
+def pytest_collection_modifyitems(items: list[pytest.Item]) -> None:
+    """The DVC test is most of the suite's time: started first, the other workers run every other test beside it."""
+    items.sort(key=lambda item: item.path.name != "test_dvc.py")
+
+
 @pytest.fixture(scope="session")
 def tiny_model(tmp_path_factory) -> str:
     return str(make_tiny_model(tmp_path_factory.mktemp("tiny-llama")))
