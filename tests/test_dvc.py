@@ -1,5 +1,6 @@
-"""The quick configuration under real DVC in a temporary clone: repro, no-op repro, an experiment that changes
-only the tuner's depth (extraction must be skipped), and an added evaluation set that leaves every tuner alone."""
+"""The quick configuration under real DVC, each test in its own temporary clone: the whole run (report, plots,
+metrics, a no-op repro); and the run up to its tuners, then an experiment that changes only the tuner's depth
+(extraction must be skipped) and an added evaluation set that leaves every tuner alone."""
 
 import json
 import os
@@ -29,8 +30,9 @@ def walk(node):
             yield from walk(child)
 
 
-@pytest.mark.skipif(shutil.which("git") is None, reason="needs git")
-def test_quick_configuration_under_dvc(tmp_path):
+def quick_clone(tmp_path: Path) -> tuple[Path, dict]:
+    """The working tree copied into a new git repository with the tiny model and set made, and the environment the
+    stages run in."""
     clone = tmp_path / "clone"
     files = subprocess.run(["git", "ls-files", "-co", "--exclude-standard"], cwd=ROOT, capture_output=True,
                            text=True, check=True).stdout.split()
@@ -47,6 +49,15 @@ def test_quick_configuration_under_dvc(tmp_path):
     (clone / "dvc.lock").unlink()
     sh("git init -q && git add -A && git commit -qm clone", clone, env)
     sh("lmort tiny --out cache/tiny", clone, env)
+    return clone, env
+
+
+needs_git = pytest.mark.skipif(shutil.which("git") is None, reason="needs git")
+
+
+@needs_git
+def test_quick_configuration_under_dvc(tmp_path):
+    clone, env = quick_clone(tmp_path)
     # the protocol is composed by Hydra (configs/protocol/quick.yaml over configs/config.yaml) into params.yaml
     out = sh("dvc exp run -S protocol=quick", clone, env)
     assert "name: quick" in (clone / "params.yaml").read_text()
@@ -95,10 +106,20 @@ def test_quick_configuration_under_dvc(tmp_path):
     sh("git add -A && git commit -qm 'ran' -q", clone, env)
     again = sh("dvc repro", clone, env)
     assert "Running stage" not in again, again
+
+
+@needs_git
+def test_a_tuner_ablation_reuses_stage_one_and_an_added_eval_set_retrains_no_tuner(tmp_path):
+    """Beside the test above (each has its own clone, so that they run on two cores): the quick configuration up to
+    its tuners (one variant: the others train the same way), then an experiment and an added evaluation set."""
+    clone, env = quick_clone(tmp_path)
+    first = sh("dvc exp run -S protocol=quick -S 'variants=[lmort]' train", clone, env)
+    assert "Running stage 'extract@tiny'" in first and "Running stage 'train@lmort'" in first, first
+    sh("git add -A && git commit -qm 'ran' -q", clone, env)
     # one experiment changes a tuner knob and a sweep knob: both retrain, stage one is reused (run up to the tuners:
     # what lies past them, indexing and scoring, was exercised above)
-    exp = sh("dvc exp run -n blocks2 -S protocol=quick -S tuner.blocks=2 -S sweep.min_steps=8 train",
-             clone, env)
+    exp = sh("dvc exp run -n blocks2 -S protocol=quick -S 'variants=[lmort]' -S tuner.blocks=2 -S sweep.min_steps=8 "
+             "train", clone, env)
     assert "Running stage 'train@" in exp and "Running stage 'sweep'" in exp, exp
     assert "Running stage 'extract@" not in exp and "Running stage 'analyze'" not in exp, exp
     assert "extract@tiny" in exp  # reported as unchanged, skipped
@@ -112,8 +133,9 @@ def test_quick_configuration_under_dvc(tmp_path):
     assert len(steps) == 5 and min(steps) >= 8, steps  # every point trained again to the new minimum
     # an evaluation-only set added beside the stores retrains no tuner: train reads the training sets' stores only
     shutil.copytree(clone / "cache" / "tiny" / "beir" / "tiny", clone / "cache" / "tiny" / "beir" / "tiny2")
-    sh("lmort compose --protocol quick --set tuner.blocks=2 --set sweep.min_steps=8 --set 'datasets=[tiny,tiny2]' "
-       "--set 'eval_sets=[tiny,tiny2]' --out params.yaml", clone, env)  # the last experiment's recipe, one more set
+    # the last experiment's recipe, one more set
+    sh("lmort compose --protocol quick --set 'variants=[lmort]' --set tuner.blocks=2 --set sweep.min_steps=8 "
+       "--set 'datasets=[tiny,tiny2]' --set 'eval_sets=[tiny,tiny2]' --out params.yaml", clone, env)
     more = sh("dvc repro train-stores", clone, env)  # the new set's stage one, and what the tuners read
     assert "Running stage 'extract@tiny2'" in more and "Running stage 'train-stores'" in more, more
     status = sh("dvc status --json", clone, env)  # DVC's own verdict on what is still to run
