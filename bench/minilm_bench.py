@@ -1,5 +1,7 @@
 """MiniLM (the all-MiniLM-L6-v2 baseline) on a corpus: seconds per text as the baselines stage encodes it today
-(float32 with autograd on), in inference mode, and under bf16 autocast; and how far the vectors move.
+(float32 with autograd on), in inference mode, and under bf16 autocast; and how far the vectors move. Where
+onnxruntime and onnx are installed (not dependencies: `pip install onnxruntime onnx`), also the same float32 model
+exported to ONNX and run by ONNX Runtime on the CPU.
 
     python bench/minilm_bench.py [--data cache/data/scifact] [--texts 640]
 
@@ -40,6 +42,50 @@ def with_autograd(texts: list[str]) -> np.ndarray:
     return out
 
 
+def onnx_encoder(folder: str):
+    """The float32 model exported to ONNX (a temporary file) and an encoder of texts through ONNX Runtime, pooled and
+    normalised as minilm_encode does; None without onnxruntime and onnx."""
+    try:
+        import onnxruntime
+    except ImportError:
+        return None
+    import tempfile
+
+    from transformers import AutoModel, AutoTokenizer
+
+    class Encoder(torch.nn.Module):
+        def __init__(self, model):
+            super().__init__()
+            self.model = model
+
+        def forward(self, input_ids, attention_mask, token_type_ids):
+            return self.model(input_ids=input_ids, attention_mask=attention_mask,
+                              token_type_ids=token_type_ids).last_hidden_state
+
+    tok = AutoTokenizer.from_pretrained(folder)
+    model = AutoModel.from_pretrained(folder, use_safetensors=True).eval()
+    names = ["input_ids", "attention_mask", "token_type_ids"]
+    example = tok(["an example", "a longer example text"], padding=True, return_tensors="pt")
+    path = f"{tempfile.mkdtemp()}/minilm.onnx"
+    torch.onnx.export(Encoder(model), tuple(example[k] for k in names), path, input_names=names,
+                      output_names=["hidden"], dynamic_axes={k: {0: "batch", 1: "tokens"} for k in names + ["hidden"]},
+                      opset_version=17, dynamo=False)
+    options = onnxruntime.SessionOptions()
+    options.intra_op_num_threads = torch.get_num_threads()
+    session = onnxruntime.InferenceSession(path, options, providers=["CPUExecutionProvider"])
+
+    def encode(texts: list[str]) -> np.ndarray:
+        out = np.zeros((len(texts), model.config.hidden_size), dtype=np.float32)
+        for idx in length_buckets([len(t) for t in texts], batch_size=64):
+            enc = tok([texts[i] for i in idx], padding=True, truncation=True, max_length=256, return_tensors="np")
+            hidden = session.run(None, {k: enc[k].astype(np.int64) for k in names})[0]
+            pooled = mean_pool(torch.from_numpy(hidden), torch.from_numpy(enc["attention_mask"]))
+            out[idx] = F.normalize(pooled, dim=-1).numpy()
+        return out
+
+    return encode
+
+
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     ap.add_argument("--data", default="cache/data/scifact")
@@ -54,6 +100,9 @@ def main() -> None:
     encodings = {"float32, autograd on (before)": lambda: with_autograd(texts),
                  "float32, inference mode": lambda: minilm_encode(texts, progress=False),
                  "bf16 autocast, inference mode": lambda: minilm_encode(texts, progress=False, bf16=True)}
+    onnx = onnx_encoder(str(minilm_folder()))
+    if onnx is not None:
+        encodings["float32, ONNX Runtime (CPU)"] = lambda: onnx(texts)
     best, vectors = {name: float("inf") for name in encodings}, {}
     for _ in range(args.repeats):
         for name, run in encodings.items():

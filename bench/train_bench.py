@@ -75,13 +75,18 @@ def main() -> None:
                     help="Also time the same steps with the LLM in the loop.")
     ap.add_argument("--stream", action=argparse.BooleanOptionalAction, default=True,
                     help="Also time the streamed path: stores read from Zarr each step, prefetched.")
+    ap.add_argument("--profile", type=int, default=0,
+                    help="Also profile this many steps of the path `lmort train` takes (torch.profiler's table).")
     ap.add_argument("--set", dest="overrides", action="append", default=[],
                     help="Override a parameter, e.g. --set tuner.width=null (the paper-size tuner).")
     args = ap.parse_args()
     params = load_params(args.params, tuple(args.overrides))
     ds = ensure_prepared(args.data)
     queries, corpus = open_stores(args.stores, ds.name)
-    cfg = tuner_config(params, args.variant, args.geometry, corpus.width, bool(corpus.fingerprint["attention_sink"]))
+    rule = str(params.get("layer_selection", "geometry"))  # the configuration's (U, A) where it names a pair
+    pair = tuple(int(x) for x in rule.split(",")) if "," in rule else None
+    cfg = tuner_config(params, args.variant, args.geometry, corpus.width, bool(corpus.fingerprint["attention_sink"]),
+                       pair=pair)
     tcfg = train_config(params)
     cached = TrainingSet(ds, queries, corpus, ds.pairs("train").to_pylist())
     streamed = TrainingSet(ds, *open_stores(args.stores, ds.name), ds.pairs("train").to_pylist())  # never loaded
@@ -153,6 +158,14 @@ def main() -> None:
         print(f"\nstreamed (prefetch {tcfg.prefetch}) against in memory: {corpus_share:.0%} of the in-memory "
               "steps/s with the corpus streamed (`lmort train` when only the corpus is over its budget), "
               f"{all_share:.0%} with every store streamed")
+    if args.profile:
+        from torch.profiler import ProfilerActivity, profile
+
+        bf16 = native if args.device == "cpu" else True
+        with profile(activities=[ProfilerActivity.CPU]) as prof:
+            time_steps(Tuner(cfg), cached, batches[: args.profile], args.device, bf16=bf16)
+        print(f"\nwhere {args.profile} steps' CPU time goes (torch.profiler, by self time):\n")
+        print(prof.key_averages().table(sort_by="self_cpu_time_total", row_limit=12))
     if len(settings) == 3:
         print(f"\nbf16 against float32, from the cache: {rows[0]['s/step'] / rows[2]['s/step']:.2f}x faster "
               f"(bf16 autocast with float32 states: {rows[0]['s/step'] / rows[1]['s/step']:.2f}x)")
