@@ -22,8 +22,8 @@ $(VENV)/.installed: pyproject.toml
 test: install
 	$(BIN)/pytest
 
-test-slow: install
-	$(BIN)/pytest -m slow
+test-slow: install  # one process: the SmolLM2 tests share the model's one-time conversion under cache/models
+	$(BIN)/pytest -m slow -n 0
 
 lint: install
 	$(BIN)/ruff check .
