@@ -2,24 +2,36 @@
 
 from __future__ import annotations
 
+import os
 from pathlib import Path
 
 import pytest
+import torch
 
 from pipeline.data.beir import load_prepared
 from pipeline.data.prepare import prepare_dataset
 from pipeline.data.tiny import make_tiny_model, write_beir
 
+HEAVY = ("test_store.py", "test_stage_two.py")  # after the DVC tests, the modules of several-second tests
+
+
+def pytest_configure(config: pytest.Config) -> None:
+    """Under xdist, one thread a worker (and its subprocesses): the workers already fill the cores, and OpenMP threads
+    of two processes on the same core wait on each other."""
+    if os.environ.get("PYTEST_XDIST_WORKER"):
+        os.environ["OMP_NUM_THREADS"] = "1"
+        torch.set_num_threads(1)
+
 
 def pytest_collection_modifyitems(items: list[pytest.Item]) -> None:
-    """The DVC tests are most of the suite's time. xdist's worksteal hands each worker an equal slice of the
-    collection in order, and takes tests back from a slice's end: each DVC test heads its own slice, so that they
-    start at once on different workers and the other tests fill in around them."""
+    """The DVC tests are most of the suite's time. xdist (`--dist load --maxschedchunk 1`, pyproject.toml) starts
+    each worker on the next two tests of the collection, then hands out one test at a time to whichever worker is
+    free: each DVC test opens a different worker's pair, so that they start at once side by side, and the heavier
+    modules come next, so that the suite does not end waiting on one worker's long test."""
     long = [item for item in items if item.path.name == "test_dvc.py"]
-    rest = [item for item in items if item.path.name != "test_dvc.py"]
-    step = len(items) // max(1, len(long))
+    rest = sorted((item for item in items if item.path.name != "test_dvc.py"), key=lambda i: i.path.name not in HEAVY)
     for i, item in enumerate(long):
-        rest.insert(i * step, item)
+        rest.insert(2 * i, item)
     items[:] = rest
 
 
