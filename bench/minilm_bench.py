@@ -66,13 +66,14 @@ def onnx_encoder(folder: str):
     model = AutoModel.from_pretrained(folder, use_safetensors=True).eval()
     names = ["input_ids", "attention_mask", "token_type_ids"]
     example = tok(["an example", "a longer example text"], padding=True, return_tensors="pt")
-    path = f"{tempfile.mkdtemp()}/minilm.onnx"
-    torch.onnx.export(Encoder(model), tuple(example[k] for k in names), path, input_names=names,
-                      output_names=["hidden"], dynamic_axes={k: {0: "batch", 1: "tokens"} for k in names + ["hidden"]},
-                      opset_version=17, dynamo=False)
     options = onnxruntime.SessionOptions()
     options.intra_op_num_threads = torch.get_num_threads()
-    session = onnxruntime.InferenceSession(path, options, providers=["CPUExecutionProvider"])
+    with tempfile.TemporaryDirectory() as folder:  # the session holds the model once built: the file can go
+        path = f"{folder}/minilm.onnx"
+        torch.onnx.export(Encoder(model), tuple(example[k] for k in names), path, input_names=names,
+                          output_names=["hidden"], opset_version=17, dynamo=False,
+                          dynamic_axes={k: {0: "batch", 1: "tokens"} for k in names + ["hidden"]})
+        session = onnxruntime.InferenceSession(path, options, providers=["CPUExecutionProvider"])
 
     def encode(texts: list[str]) -> np.ndarray:
         out = np.zeros((len(texts), model.config.hidden_size), dtype=np.float32)

@@ -31,6 +31,7 @@ from pipeline.tuner.loop import epoch_batches
 from pipeline.tuner.model import Tuner
 from pipeline.tuner.train import load_within_budget, prefetched, train_step
 from pipeline.tuner.training_sets import TrainingSet
+from stages.train import layer_pair
 
 
 class LLMInTheLoop:
@@ -83,8 +84,9 @@ def main() -> None:
     params = load_params(args.params, tuple(args.overrides))
     ds = ensure_prepared(args.data)
     queries, corpus = open_stores(args.stores, ds.name)
-    rule = str(params.get("layer_selection", "geometry"))  # the configuration's (U, A) where it names a pair
-    pair = tuple(int(x) for x in rule.split(",")) if "," in rule else None
+    # the (U, A) `lmort train` uses: the configuration's layer_selection, read as the train stage reads it
+    dev_pick = args.geometry.parent.parent / "sweep" / "dev-pick.json"
+    pair = layer_pair(str(params.get("layer_selection", "geometry")), dev_pick)
     cfg = tuner_config(params, args.variant, args.geometry, corpus.width, bool(corpus.fingerprint["attention_sink"]),
                        pair=pair)
     tcfg = train_config(params)
