@@ -132,7 +132,7 @@ def test_the_default_configuration_is_the_library_defaults():
     assert all(getattr(AdapterConfig("m", 1), k) == v for k, v in adapter.items()), adapter
 
 
-LAYERS = ["common", "data", "activations", "retrieval", "tuner", "answers", "evaluation"]  # lowest first
+LAYERS = ["common", "data", "activations", "retrieval", "tuner", "interaction", "answers", "evaluation"]  # lowest first
 
 
 def test_the_library_imports_run_one_way_across_its_subpackages():

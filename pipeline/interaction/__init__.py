@@ -1,0 +1,1 @@
+"""Heads that read stored token states with interaction: the shared blocks and the reranker."""
