@@ -21,7 +21,8 @@ COMMANDS = {  # name: "module:attribute" of its click command
     "fetch-squad": "stages.squad:command", "report": "stages.report:command", "scale": "stages.scale:command",
     "sweep": "stages.sweep:command", "identify": "stages.identify:command", "compose": "stages.compose:command",
     "adapter": "stages.adapter:command", "compare": "stages.compare:command", "tiny": "stages.tiny:command",
-    "train-reader": "stages.train_reader:command",
+    "train-reader": "stages.train_reader:command", "train-reranker": "stages.train_reranker:command",
+    "rerank": "stages.rerank:command", "rerank-run": "stages.rerank:run_command",
 }
 
 

@@ -20,14 +20,16 @@ from pipeline.retrieval.fusion import METHODS, fused_name, fused_systems
 
 
 def configured_systems(params: dict) -> Callable[[str], bool]:
-    """Which run files a configuration owns: its tuner variants, its baselines and their fusions with BM25
-    (`<system>+bm25`, `<system>+bm25-rrf`). Run files that an earlier
-    configuration left behind (a variant since removed) are not scored."""
+    """Which run files a configuration owns: its tuner variants, its baselines, their fusions with BM25
+    (`<system>+bm25`, `<system>+bm25-rrf`) and the reranked first stages (`<system>>rerank`). Run files that an
+    earlier configuration left behind (a variant since removed) are not scored."""
     variants = set(params.get("variants", []))
     stems = baseline_runs()
     prefixes = tuple(stems[b] for b in names((str(params.get("baselines", "")),)) if b in stems)
     fused = {fused_name(s, m) for s in fused_systems(params) for m in METHODS}
-    return lambda system: system in variants or system in fused or system.startswith(prefixes)
+    reranker = params.get("reranker") or {}
+    reranked = {f"{s}>rerank" for s in reranker.get("first_stages", [])} if reranker.get("designs") else set()
+    return lambda system: system in variants or system in fused | reranked or system.startswith(prefixes)
 
 
 def evaluate_runs(datasets: list[str], split: str, runs_dirs: list[Path],

@@ -8,7 +8,7 @@ from pathlib import Path
 import click
 
 from pipeline.common.atomic import atomic_file, check_writable
-from pipeline.common.command_line import friendly_errors, names
+from pipeline.common.command_line import friendly_errors
 from pipeline.common.config import FUSION, run_config, section
 from pipeline.common.errors import DataError
 from pipeline.common.metrics import read_trec_run, write_trec_run
@@ -26,27 +26,9 @@ from pipeline.retrieval.fusion import (
     fused_name,
     fused_systems,
     significance,
+    tuning_set,
 )
 from pipeline.retrieval.runs import find_run
-
-
-def tuning_set(data: str, params: dict) -> tuple[str, str] | None:
-    """Where the fusion of `data` is chosen: its own dev split when it is a training set (in-domain), else the
-    configuration's zero-shot dev collection, which it must never test on (None: the configuration names none,
-    and the zero-shot set is not fused)."""
-    fusion = section(params, "fusion")
-    if data in names((str(params.get("train_sets", "")),)):
-        return data, fusion.dev_split
-    zero_shot = fusion.zero_shot_dev
-    if not zero_shot:
-        return None
-    if len(zero_shot) > 1:
-        raise DataError(f"fusion.zero_shot_dev names {len(zero_shot)} collections; name one")
-    zero_shot = zero_shot[0]
-    if zero_shot in params.get("eval_sets", []):
-        raise DataError(f"fusion.zero_shot_dev {zero_shot} is also an eval set: its weights would be chosen on "
-                        "a test split")
-    return zero_shot, fusion.zero_shot_split
 
 
 def _read_checked(dirs, data: str, split: str, system: str, qrels: dict) -> dict:
@@ -77,6 +59,8 @@ def fuse_set(ds, dev, tune_split: str, split: str, systems: list[str], runs_dirs
             name = fused_name(system, method)
             run = fuse(dense, bm25, method, picked.dense_weight, picked.rrf_k)
             write_trec_run(run, Path(out) / "runs" / ds.name / split / f"{name}.trec", name)
+            dev_run = fuse(dense_dev, bm25_dev, method, picked.dense_weight, picked.rrf_k)  # what a reranker tunes on
+            write_trec_run(dev_run, Path(out) / "dev-runs" / dev.name / tune_split / f"{name}.trec", name)
             tested[name] = run
             per_set["systems"][name] = picked.as_dict()
             click.echo(f"{ds.name}: {name} chosen on {picked.tuned_on} "
@@ -96,7 +80,8 @@ def fuse_set(ds, dev, tune_split: str, split: str, systems: list[str], runs_dirs
 @click.option("--dev-runs", "dev_dirs", type=click.Path(path_type=Path, exists=True), multiple=True, required=True,
               help="Folders of the same systems' runs where the fusion is chosen (dev splits, the zero-shot dev).")
 @click.option("--out", type=click.Path(path_type=Path), required=True,
-              help="Writes OUT/runs/<data>/<split>/<system>+bm25[-rrf].trec, OUT/fusion.json and OUT/fusion.md.")
+              help="Writes OUT/runs/<data>/<split>/<system>+bm25[-rrf].trec, the same fusions of the dev runs under "
+              "OUT/dev-runs/, OUT/fusion.json and OUT/fusion.md.")
 @friendly_errors
 def command(params_file, runs_dirs, dev_dirs, out) -> None:
     """Fuse each `fusion.variants` and `fusion.baselines` run with BM25's (min-max weighted sum and RRF), chosen

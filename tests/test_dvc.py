@@ -62,14 +62,22 @@ def test_quick_configuration_under_dvc(tmp_path):
     out = sh("dvc exp run -S protocol=quick", clone, env)
     assert "name: quick" in (clone / "params.yaml").read_text()
     for stage in ("prepare@tiny", "train-data", "analyze", "extract@tiny", "sweep", "train-stores", "train@lmort",
-                  "train@scalar-mix", "index@lmort-tiny", "index-dev@lmort-tune0", "fuse", "evaluate", "scale", "rag",
-                  "report"):
+                  "train@scalar-mix", "index@lmort-tiny", "index-dev@lmort-tune0", "fuse", "train-reranker", "rerank",
+                  "evaluate", "scale", "rag", "report"):
         assert f"Running stage '{stage}'" in out, stage
     report = (clone / "reports" / "quick" / "REPORT.md").read_text()
     for needle in ("Layer geometry", "lmort", "pooled-linear", "scalar-mix", "bm25", "raw-layer-", "Efficiency",
                    "Data scaling", "Which layers?", "On dev: the", "Hybrid retrieval", "| lmort+bm25 |",
-                   "| pooled-linear+bm25-rrf |", "tiny/dev"):
+                   "| pooled-linear+bm25-rrf |", "tiny/dev", "Reranking from the stores", "| bm25>rerank |",
+                   "| lmort+bm25>rerank |"):
         assert needle in report, needle
+    # both reranker designs trained from the stores, dev kept one; each first stage reranked, chosen on tiny/dev
+    chosen = json.loads((clone / "cache" / "quick" / "reranker" / "chosen.json").read_text())
+    assert set(chosen["designs"]) == {"cross", "late"} and chosen["design"] in chosen["designs"]
+    reranked = json.loads((clone / "cache" / "quick" / "rerank" / "rerank.json").read_text())["tiny"]
+    assert reranked["tuned_on"] == "tiny/dev" and reranked["design"] == chosen["design"]
+    for system, c in reranked["systems"].items():
+        assert c["depth"] in (5, 10) and (c["weight"] == 0) == c["guarded"], (system, c)
     # the fused rows are scored beside the plain systems, their weights chosen on the dev split
     fusion = json.loads((clone / "cache" / "quick" / "fusion" / "fusion.json").read_text())
     assert fusion["tiny"]["tuned_on"] == "tiny/dev"
@@ -81,7 +89,7 @@ def test_quick_configuration_under_dvc(tmp_path):
         assert chosen["dev_fused"] >= max(chosen["dev_dense"], chosen["dev_bm25"]) - 1e-9  # the grid holds 0 and 1
     assert round(chosen["dense_weight"] / 0.05, 6).is_integer()
     metrics = json.loads((clone / "cache" / "quick" / "metrics.json").read_text())["tiny"]
-    assert {"lmort+bm25", "pooled-linear+bm25-rrf"} <= set(metrics)
+    assert {"lmort+bm25", "pooled-linear+bm25-rrf", "bm25>rerank", "lmort+bm25>rerank"} <= set(metrics)
     for system in ("lmort", "bm25", "lmort+bm25"):  # the report prints the scores evaluate computed
         row = next(line for line in report.splitlines() if line.startswith(f"| {system} |"))
         assert f"{metrics[system]['nDCG@10']:.3f}" in row, row

@@ -282,6 +282,42 @@ def efficiency_section(root: Path, geometry: dict | None) -> list[str]:
     return lines
 
 
+def rerank_section(root: Path, figures: Path) -> list[str]:
+    """The reranker (issue 39): both designs' training and dev curves, the one dev kept, and every reranked row with
+    what dev chose and its paired tests (`lmort train-reranker`'s chosen.json, `lmort rerank`'s rerank.json)."""
+    from ..interaction.rerank_report import RERANK_COLUMNS, rerank_rows
+
+    chosen, report = _json(root / "reranker" / "chosen.json") or {}, _json(root / "rerank" / "rerank.json") or {}
+    if not chosen:
+        return []
+    lines = ["## Reranking from the stores: interaction over the stored token states", "",
+             "`lmort train-reranker` trains each design from the stores alone (the LLM never runs over a passage): "
+             "`cross`, the query's tokens attending to the passage's, pooled to one logit; `late`, ColBERT's MaxSim. "
+             "A listwise softmax over each query's positive, its BM25 hard negatives and the batch's other passages; "
+             f"dev nDCG@10 of BM25's reranked candidates selects the checkpoint and the design (on "
+             f"{', '.join(chosen['selects_on'])}). Dev kept **{chosen['design']}**.", ""]
+    rows = [{"design": d, "parameters": r["parameters"], "train seconds": r["train_seconds"],
+             "queries seen (best)": r["best"]["queries_seen"], **r["best"]["dev"], "selects on": r["best"]["select"]}
+            for d, r in chosen["designs"].items()]
+    lines += [markdown_table(rows, list(rows[0]), floatfmt=".4f"), ""]
+    for design in chosen["designs"]:
+        folder = root / "reranker" / design
+        if (folder / "curve.md").exists():
+            lines += [f"Dev curve of `{design}` (BM25's candidates reranked, nDCG@10):", "",
+                      (folder / "curve.md").read_text(), ""]
+        if (folder / "training.png").exists():
+            shutil.copy(folder / "training.png", figures / f"reranker-{design}.png")
+            lines += [f"![reranker {design}]({figures.name}/reranker-{design}.png)", ""]
+    if report:
+        lines += ["`lmort rerank`: each first stage's top candidates reordered; the depth and the reranker's weight "
+                  "(1: its score alone; below 1, a min-max interpolation with the first stage) chosen on the dev "
+                  "run where the fusion is chosen. `guarded`: dev could not show the reranked run better than the "
+                  "first stage (paired t-test at `fusion.max_p`), so the row is the first stage as it ranked. "
+                  "`p`: paired t-tests on the test queries.", "",
+                  markdown_table(rerank_rows(report), RERANK_COLUMNS, floatfmt=".3f"), ""]
+    return lines
+
+
 def build_report(root: Path, out: Path, figures: Path, params: dict | None = None) -> str:
     """Assemble REPORT.md for the configuration whose artifacts live under `root` (cache/<name>): one function
     per section, each reading its own artifacts."""
@@ -290,7 +326,7 @@ def build_report(root: Path, out: Path, figures: Path, params: dict | None = Non
     geometry = _json(root / "analysis" / "geometry.json")
     lines = [*header_section(root, params), *geometry_section(root, figures, geometry),
              *ablation_section(root, _json(root / "metrics.json") or {}, params),
-             *fusion_section(_json(root / "fusion" / "fusion.json") or {}),
+             *fusion_section(_json(root / "fusion" / "fusion.json") or {}), *rerank_section(root, figures),
              *rag_section(_json(root / "rag" / "rag.json") or {}, root, figures),
              *curves_section(root, figures), *scaling_section(root, figures), *sweep_section(root, figures),
              *efficiency_section(root, geometry)]

@@ -22,6 +22,7 @@ from __future__ import annotations
 
 from dataclasses import asdict, dataclass
 
+from ..common.command_line import names
 from ..common.config import FUSION, section
 from ..common.errors import DataError
 from ..common.metrics import Qrels, Run, per_query_ndcg
@@ -73,6 +74,25 @@ def _min_max(docs: dict[str, float]) -> dict[str, float]:
 
 def _ranks(docs: dict[str, float]) -> dict[str, int]:
     return {d: r for r, (d, _) in enumerate(sorted(docs.items(), key=lambda x: (-x[1], x[0])), 1)}
+
+
+def tuning_set(data: str, params: dict) -> tuple[str, str] | None:
+    """Where the fusion of `data` is chosen: its own dev split when it is a training set (in-domain), else the
+    configuration's zero-shot dev collection, which it must never test on (None: the configuration names none,
+    and the zero-shot set is not fused)."""
+    fusion = section(params, "fusion")
+    if data in names((str(params.get("train_sets", "")),)):
+        return data, fusion.dev_split
+    zero_shot = fusion.zero_shot_dev
+    if not zero_shot:
+        return None
+    if len(zero_shot) > 1:
+        raise DataError(f"fusion.zero_shot_dev names {len(zero_shot)} collections; name one")
+    zero_shot = zero_shot[0]
+    if zero_shot in params.get("eval_sets", []):
+        raise DataError(f"fusion.zero_shot_dev {zero_shot} is also an eval set: its weights would be chosen on "
+                        "a test split")
+    return zero_shot, fusion.zero_shot_split
 
 
 def check_same_queries(dense: Run, bm25: Run, what: str) -> None:
