@@ -31,11 +31,14 @@ from pipeline.retrieval.hits import format_hits
 @click.option("--model", help="Refuse the index unless it was built with this LLM.")
 @click.option("--fusion", "fusion_json", type=click.Path(path_type=Path),
               help="fusion.json of `lmort fuse` [cache/<name>/fusion/fusion.json beside the index].")
+@click.option("--rerank/--no-rerank", default=None,
+              help="Rerank the retrieved passages with the configuration's reranker (cache/<name>/reranker) at the "
+                   "depth and weight dev chose [as dev chose: on where it kept reranking for the retriever].")
 @click.option("--max-new-tokens", default=RAG.max_new_tokens, show_default=True,
               help="generate: the longest answer, in tokens.")
 @click.argument("question", nargs=-1, required=True)
 @friendly_errors
-def command(index_dir, k, retriever, reader, order, prompt, data, model, fusion_json, max_new_tokens,
+def command(index_dir, k, retriever, reader, order, prompt, data, model, fusion_json, rerank, max_new_tokens,
             question) -> None:
     """Answer QUESTION: retrieve with the question's own hidden states, then read the passages."""
     import json
@@ -52,7 +55,7 @@ def command(index_dir, k, retriever, reader, order, prompt, data, model, fusion_
     data = data or json.loads((index_dir / "meta.json").read_text()).get("data")
     if not data:
         raise DataError(f"{index_dir}/meta.json names no data set: pass --data")
-    memory = Memory(index_dir, ensure_prepared(data), model, fusion_json, reader)
+    memory = Memory(index_dir, ensure_prepared(data), model, fusion_json, reader, rerank=rerank)
     if memory.notice:
         click.echo(memory.notice)
     chosen, shots = dev_prompt(Path(index_dir).resolve().parents[2] / "rag" / "rag.json", memory.ds.name)
@@ -64,5 +67,6 @@ def command(index_dir, k, retriever, reader, order, prompt, data, model, fusion_
         p = memory.ds.corpus[a.source.doc_id]
         click.echo(f"from passage {a.source.rank} ({a.source.doc_id}{', ' + p['title'] if p['title'] else ''}), "
                    f"span score {a.source.score:.2f}:\n  {a.source.sentence}\n")
-    click.echo(f"read ({a.retriever}, {a.order}):\n{format_hits(a.passages)}\n")
+    reranked = ">rerank" if "rerank" in a.ms else ""
+    click.echo(f"read ({a.retriever}{reranked}, {a.order}):\n{format_hits(a.passages)}\n")
     click.echo("ms: " + ", ".join(f"{name} {v:.0f}" for name, v in a.ms.items()))

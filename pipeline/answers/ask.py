@@ -63,13 +63,71 @@ def fusion_weight(fusion_json: Path, data: str, system: str) -> float:
     return float(choice["dense_weight"])
 
 
+class RerankStep:
+    """The reranker between retrieval and reading, where the configuration trained one (cache/<name>/reranker): the
+    question's own states against the candidates' stored states, at the depth and weight dev chose for the retriever
+    (cache/<name>/rerank/rerank.json; a retriever dev left guarded is not reranked unless `force`)."""
+
+    def __init__(self, reranker=None, passages=None, choices: dict | None = None, force: bool = False):
+        self.reranker, self.passages, self.choices, self.force = reranker, passages, choices or {}, force
+        self.layers = list(reranker.cfg.layers) if reranker is not None else []
+
+    @classmethod
+    def open(cls, root: Path, stores: Path, ds: Prepared, rerank: bool | None) -> RerankStep:
+        chosen = Path(root) / "reranker" / "chosen.json"
+        trained = chosen.is_file() and bool(json.loads(chosen.read_text()).get("design"))
+        if rerank is False or (rerank is None and not trained):
+            return cls()
+        if not trained:
+            raise DataError(f"{chosen}: no reranker for this configuration (run `lmort train-reranker`, or ask "
+                            "with --no-rerank)")
+        from ..activations.store import ActivationStore, shared_fingerprint
+        from ..interaction.rerank import EncodedPassages
+        from ..interaction.rerank_runs import chosen_reranker
+
+        corpus = ActivationStore(Path(stores) / ds.name / "corpus.zarr")
+        reranker = chosen_reranker(chosen.parent, shared_fingerprint(corpus.fingerprint))
+        record = Path(root) / "rerank" / "rerank.json"
+        choices = (json.loads(record.read_text()).get(ds.name) or {}).get("systems", {}) if record.is_file() else {}
+        return cls(reranker, EncodedPassages(reranker, corpus), choices, bool(rerank))
+
+    def _choice(self, retriever: str) -> tuple[int, float]:
+        c = self.choices.get(f"{retriever}>rerank")
+        if c is None:  # dev chose nothing for this retriever: the reranker alone over its top 100
+            return 100, 1.0
+        return c["depth"], c["weight"] or (1.0 if self.force else 0.0)
+
+    def active(self, retriever: str) -> bool:
+        return self.reranker is not None and self._choice(retriever)[1] > 0
+
+    def depth(self, retriever: str, k: int) -> int:
+        """The candidates to retrieve: the rerank depth where it reranks, else k."""
+        return max(k, self._choice(retriever)[0]) if self.active(retriever) else k
+
+    def rerank(self, retriever: str, states: dict, run: dict[str, float], bf16: bool) -> dict[str, float]:
+        """The question's run reordered (the first stage's where this retriever is not reranked)."""
+        if not self.active(retriever) or not run:
+            return run
+        import torch
+
+        from ..interaction.rerank import combine, score_candidates, top_candidates
+
+        depth, weight = self._choice(retriever)
+        top = top_candidates({"q": run}, depth)["q"]
+        x = {layer: states[layer] for layer in self.layers}
+        mask = torch.ones(next(iter(x.values())).shape[:2], dtype=torch.bool)
+        scores = score_candidates(self.reranker, x, mask, self.passages, [top], bf16)[0]
+        return combine({"q": run}, {"q": dict(zip(top, scores))}, depth, weight)["q"]
+
+
 class Memory:
     """An index of a configuration, its tuner, the corpus it indexes, BM25 over the same corpus and the reader:
     the span reader over the corpus store where the configuration trained one (`reader` "span" or None), else the
     full LLM generating (`reader` "generate", or None with `notice` saying why)."""
 
     def __init__(self, index_dir: Path, ds: Prepared, model: str | None = None, fusion_json: Path | None = None,
-                 reader: str | None = None, readers_root: Path | None = None, stores: Path | None = None):
+                 reader: str | None = None, readers_root: Path | None = None, stores: Path | None = None,
+                 rerank: bool | None = None):
         from ..tuner.encoders import TunerEncoder, open_index
 
         if reader not in (None, *READER_CHOICES):
@@ -99,6 +157,7 @@ class Memory:
         if reader is None and self.mode == "generate":
             self.notice = f"no span reader trained for this configuration ({reader_dir}): the LLM generates"
         self._retrievers: dict = {}
+        self.reranker = RerankStep.open(root, Path(stores or root / "stores"), ds, rerank)
         self._load_reader(reader_dir, Path(stores or root / "stores"))
 
     def _load_reader(self, reader_dir: Path, stores: Path) -> None:
@@ -118,7 +177,7 @@ class Memory:
         corpus = ActivationStore(stores / self.ds.name / "corpus.zarr")
         tokenizer = AutoTokenizer.from_pretrained(resolve_model(self.meta["model"])[0])
         self.span = StoredPassageReader(reader_dir, corpus, self.ds, tokenizer)
-        self.layers = sorted(set(self.tuner.cfg.layers) | set(self.span.layers))
+        self.layers = sorted(set(self.tuner.cfg.layers) | set(self.span.layers) | set(self.reranker.layers))
         self.llm = FrozenLLM(self.meta["model"], max_layer=max(self.layers), dtype=dtype)  # only the blocks read
 
     def retrievers(self) -> tuple[str, ...]:
@@ -169,14 +228,19 @@ class Memory:
         states = {layer: x[:, : int(mask.sum())] for layer, x in states.items()}  # the batch's width is padded
         t1 = time.perf_counter()
         tuner_states = {layer: states[layer] for layer in self.tuner.cfg.layers}
-        passages = ranked_hits(self._retrieve(question, tuner_states, retriever, k, bf16), self.ds, k)
+        depth = self.reranker.depth(retriever, k)
+        run = self._retrieve(question, tuner_states, retriever, depth, bf16)
         t2 = time.perf_counter()
+        run = self.reranker.rerank(retriever, states, run, bf16)
+        passages = ranked_hits(run, self.ds, k)
+        t_rerank = time.perf_counter()
         read = self.span.read({layer: states[layer] for layer in self.span.layers}, [p.id for p in passages])
         t3 = time.perf_counter()
         notes = [f"the question was truncated at {self.query_max_length} tokens (the stores' query length)"
                  ] if truncated else []
-        ms = {"forward": (t1 - t0) * 1e3, "retrieve": (t2 - t1) * 1e3, "read": (t3 - t2) * 1e3,
-              "total": (t3 - t0) * 1e3}
+        ms = {"forward": (t1 - t0) * 1e3, "retrieve": (t2 - t1) * 1e3,
+              **({"rerank": (t_rerank - t2) * 1e3} if self.reranker.active(retriever) else {}),
+              "read": (t3 - t_rerank) * 1e3, "total": (t3 - t0) * 1e3}
         return Answer(question, read[0].text if read else "", passages, retriever, "span", ms, read[0] if read
                       else None, notes)
 
@@ -187,11 +251,13 @@ class Memory:
         t0 = time.perf_counter()
         prefix_ids = self.reader.ids(self.template.format_query(question), True)
         # the stores truncate a query at query_max_length tokens: the vector reads the same tokens
-        states, cache = self.reader.prefix_forward(prefix_ids, self.tuner.cfg.layers)
+        layers = sorted(set(self.tuner.cfg.layers) | set(self.reranker.layers))
+        states, cache = self.reader.prefix_forward(prefix_ids, layers)
+        states = {layer: s[:, : self.query_max_length] for layer, s in states.items()}
         t1 = time.perf_counter()
-        run = self._retrieve(question, {layer: s[:, : self.query_max_length] for layer, s in states.items()},
-                             retriever, k, bf16)
-        passages = ranked_hits(run, self.ds, k)
+        run = self._retrieve(question, {layer: states[layer] for layer in self.tuner.cfg.layers}, retriever,
+                             self.reranker.depth(retriever, k), bf16)
+        passages = ranked_hits(self.reranker.rerank(retriever, states, run, bf16), self.ds, k)
         t2 = time.perf_counter()
         few = shots if prompt == "few-shot" else None
         order = "passages-first" if few else order
