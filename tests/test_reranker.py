@@ -46,8 +46,7 @@ def trained(world, request):
     """Each design trained from the stores into OUT/<design>/, and chosen.json naming it (as train-reranker does)."""
     ts = world["set"]
     cfg = RerankerConfig(llm_width=world["queries"].width, layers=[0, 2], design=request.param, **SMALL)
-    epochs = {"late": 12, "cross": 30}[request.param]  # the cross design learns the planted match more slowly
-    train_cfg = RerankerTrainConfig(epochs=epochs, batch_size=8, negatives=3, lr=3e-3, evals=2, dev_depth=10,
+    train_cfg = RerankerTrainConfig(epochs=12, batch_size=8, negatives=3, lr=3e-3, evals=2, dev_depth=10,
                                     bf16=False)
     out = world["root"] / "reranker"
     summary = train_reranker([ts], dev_sets([ts], [], "test", 10), cfg, train_cfg, out / request.param,

@@ -44,9 +44,10 @@ class RerankerTrainConfig:
     """The `reranker:` section's training knobs (these defaults are the default configuration's; a test holds it)."""
 
     batch_size: int = 16
-    negatives: int = 7  # BM25 hard negatives per query in its softmax
-    in_batch: bool = True  # the other queries' passages join each query's softmax
-    epochs: int = 1
+    negatives: int = 3  # BM25 hard negatives per query in its softmax
+    in_batch: tuple[str, ...] = ("late",)  # designs whose softmax adds the batch's other passages (late: nearly free;
+    # cross: every query reads every passage of the batch, batch_size times the cost)
+    epochs: int = 2
     lr: float = 1e-3
     weight_decay: float = 0.01
     warmup: float = 0.05
@@ -107,8 +108,8 @@ def listwise_loss(reranker: Reranker, ts: TrainingSet, batch, cfg: RerankerTrain
     feed = feed_dtype(device, cfg.bf16)
     qs, qm = ts.queries.batch(qids, reranker.cfg.layers, feed)
     ps, pm = ts.corpus.batch(docs, reranker.cfg.layers, feed)
-    if cfg.in_batch:
-        pairs = torch.arange(len(docs)).repeat(len(qids), 1)
+    if reranker.cfg.design in cfg.in_batch:
+        pairs = None
     else:  # each query's own group (positive first), padded by repeating the positive, the pads masked
         ends = [*targets.tolist()[1:], len(docs)]
         groups = [list(range(a, b)) for a, b in zip(targets.tolist(), ends)]
@@ -119,7 +120,7 @@ def listwise_loss(reranker: Reranker, ts: TrainingSet, batch, cfg: RerankerTrain
     with autocast(device, cfg.bf16):
         q, q_keep = reranker.encode({k: v.to(device) for k, v in qs.items()}, qm.to(device))
         p, p_keep = reranker.encode({k: v.to(device) for k, v in ps.items()}, pm.to(device))
-        scores = reranker.score(q, q_keep, p, p_keep, pairs.to(device))
+        scores = reranker.score(q, q_keep, p, p_keep, None if pairs is None else pairs.to(device))
     return F.cross_entropy(scores.masked_fill(false_neg.to(device), float("-inf")), targets.to(device))
 
 
@@ -278,7 +279,8 @@ def rerank_stage_config(params: dict) -> RerankStageConfig:
 
 
 def reranker_train_config(params: dict) -> RerankerTrainConfig:
-    return RerankerTrainConfig(**_split_section(params)[1])
+    raw = _split_section(params)[1]
+    return RerankerTrainConfig(**{k: tuple(v) if isinstance(v, list) else v for k, v in raw.items()})
 
 
 def reranker_model_config(params: dict, design: str, stored_layers: list[int], llm_width: int,

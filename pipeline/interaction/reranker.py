@@ -14,10 +14,14 @@ late (ColBERT): every token projected and L2-normalised, and the MaxSim sum
 
 cross (the query reads the passage, as DPR's reader scores passages): the query's tokens are the stream and attend
 to the passage's tokens in `cross_blocks` pre-norm residual blocks (cross-attention, then a feed-forward network);
-the stream's mean over the query's tokens is mapped to one logit
+the stream's mean over the query's tokens is mapped to a logit, added to the MaxSim score of the same tokens
 
     Y = X_q;  Y = Y + CrossAttn(LN(Y), LN(X_p));  Y = Y + FFN(LN(Y))
-    s(q, p) = w . LN(mean_i Y_i) + b
+    s(q, p) = MaxSim(q, p) + w . LN(mean_i Y_i) + b          (w starts at 0: the design starts where late does)
+
+(A cross-attention stack alone, trained from scratch on a few thousand queries, learnt to match tokens far more
+slowly than MaxSim does: dev nDCG@10 0.25 against 0.65 on scifact after the same 1,632 queries. With the MaxSim
+term the interaction only has to learn what MaxSim misses.)
 
 Position 0 of a stored text is the LLM's attention sink: never a key and never pooled.
 """
@@ -106,39 +110,52 @@ class Reranker(nn.Module):
         self.mix = ScalarMix(cfg.layers, cfg.llm_width, d)
         self.encoder = nn.ModuleList(EncoderBlock(d, cfg.heads, cfg.ff_ratio, cfg.kernel, cfg.dropout)
                                      for _ in range(cfg.encoder_blocks))
-        if cfg.design == "late":
-            self.proj = nn.Linear(d, cfg.late_dim)
-            self.log_scale = nn.Parameter(torch.tensor(2.3))  # a MaxSim sum of cosines spans a few units: the
-            # softmax needs it scaled (ColBERT's 32 query tokens span 32); learnt, from exp(2.3) = 10
-        else:
+        self.proj = nn.Linear(d, cfg.late_dim)
+        self.log_scale = nn.Parameter(torch.tensor(2.3))  # a MaxSim sum of cosines spans a few units: the softmax
+        # needs it scaled (ColBERT's 32 query tokens span 32); learnt, from exp(2.3) = 10
+        if cfg.design == "cross":
             self.cross = nn.ModuleList(CrossBlock(d, cfg.heads, cfg.ff_ratio, cfg.dropout)
                                        for _ in range(cfg.cross_blocks))
             self.head = nn.Sequential(nn.LayerNorm(d), nn.Linear(d, 1))
+            nn.init.zeros_(self.head[1].weight)
 
     def num_parameters(self) -> int:
         return sum(p.numel() for p in self.parameters())
 
     def encode(self, states: dict[int, torch.Tensor], mask: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
-        """{layer: [B, T, llm_width]} stored states and their [B, T] mask -> the text's tokens at the reranker's
-        width (late: projected and normalised) and the [B, T] tokens that count (the sink and padding left out).
-        A passage's encoding depends on nothing else: it can be computed once and kept."""
+        """{layer: [B, T, llm_width]} stored states and their [B, T] mask -> the text's tokens (the MaxSim vectors,
+        projected and normalised, then for cross the tokens at the reranker's width) and the [B, T] tokens that
+        count (the sink and padding left out). A passage's encoding depends on nothing else: it is computed once."""
         keep = pooling_mask(mask, self.cfg.attention_sink)
         x = self.mix(states)
         for block in self.encoder:
             x = block(x, mask, keep)
-        if self.cfg.design == "late":
-            x = F.normalize(self.proj(x).float(), dim=-1)
-        return x, keep
+        v = F.normalize(self.proj(x).float(), dim=-1)
+        return (v if self.cfg.design == "late" else torch.cat([v.to(x.dtype), x], -1)), keep
+
+    def _maxsim(self, q: torch.Tensor, q_keep: torch.Tensor, p: torch.Tensor, p_keep: torch.Tensor,
+                pairs: torch.Tensor | None) -> torch.Tensor:
+        if pairs is None:  # every query against every passage: no copy of the passages per query
+            sim = torch.einsum("bid,njd->bnij", q.float(), p.float())  # [B, N, Tq, Tp]
+            keep = p_keep[None, :, None, :]
+        else:
+            sim = torch.einsum("bid,bnjd->bnij", q.float(), p[pairs].float())
+            keep = p_keep[pairs][:, :, None, :]
+        sim = sim.masked_fill(~keep, -1.0)  # cosines >= -1: a pad never wins a max
+        return (sim.max(-1).values * q_keep[:, None, :]).sum(-1) * self.log_scale.exp()
 
     def score(self, q: torch.Tensor, q_keep: torch.Tensor, p: torch.Tensor, p_keep: torch.Tensor,
-              pairs: torch.Tensor) -> torch.Tensor:
+              pairs: torch.Tensor | None = None) -> torch.Tensor:
         """Encoded queries [B, Tq, .] and passages [N, Tp, .] -> [B, n] float32 scores of query b against passage
-        pairs[b, j] (pairs: [B, n] indices into the passages)."""
-        b, n = pairs.shape
+        pairs[b, j] (pairs: [B, n] indices into the passages; None: every passage, n = N)."""
+        k = self.cfg.late_dim
+        late = self._maxsim(q[..., :k], q_keep, p[..., :k], p_keep, pairs)
         if self.cfg.design == "late":
-            sim = torch.einsum("bid,bnjd->bnij", q.float(), p[pairs].float())  # [B, n, Tq, Tp]
-            sim = sim.masked_fill(~p_keep[pairs][:, :, None, :], -1.0)  # cosines >= -1: a pad never wins a max
-            return (sim.max(-1).values * q_keep[:, None, :]).sum(-1) * self.log_scale.exp()
+            return late
+        q, p = q[..., k:], p[..., k:]
+        if pairs is None:
+            pairs = torch.arange(p.shape[0], device=p.device).expand(q.shape[0], -1)
+        b, n = pairs.shape
         y = q[:, None].expand(b, n, *q.shape[1:]).reshape(b * n, *q.shape[1:])
         keep = p_keep[pairs].reshape(b * n, -1)
         for block in self.cross:
@@ -146,7 +163,7 @@ class Reranker(nn.Module):
             y = block(y, kv, keep)
         qk = q_keep[:, None].expand(b, n, -1).reshape(b * n, -1, 1).to(y.dtype)
         pooled = (y * qk).sum(1) / qk.sum(1).clamp_min(1.0)
-        return self.head(pooled).float().view(b, n)
+        return late + self.head(pooled).float().view(b, n)
 
     # ------------------------------------------------------------ saving, with the stores it was trained on
 
