@@ -9,6 +9,7 @@ import random
 from pathlib import Path
 
 import pytest
+import torch
 from click.testing import CliRunner
 from conftest import build_world
 
@@ -182,3 +183,43 @@ def test_the_reranker_section_is_checked_and_its_defaults_are_the_default_config
     assert stage == {k: section[k] for k in stage}
     with pytest.raises(ConfigError, match="design must be one of"):
         RerankerConfig(llm_width=8, layers=[0], design="colbert")
+
+
+def test_ask_reranks_the_retrieved_passages_with_the_question_s_own_states(world, trained):
+    """An index of a configuration that trained a reranker: `lmort ask` retrieves the candidates, reranks them with
+    the question's own forward against their stored states and times the step; --no-rerank leaves them as found."""
+    from pipeline.answers.ask import Memory
+    from pipeline.common.config import TrainConfig, TunerConfig
+    from pipeline.tuner.indexing import index_dataset
+    from pipeline.tuner.train import train
+
+    root, ds = world["root"], world["ds"]
+    index = root / "index" / "lmort" / ds.name  # cache/<name>/index/<variant>/<set>: the reranker at root/reranker
+    if not (index / "meta.json").exists():
+        cfg = TunerConfig(llm_width=world["queries"].width, stream_layer=2, cross_layer=0, width=16, blocks=1,
+                          heads=2, out_dim=16)
+        train([world["set"]], cfg, TrainConfig(epochs=1, batch_size=8), root / "tuner", progress=False)
+        index_dataset(root / "tuner" / "best", world["queries"], world["corpus"], list(ds.qrels["test"]), index,
+                      root / "run.trec", "lmort", bf16=False, data=ds.name)
+    question = ds.queries[sorted(ds.qrels["test"])[0]]
+    memory = Memory(index, ds, reader="generate", rerank=True)
+    a = memory.ask(question, k=3, retriever="lmort", max_new_tokens=2, bf16=False)
+    assert "rerank" in a.ms and a.ms["rerank"] > 0 and len(a.passages) == 3
+    plain = Memory(index, ds, reader="generate", rerank=False).ask(question, k=40, retriever="lmort",
+                                                                   max_new_tokens=1, bf16=False)
+    assert "rerank" not in plain.ms
+    scores = score_candidates(memory.reranker.reranker, *_online(memory, question), memory.reranker.passages,
+                              [[p.id for p in plain.passages]], bf16=False)[0]
+    best = [d for _, d in sorted(zip(scores, [p.id for p in plain.passages]), key=lambda x: -x[0])[:3]]
+    assert [p.id for p in a.passages] == best  # the top 3 of all 40 (depth 100) by the reranker's score alone
+    result = CliRunner().invoke(main, ["ask", "--index", str(index), "--data", str(ds.folder), "--reader", "generate",
+                                       "--retriever", "lmort",
+                                       "--rerank", "--max-new-tokens", "1", question])
+    assert result.exit_code == 0 and "lmort>rerank" in result.output and "rerank " in result.output, result.output
+
+
+def _online(memory, question: str):
+    ids = memory.reader.ids(memory.template.format_query(question), True)
+    states, _ = memory.reader.prefix_forward(ids, memory.reranker.layers)
+    states = {layer: s[:, : memory.query_max_length] for layer, s in states.items()}
+    return states, torch.ones(next(iter(states.values())).shape[:2], dtype=torch.bool)

@@ -257,8 +257,10 @@ class Memory:
         t1 = time.perf_counter()
         run = self._retrieve(question, {layer: states[layer] for layer in self.tuner.cfg.layers}, retriever,
                              self.reranker.depth(retriever, k), bf16)
+        t_retrieve = time.perf_counter()
         passages = ranked_hits(self.reranker.rerank(retriever, states, run, bf16), self.ds, k)
         t2 = time.perf_counter()
+        reranked = {"rerank": (t2 - t_retrieve) * 1e3} if self.reranker.active(retriever) else {}
         few = shots if prompt == "few-shot" else None
         order = "passages-first" if few else order
         parts = build_prompt(question, passages, self.template, self.reader.tail, order, few, self.reader.end_of_turn)
@@ -272,8 +274,8 @@ class Memory:
         t3 = time.perf_counter()
         notes = [f"the query vector read the question's first {self.query_max_length} tokens (the stores' length)"
                  ] if len(prefix_ids) > self.query_max_length else []
-        ms = {"forward": (t1 - t0) * 1e3, "retrieve": (t2 - t1) * 1e3, "generate": (t3 - t2) * 1e3,
-              "total": (t3 - t0) * 1e3}
+        ms = {"forward": (t1 - t0) * 1e3, "retrieve": (t_retrieve - t1) * 1e3, **reranked,
+              "generate": (t3 - t2) * 1e3, "total": (t3 - t0) * 1e3}
         return Answer(question, answer, passages, retriever, f"{prompt}, {order}", ms, None, notes)
 
     def _retrieve(self, question: str, states, retriever: str, k: int, bf16: bool) -> dict[str, float]:
