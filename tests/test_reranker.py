@@ -216,6 +216,12 @@ def test_ask_reranks_the_retrieved_passages_with_the_question_s_own_states(world
                                        "--retriever", "lmort",
                                        "--rerank", "--max-new-tokens", "1", question])
     assert result.exit_code == 0 and "lmort>rerank" in result.output and "rerank " in result.output, result.output
+    search = ["search", "--index", str(index), "--data", str(ds.folder), "-k", "3", "--bf16", "false"]
+    reranked = CliRunner().invoke(main, [*search, "--rerank", question])
+    assert reranked.exit_code == 0 and "reranked (lmort>rerank) in" in reranked.output, reranked.output
+    assert all(d in reranked.output for d in best)  # the same top 3 as `lmort ask` read
+    plain = CliRunner().invoke(main, [*search, question])  # dev chose nothing for lmort here: not reranked
+    assert plain.exit_code == 0 and "reranked" not in plain.output, plain.output
 
 
 def _online(memory, question: str):

@@ -66,7 +66,8 @@ def fusion_weight(fusion_json: Path, data: str, system: str) -> float:
 class RerankStep:
     """The reranker between retrieval and reading, where the configuration trained one (cache/<name>/reranker): the
     question's own states against the candidates' stored states, at the depth and weight dev chose for the retriever
-    (cache/<name>/rerank/rerank.json; a retriever dev left guarded is not reranked unless `force`)."""
+    (cache/<name>/rerank/rerank.json). A retriever dev left guarded, or chose nothing for, is not reranked unless
+    `force` (then: dev's depth, or the top 100, by the reranker's score alone)."""
 
     def __init__(self, reranker=None, passages=None, choices: dict | None = None, force: bool = False):
         self.reranker, self.passages, self.choices, self.force = reranker, passages, choices or {}, force
@@ -93,8 +94,8 @@ class RerankStep:
 
     def _choice(self, retriever: str) -> tuple[int, float]:
         c = self.choices.get(f"{retriever}>rerank")
-        if c is None:  # dev chose nothing for this retriever: the reranker alone over its top 100
-            return 100, 1.0
+        if c is None:  # dev chose nothing for this retriever: off, or (forced) the reranker alone over its top 100
+            return 100, 1.0 if self.force else 0.0
         return c["depth"], c["weight"] or (1.0 if self.force else 0.0)
 
     def active(self, retriever: str) -> bool:
