@@ -313,7 +313,8 @@ def rerank_section(root: Path, figures: Path) -> list[str]:
                   "(1: its score alone; below 1, a min-max interpolation with the first stage) chosen on the dev "
                   "run where the fusion is chosen. `guarded`: dev could not show the reranked run better than the "
                   "first stage (paired t-test at `fusion.max_p`), so the row is the first stage as it ranked. "
-                  "`p`: paired t-tests on the test queries.", "",
+                  "`p`: paired t-tests on the test queries. `unguarded`: what dev's best depth and weight score on "
+                  "test without the guard, reported to show what the guard kept off, never chosen on.", "",
                   markdown_table(rerank_rows(report), RERANK_COLUMNS, floatfmt=".3f"), ""]
     return lines
 

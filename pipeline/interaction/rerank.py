@@ -151,6 +151,7 @@ class RerankChoice:
     dev_alone: float  # reranking alone (weight 1) at its best depth
     dev_p: float  # paired t-test of the chosen combination against the first stage on dev
     guarded: bool = False  # True: dev could not show reranking better, so it is off
+    best_weight: float = 1.0  # dev's best weight before the guard (the weight where not guarded)
 
     def as_dict(self) -> dict:
         return asdict(self)
@@ -172,4 +173,4 @@ def choose_rerank(first_dev: Run, scores_dev: Run, qrels: dict, depths: list[int
     delta, p = paired_difference(runs[best], first_dev, qrels)
     guarded = delta <= 0 or p >= max_p
     return RerankChoice(best[0], 0.0 if guarded else best[1], tuned_on, ndcg[best], mean_ndcg(first_dev, qrels),
-                        ndcg[alone], p, guarded)
+                        ndcg[alone], p, guarded, best[1])

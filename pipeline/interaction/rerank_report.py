@@ -19,7 +19,8 @@ def write_rerank_report(report: dict, out: Path) -> str:
 
 
 RERANK_COLUMNS = ["set", "system", "design", "chosen on", "depth", "weight", "dev", "dev first stage", "dev p",
-                  "guarded", "test minus first stage", "p (first stage)", "test minus bm25", "p (bm25)", "ms/query"]
+                  "guarded", "test minus first stage", "p (first stage)", "test minus bm25", "p (bm25)",
+                  "unguarded: test minus first stage", "p (unguarded)", "ms/query"]
 
 
 def rerank_rows(report: dict) -> list[dict]:
@@ -33,5 +34,8 @@ def rerank_rows(report: dict) -> list[dict]:
                          "dev first stage": c["dev_first"], "dev p": f"{c['dev_p']:.2g}",
                          "guarded": "yes" if c["guarded"] else "", "test minus first stage": c["test_minus_first"],
                          "p (first stage)": f"{c['p_first']:.2g}", "test minus bm25": s.get("delta"),
-                         "p (bm25)": f"{s['p']:.2g}" if s else None, "ms/query": c["ms_per_query"]})
+                         "p (bm25)": f"{s['p']:.2g}" if s else None,
+                         "unguarded: test minus first stage": c.get("unguarded_minus_first"),
+                         "p (unguarded)": f"{c['p_unguarded']:.2g}" if "p_unguarded" in c else None,
+                         "ms/query": c["ms_per_query"]})
     return rows

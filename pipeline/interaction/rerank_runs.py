@@ -93,14 +93,18 @@ def _rerank_set(target: SetReranker, dev: SetReranker, tune_split: str, split: s
         choice = choices[key]
         first = tested.get(system) or _run(runs_dirs, ds, split, system)
         t0 = time.time()
-        scores = target.scores(first, choice["depth"]) if choice["weight"] > 0 else {}
+        scores = target.scores(first, choice["depth"])
         seconds = time.time() - t0
         name = reranked_name(system)
         run = combine(first, scores, choice["depth"], choice["weight"])
         write_trec_run(run, Path(out) / "runs" / ds.name / split / f"{name}.trec", name)
         delta, p = paired_difference(run, first, ds.qrels[split])
+        # what dev's best would have scored without the guard: reported, never chosen on
+        best = combine(first, scores, choice["depth"], choice["best_weight"])
+        unguarded, p_unguarded = paired_difference(best, first, ds.qrels[split])
         tested[system], tested[name] = first, run
         per_set["systems"][name] = {**choice, "first_stage": system, "test_minus_first": delta, "p_first": p,
+                                    "unguarded_minus_first": unguarded, "p_unguarded": p_unguarded,
                                     "ms_per_query": round(1000 * seconds / max(1, len(first)), 1)}
     per_set["significance"] = significance(ds.qrels[split], tested, max_p=max_p)
     return per_set

@@ -47,7 +47,7 @@ class RerankerTrainConfig:
     negatives: int = 3  # BM25 hard negatives per query in its softmax
     in_batch: tuple[str, ...] = ("late",)  # designs whose softmax adds the batch's other passages (late: nearly free;
     # cross: every query reads every passage of the batch, batch_size times the cost)
-    epochs: int = 2
+    epochs: int = 3
     lr: float = 1e-3
     weight_decay: float = 0.01
     warmup: float = 0.05
@@ -165,7 +165,7 @@ def train_reranker(sets: list[TrainingSet], devs: list[DevSet], model_cfg: Reran
     setup = {"reranker": model_cfg.to_dict(), "train": asdict(cfg), "stores": stores,
              "sets": [ts.data.name for ts in sets], "dev": [d.name for d in devs]}
     state = {"seen": 0, **resume_or_start(reranker, opt, schedule, setup, out)}
-    every = max(1, total // cfg.evals)
+    every = max(1, -(-total // cfg.evals))  # the last scoring falls on the last step
     with tqdm(total=total, initial=state["step"], unit="step", desc="train reranker", disable=not progress) as bar:
         while state["step"] < total:
             _segment(reranker, opt, schedule, sets, loop_cfg, cfg, state, per_epoch, every, device, bar)
