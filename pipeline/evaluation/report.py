@@ -292,7 +292,8 @@ def rerank_section(root: Path, figures: Path) -> list[str]:
         return []
     lines = ["## Reranking from the stores: interaction over the stored token states", "",
              "`lmort train-reranker` trains each design from the stores alone (the LLM never runs over a passage): "
-             "`cross`, the query's tokens attending to the passage's, pooled to one logit; `late`, ColBERT's MaxSim. "
+             "`late`, ColBERT's MaxSim; `cross`, the same MaxSim plus a logit read by the query's tokens attending to "
+             "the passage's (pipeline/interaction/reranker.py). "
              "A listwise softmax over each query's positive, its BM25 hard negatives and the batch's other passages; "
              f"dev nDCG@10 of BM25's reranked candidates selects the checkpoint and the design (on "
              f"{', '.join(chosen['selects_on'])}). Dev kept **{chosen['design']}**.", ""]
