@@ -11,14 +11,13 @@ from pipeline.common.atomic import atomic_file, check_writable
 from pipeline.common.command_line import friendly_errors
 from pipeline.common.config import FUSION, run_config, section
 from pipeline.common.errors import DataError
-from pipeline.common.metrics import read_trec_run, write_trec_run
+from pipeline.common.metrics import write_trec_run
 from pipeline.common.params import load_params
 from pipeline.common.tables import markdown_table
 from pipeline.data.prepare import ensure_prepared
 from pipeline.retrieval.fusion import (
     CHOICE_COLUMNS,
     METHODS,
-    check_run_of,
     check_same_corpus,
     choice_rows,
     choose,
@@ -28,15 +27,7 @@ from pipeline.retrieval.fusion import (
     significance,
     tuning_set,
 )
-from pipeline.retrieval.runs import find_run
-
-
-def _read_checked(dirs, data: str, split: str, system: str, qrels: dict) -> dict:
-    """`system`'s run on data/split from the first of `dirs` that has it, checked against the split's qrels."""
-    path = find_run(dirs, data, split, system)
-    run = read_trec_run(path)
-    check_run_of(run, qrels, str(path))
-    return run
+from pipeline.retrieval.runs import read_checked_run
 
 
 def fuse_set(ds, dev, tune_split: str, split: str, systems: list[str], runs_dirs, dev_dirs, out: Path,
@@ -44,13 +35,13 @@ def fuse_set(ds, dev, tune_split: str, split: str, systems: list[str], runs_dirs
     """Every system fused with BM25 on one evaluation set, each method's weight or k chosen on `dev`/`tune_split`
     (a weight not significantly above BM25 there at `max_p` falls back to 0); writes the fused runs and returns
     what was chosen, with the paired tests against BM25 on `split`."""
-    bm25_dev = _read_checked(dev_dirs, dev.name, tune_split, "bm25", dev.qrels[tune_split])
-    bm25 = _read_checked(runs_dirs, ds.name, split, "bm25", ds.qrels[split])
+    bm25_dev = read_checked_run(dev_dirs, dev.name, tune_split, "bm25", dev.qrels[tune_split])
+    bm25 = read_checked_run(runs_dirs, ds.name, split, "bm25", ds.qrels[split])
     tested = {"bm25": bm25}
     per_set: dict = {"tuned_on": f"{dev.name}/{tune_split}", "systems": {}}
     for system in systems:
-        dense_dev = _read_checked(dev_dirs, dev.name, tune_split, system, dev.qrels[tune_split])
-        dense = _read_checked(runs_dirs, ds.name, split, system, ds.qrels[split])
+        dense_dev = read_checked_run(dev_dirs, dev.name, tune_split, system, dev.qrels[tune_split])
+        dense = read_checked_run(runs_dirs, ds.name, split, system, ds.qrels[split])
         check_same_corpus(dense, bm25, f"{system} and bm25 on {ds.name}/{split}")
         tested[system] = dense
         for method in METHODS:

@@ -12,8 +12,8 @@ from ..activations.store import open_stores, shared_fingerprint
 from ..common.config import run_config, section
 from ..common.metrics import Run, read_trec_run, write_trec_run
 from ..data.prepare import ensure_prepared
-from ..retrieval.fusion import check_run_of, paired_difference, significance, tuning_set
-from ..retrieval.runs import find_run
+from ..retrieval.fusion import paired_difference, significance, tuning_set
+from ..retrieval.runs import read_checked_run
 from .rerank import EncodedPassages, choose_rerank, combine, rerank_scores, reranked_name
 from .rerank_train import rerank_stage_config
 from .reranker import Reranker
@@ -41,13 +41,6 @@ class SetReranker:
 
     def scores(self, run: Run, depth: int) -> Run:
         return rerank_scores(self.reranker, self.queries, self.passages, run, depth, self.bf16, progress=True)
-
-
-def _run(dirs: list[Path], ds, split: str, system: str) -> Run:
-    path = find_run(dirs, ds.name, split, system)
-    run = read_trec_run(path)
-    check_run_of(run, ds.qrels[split], str(path))
-    return run
 
 
 def rerank_configuration(params: dict, reranker_dir: Path, stores: Path, runs_dirs: list[Path],
@@ -80,18 +73,18 @@ def rerank_configuration(params: dict, reranker_dir: Path, stores: Path, runs_di
 def _rerank_set(target: SetReranker, dev: SetReranker, tune_split: str, split: str, stage, runs_dirs, dev_dirs,
                 out: Path, choices: dict, max_p: float) -> dict:
     ds = target.ds
-    tested = {"bm25": _run(runs_dirs, ds, split, "bm25")}
+    tested = {"bm25": read_checked_run(runs_dirs, ds.name, split, "bm25", ds.qrels[split])}
     per_set: dict = {"tuned_on": f"{dev.ds.name}/{tune_split}", "design": target.reranker.cfg.design,
                      "systems": {}}
     for system in stage.first_stages:
         key = (dev.ds.name, tune_split, system)
         if key not in choices:
-            first_dev = _run(dev_dirs, dev.ds, tune_split, system)
+            first_dev = read_checked_run(dev_dirs, dev.ds.name, tune_split, system, dev.ds.qrels[tune_split])
             scores = dev.scores(first_dev, max(stage.depths))
             choices[key] = choose_rerank(first_dev, scores, dev.ds.qrels[tune_split], list(stage.depths),
                                          f"{dev.ds.name}/{tune_split}", max_p).as_dict()
         choice = choices[key]
-        first = tested.get(system) or _run(runs_dirs, ds, split, system)
+        first = tested.get(system) or read_checked_run(runs_dirs, ds.name, split, system, ds.qrels[split])
         t0 = time.time()
         scores = target.scores(first, choice["depth"])
         seconds = time.time() - t0

@@ -5,6 +5,8 @@ from __future__ import annotations
 
 from pathlib import Path
 
+from ..common.metrics import Run, read_trec_run
+
 
 def find_run(dirs: list[Path], data: str, split: str, system: str) -> Path:
     """RUNS/<data>/<split>/<system>.trec in the first of `dirs` that has it; a missing run names every place."""
@@ -13,3 +15,14 @@ def find_run(dirs: list[Path], data: str, split: str, system: str) -> Path:
         if path.exists():
             return path
     raise FileNotFoundError(f"no run of {system} on {data}/{split}: looked for {', '.join(map(str, tried))}")
+
+
+def read_checked_run(dirs: list[Path], data: str, split: str, system: str, qrels: dict) -> Run:
+    """`system`'s run on data/split from the first of `dirs` that has it, checked to answer the split's queries
+    (a run of another set or split is one line naming the file)."""
+    from .fusion import check_run_of
+
+    path = find_run(dirs, data, split, system)
+    run = read_trec_run(path)
+    check_run_of(run, qrels, str(path))
+    return run
