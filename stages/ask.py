@@ -30,7 +30,7 @@ from pipeline.retrieval.hits import format_hits
 @click.option("--data", help="The prepared set the index holds [the one its meta.json names].")
 @click.option("--model", help="Refuse the index unless it was built with this LLM.")
 @click.option("--fusion", "fusion_json", type=click.Path(path_type=Path),
-              help="fusion.json of `lmort fuse` [cache/<name>/fusion/fusion.json beside the index].")
+              help="fusion.json of `lmort fuse` [the one in the configuration the index's meta.json names].")
 @click.option("--rerank/--no-rerank", default=None,
               help="Rerank the retrieved passages with the configuration's reranker (cache/<name>/reranker) at the "
                    "depth and weight dev chose [as dev chose: on where it kept reranking for the retriever].")
@@ -41,9 +41,7 @@ from pipeline.retrieval.hits import format_hits
 def command(index_dir, k, retriever, reader, order, prompt, data, model, fusion_json, rerank, max_new_tokens,
             question) -> None:
     """Answer QUESTION: retrieve with the question's own hidden states, then read the passages."""
-    import json
-
-    from pipeline.answers.ask import Memory, dev_prompt
+    from pipeline.answers.ask import Memory
     from pipeline.common.errors import DataError
     from pipeline.data.prepare import ensure_prepared
 
@@ -52,14 +50,10 @@ def command(index_dir, k, retriever, reader, order, prompt, data, model, fusion_
         raise DataError("the question is empty")
     if max_new_tokens < 1:
         raise click.BadParameter(f"{max_new_tokens}: at least 1", param_hint="--max-new-tokens")
-    data = data or json.loads((index_dir / "meta.json").read_text()).get("data")
-    if not data:
-        raise DataError(f"{index_dir}/meta.json names no data set: pass --data")
-    memory = Memory(index_dir, ensure_prepared(data), model, fusion_json, reader, rerank=rerank)
+    memory = Memory(index_dir, ensure_prepared(data) if data else None, model, fusion_json, reader, rerank=rerank)
     if memory.notice:
         click.echo(memory.notice)
-    chosen, shots = dev_prompt(Path(index_dir).resolve().parents[2] / "rag" / "rag.json", memory.ds.name)
-    a = memory.ask(text, k, retriever, order, max_new_tokens, prompt=prompt or chosen, shots=shots)
+    a = memory.ask(text, k, retriever, order, max_new_tokens, prompt=prompt)
     for note in a.notes:
         click.echo(f"note: {note}")
     click.echo(f"answer: {a.answer}\n")

@@ -26,8 +26,11 @@ from pipeline.data.prepare import ensure_prepared
 @click.option("--run", "run_path", type=click.Path(path_type=Path), required=True, help="TREC run file to write.")
 @click.option("--bf16", type=bool, default=True, show_default=True,
               help="Encode under bf16 autocast where the device has native bfloat16.")
+@click.option("--configuration", "configuration", type=click.Path(path_type=Path, file_okay=False),
+              help="The configuration's folder (cache/<name>): where `lmort search`, `lmort ask` and `lmort serve` "
+                   "find the fusion dev chose, the span reader and the reranker (recorded relative to the index).")
 @friendly_errors
-def index_command(tuner_dir, stores, data, split, kind, system, out, run_path, bf16) -> None:
+def index_command(tuner_dir, stores, data, split, kind, system, out, run_path, bf16, configuration) -> None:
     """Encode a corpus from its store with a trained tuner; FAISS index and a TREC run of the split."""
     check_writable(out)
     check_writable(run_path)
@@ -45,6 +48,6 @@ def index_command(tuner_dir, stores, data, split, kind, system, out, run_path, b
         raise click.UsageError("a tuner reads its stores: give --stores")
     queries, corpus = open_stores(stores, ds.name)
     meta = index_dataset(tuner_dir, queries, corpus, list(ds.qrels[split]), out, run_path, system, kind,
-                         bf16=bf16, data=ds.name)
+                         bf16=bf16, data=ds.name, prepared=ds.folder, configuration=configuration)
     click.echo(f"{system} on {ds.name}: {meta['texts']} vectors of {meta['dim']} dims in {meta['encode_seconds']} s; "
                f"wrote {out} and {run_path}")

@@ -28,7 +28,7 @@ def command(index_dir, k, data, text, bf16, rerank) -> None:
     import time
 
     from pipeline.answers.ask import RerankStep
-    from pipeline.tuner.encoders import open_index
+    from pipeline.tuner.encoders import index_piece, open_index
 
     query = " ".join(text)
     if not query.strip():
@@ -36,8 +36,8 @@ def command(index_dir, k, data, text, bf16, rerank) -> None:
     retriever, meta = open_index(index_dir, bf16)
     data = data or meta.get("data")
     ds = ensure_prepared(data) if data else None
-    root = Path(index_dir).resolve().parents[2]  # cache/<name>/index/<variant>/<set>
-    step = RerankStep.open(root, root / "stores", ds, rerank) if ds is not None else RerankStep()
+    root, stores = (index_piece(index_dir, meta, piece) for piece in ("configuration", "stores"))
+    step = RerankStep.open(root, stores, ds, rerank) if ds is not None else RerankStep()
     system = meta["system"]
     if not step.active(system):
         click.echo(format_hits(ranked_hits(retriever.search({"q": query}, k)["q"], ds, k)))

@@ -94,7 +94,8 @@ def memory_world(tmp_path_factory):
     train([TrainingSet(ds, queries, corpus, ds.pairs("train").to_pylist(), ds.qrels["dev"])], cfg,
           TrainConfig(epochs=1, batch_size=8), root / "tuner", progress=False)
     index_dataset(root / "tuner" / "best", queries, corpus, list(ds.qrels["test"]), root / "index" / "lmort" / "tiny",
-                  root / "run.trec", "lmort", bf16=False, data=ds.name)
+                  root / "run.trec", "lmort", bf16=False, data=ds.name, prepared=ds.folder,
+                  configuration=root)
     return {"root": root, "model": model, "ds": ds, "index": root / "index" / "lmort" / "tiny"}
 
 

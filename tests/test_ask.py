@@ -1,6 +1,7 @@
 """`lmort ask` with the generative reader: one forward gives the query vector and the answer's cache; bad input."""
 
 import json
+from pathlib import Path
 
 import numpy as np
 import pytest
@@ -74,11 +75,41 @@ def test_ask_refuses_an_index_of_another_model_or_template(memory_world, tmp_pat
     shutil.copytree(memory_world["index"], other)
     meta = json.loads((other / "meta.json").read_text())
     other_case = "keep" if meta["template"]["case"] == "lower" else "lower"
-    (other / "meta.json").write_text(json.dumps({**meta, "template": {**meta["template"], "case": other_case}}))
+    paths = {name: str((memory_world["index"] / path).resolve()) for name, path in meta["paths"].items()}
+    (other / "meta.json").write_text(json.dumps({**meta, "template": {**meta["template"], "case": other_case},
+                                                 "tuner": str(memory_world["root"] / "tuner" / "best"),
+                                                 "paths": paths}))
     with pytest.raises(DataError, match="another template"):
         Memory(other, memory_world["ds"])
     with pytest.raises(DataError, match="built with"):
         Memory(memory_world["index"], memory_world["ds"], model="smollm2-135m")
+
+
+def test_an_index_names_what_it_reads_and_a_moved_one_says_what_is_missing(memory_world, tmp_path):
+    """meta.json records the tuner, stores, prepared set and configuration relative to the index: a copy moved with
+    its configuration answers as the original (no --data, no --fusion); one moved alone names the missing piece."""
+    import shutil
+
+    meta = json.loads((memory_world["index"] / "meta.json").read_text())
+    assert set(meta["paths"]) == {"stores", "prepared", "configuration"}
+    assert not any(Path(p).is_absolute() for p in [meta["tuner"], *meta["paths"].values()])
+    moved = tmp_path / "moved"
+    for part in ("index", "tuner", "stores", "prepared"):
+        shutil.copytree(memory_world["root"] / part, moved / part)
+    (moved / "fusion").mkdir()
+    (moved / "fusion" / "fusion.json").write_text(json.dumps({memory_world["ds"].name: {"systems": {
+        "lmort+bm25": {"dense_weight": 0.5}}}}))
+    memory = Memory(moved / "index" / "lmort" / "tiny")  # the prepared set, stores and fusion, all as recorded
+    assert memory.ds.folder == (moved / "prepared").resolve() and memory.fusion_json.parent.parent == moved.resolve()
+    question = memory_world["ds"].queries["q20"]
+    assert [p.id for p in memory.search(question, k=3)[0]] == [
+        p.id for p in Memory(memory_world["index"], fusion_json=moved / "fusion" / "fusion.json").search(question, 3)[0]]
+    alone = tmp_path / "alone"
+    shutil.copytree(memory_world["index"], alone)
+    with pytest.raises(DataError, match=r"alone/meta.json: its tuner \(\.\./\.\./\.\./tuner/best.*is missing"):
+        Memory(alone)
+    r = CliRunner().invoke(main, ["search", "--index", str(alone), "alpha"])
+    assert r.exit_code == 1 and r.output.count("\n") == 1 and "its tuner" in r.output, r.output
 
 
 def test_lmort_ask_and_search_print_what_they_found(memory_world):

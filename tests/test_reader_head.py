@@ -204,7 +204,7 @@ def span_memory(planted, trained_reader):
           TrainConfig(epochs=1, batch_size=8), root / "tuner", progress=False)
     index = root / "index" / "lmort" / ds.name
     index_dataset(root / "tuner" / "best", queries, corpus, list(ds.qrels["test"]), index, root / "run.trec",
-                  "lmort", bf16=False, data=ds.name)
+                  "lmort", bf16=False, data=ds.name, prepared=ds.folder, configuration=root)
     return {**planted, "index": index, "queries": queries}
 
 

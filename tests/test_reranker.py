@@ -201,7 +201,8 @@ def test_ask_reranks_the_retrieved_passages_with_the_question_s_own_states(world
                           heads=2, out_dim=16)
         train([world["set"]], cfg, TrainConfig(epochs=1, batch_size=8), root / "tuner", progress=False)
         index_dataset(root / "tuner" / "best", world["queries"], world["corpus"], list(ds.qrels["test"]), index,
-                      root / "run.trec", "lmort", bf16=False, data=ds.name)
+                      root / "run.trec", "lmort", bf16=False, data=ds.name, prepared=ds.folder,
+                      configuration=root)
     question = ds.queries[sorted(ds.qrels["test"])[0]]
     memory = Memory(index, ds, reader="generate", rerank=True)
     a = memory.ask(question, k=3, retriever="lmort", max_new_tokens=2, bf16=False)

@@ -9,7 +9,7 @@ from __future__ import annotations
 
 import json
 import time
-from dataclasses import dataclass, field
+from dataclasses import asdict, dataclass, field
 from pathlib import Path
 
 from ..common.config import RAG
@@ -31,6 +31,24 @@ class Answer:
     ms: dict[str, float] = field(default_factory=dict)  # forward, retrieve, read or generate, total
     source: object | None = None  # the span reader's SpanAnswer: its passage, score and sentence
     notes: list[str] = field(default_factory=list)  # what the reader wants said (a truncated question)
+
+    @property
+    def passage(self) -> Hit | None:
+        """The passage the answer was read from (the span reader's; None for a generated answer)."""
+        if self.source is None:
+            return None
+        return next((p for p in self.passages if p.id == self.source.doc_id), None)
+
+    def to_dict(self) -> dict:
+        """As Hugging Face's question-answering pipeline answers ({answer, score, start, end}), with the passage
+        the span was read from (`context[start:end]` is the answer), every passage read and the ms per part."""
+        span = self.source
+        return {"question": self.question, "answer": self.answer,
+                "score": span.score if span else None, "start": span.start if span else None,
+                "end": span.end if span else None, "context": span.context if span else None,
+                "passage": asdict(self.passage) if self.passage else None,
+                "passages": [asdict(p) for p in self.passages], "retriever": self.retriever,
+                "reader": "span" if span else "generate", "order": self.order, "ms": self.ms, "notes": self.notes}
 
 
 def dev_prompt(rag_json: Path, data: str) -> tuple[str, list]:
@@ -63,6 +81,20 @@ def fusion_weight(fusion_json: Path, data: str, system: str) -> float:
     return float(choice["dense_weight"])
 
 
+def open_prepared(index_dir: Path, meta: dict) -> Prepared:
+    """The prepared set an index's meta.json names (its folder, relative to the index; else prepared by name)."""
+    from ..data.beir import load_prepared
+    from ..data.prepare import ensure_prepared
+    from ..tuner.encoders import index_piece
+
+    folder = index_piece(index_dir, meta, "prepared")
+    if folder is not None:
+        return load_prepared(folder)
+    if not meta.get("data"):
+        raise DataError(f"{index_dir}/meta.json names no data set: pass the prepared set")
+    return ensure_prepared(meta["data"])
+
+
 class RerankStep:
     """The reranker between retrieval and reading, where the configuration trained one (cache/<name>/reranker): the
     question's own states against the candidates' stored states, at the depth and weight dev chose for the retriever
@@ -74,7 +106,13 @@ class RerankStep:
         self.layers = list(reranker.cfg.layers) if reranker is not None else []
 
     @classmethod
-    def open(cls, root: Path, stores: Path, ds: Prepared, rerank: bool | None) -> RerankStep:
+    def open(cls, root: Path | None, stores: Path | None, ds: Prepared, rerank: bool | None) -> RerankStep:
+        """`root`: the configuration's folder (None: an index of no configuration, never reranked)."""
+        if root is None:
+            if rerank:
+                raise DataError("the index names no configuration, so no reranker (rebuild it with `lmort index "
+                                "--configuration cache/<name>`, or search with --no-rerank)")
+            return cls()
         chosen = Path(root) / "reranker" / "chosen.json"
         trained = chosen.is_file() and bool(json.loads(chosen.read_text()).get("design"))
         if rerank is False or (rerank is None and not trained):
@@ -122,14 +160,16 @@ class RerankStep:
 
 
 class Memory:
-    """An index of a configuration, its tuner, the corpus it indexes, BM25 over the same corpus and the reader:
-    the span reader over the corpus store where the configuration trained one (`reader` "span" or None), else the
-    full LLM generating (`reader` "generate", or None with `notice` saying why)."""
+    """An index of a configuration with what it reads, all named in the index's meta.json (tuner/encoders.py
+    `index_piece`): its tuner, the prepared corpus, the stores, BM25 over the same corpus, and, in the
+    configuration's folder, the fusion weight dev chose, the span reader and the reranker. Readers: the span reader
+    over the corpus store where the configuration trained one (`reader` "span" or None), else the full LLM
+    generating (`reader` "generate", or None with `notice` saying why); `ask` may pick either per question."""
 
-    def __init__(self, index_dir: Path, ds: Prepared, model: str | None = None, fusion_json: Path | None = None,
-                 reader: str | None = None, readers_root: Path | None = None, stores: Path | None = None,
-                 rerank: bool | None = None):
-        from ..tuner.encoders import TunerEncoder, open_index
+    def __init__(self, index_dir: Path, ds: Prepared | None = None, model: str | None = None,
+                 fusion_json: Path | None = None, reader: str | None = None, readers_root: Path | None = None,
+                 stores: Path | None = None, rerank: bool | None = None):
+        from ..tuner.encoders import TunerEncoder, index_piece, open_index
 
         if reader not in (None, *READER_CHOICES):
             raise DataError(f"reader {reader!r}: one of {', '.join(READER_CHOICES)}")
@@ -140,6 +180,7 @@ class Memory:
         self.system = self.meta["system"]
         if model is not None and model != self.meta["model"]:
             raise DataError(f"{index_dir}: the index was built with {self.meta['model']}, not {model}")
+        ds = ds or open_prepared(index_dir, self.meta)
         if self.meta.get("data") not in (None, ds.name):
             raise DataError(f"{index_dir}: the index holds {self.meta['data']}, not {ds.name}")
         if set(self.meta["ids"]) != set(ds.corpus):
@@ -147,39 +188,60 @@ class Memory:
         self.tuner = self.dense.encode.tuner
         self.template, self.query_max_length = self.dense.encode.template, self.dense.encode.max_length
         self.ds = ds
-        root = Path(index_dir).resolve().parents[2]  # cache/<name>/index/<variant>/<set>: the configuration's root
-        self.fusion_json = fusion_json or root / "fusion" / "fusion.json"
-        reader_dir = Path(readers_root or root / "reader") / ds.name / "best"
+        self.root = index_piece(index_dir, self.meta, "configuration")  # None: an index of no configuration
+        stores = Path(stores) if stores else index_piece(index_dir, self.meta, "stores")
+        self.fusion_json = fusion_json or (self.root / "fusion" / "fusion.json" if self.root else None)
+        readers = readers_root or (self.root / "reader" if self.root else None)
+        reader_dir = Path(readers) / ds.name / "best" if readers else None
+        trained = reader_dir is not None and (reader_dir / "reader.json").is_file()
         self.notice = None
-        if reader == "span" and not (reader_dir / "reader.json").is_file():
-            raise DataError(f"{reader_dir}: no span reader for this configuration (run `lmort train-reader`, or "
-                            "ask with --reader generate)")
-        self.mode = reader or ("span" if (reader_dir / "reader.json").is_file() else "generate")
+        if reader == "span" and not trained:
+            raise DataError(f"{reader_dir or index_dir}: no span reader for this configuration (run `lmort "
+                            "train-reader`, or ask with --reader generate)")
+        self.mode = reader or ("span" if trained else "generate")
         if reader is None and self.mode == "generate":
-            self.notice = f"no span reader trained for this configuration ({reader_dir}): the LLM generates"
+            self.notice = (f"no span reader trained for this configuration ({reader_dir or index_dir}): the LLM "
+                           "generates")
+        if (trained or reader == "span" or rerank) and stores is None:
+            raise DataError(f"{index_dir}/meta.json: names no stores (the span reader and reranker read them): "
+                            "rebuild the index with `lmort index --stores`")
         self._retrievers: dict = {}
-        self.reranker = RerankStep.open(root, Path(stores or root / "stores"), ds, rerank)
-        self._load_reader(reader_dir, Path(stores or root / "stores"))
+        self._generator = self._llm = None
+        self.reranker = RerankStep.open(self.root, stores, ds, rerank)
+        self.span = None
+        self.layers = sorted(set(self.tuner.cfg.layers) | set(self.reranker.layers))
+        if trained and self.mode == "span":
+            self._load_span(reader_dir, stores)
 
-    def _load_reader(self, reader_dir: Path, stores: Path) -> None:
+    @property
+    def dtype(self):
         from ..activations.llm import default_device
         from ..common.precision import resolve_compute_dtype
 
-        dtype = resolve_compute_dtype(self.meta.get("compute_dtype", "float32"), default_device())
-        if self.mode == "generate":
-            self.reader = Reader(self.meta["model"], dtype=dtype)
-            return
+        return resolve_compute_dtype(self.meta.get("compute_dtype", "float32"), default_device())
+
+    @property
+    def reader(self) -> Reader:
+        """The full LLM that generates (loaded on first use: a span memory asked to generate loads it then)."""
+        if self._generator is None:
+            self._generator = Reader(self.meta["model"], dtype=self.dtype)
+        return self._generator
+
+    def _load_span(self, reader_dir: Path, stores: Path) -> None:
         from transformers import AutoTokenizer
 
-        from ..activations.llm import FrozenLLM, resolve_model
+        from ..activations.llm import resolve_model
         from ..activations.store import ActivationStore
         from .span_read import StoredPassageReader
 
         corpus = ActivationStore(stores / self.ds.name / "corpus.zarr")
         tokenizer = AutoTokenizer.from_pretrained(resolve_model(self.meta["model"])[0])
         self.span = StoredPassageReader(reader_dir, corpus, self.ds, tokenizer)
-        self.layers = sorted(set(self.tuner.cfg.layers) | set(self.span.layers) | set(self.reranker.layers))
-        self.llm = FrozenLLM(self.meta["model"], max_layer=max(self.layers), dtype=dtype)  # only the blocks read
+        self.layers = sorted(set(self.layers) | set(self.span.layers))
+
+    def prompt(self) -> tuple[str, list]:
+        """The generative reader's prompt style and shots dev chose for this set (plain without a rag stage)."""
+        return dev_prompt(self.root / "rag" / "rag.json", self.ds.name) if self.root else ("plain", [])
 
     def retrievers(self) -> tuple[str, ...]:
         return (f"{self.system}+bm25", self.system, "bm25")
@@ -214,34 +276,67 @@ class Memory:
         return retriever
 
     def ask(self, question: str, k: int = 3, retriever: str | None = None, order: str = "question-first",
-            max_new_tokens: int = RAG.max_new_tokens, bf16: bool = True, prompt: str = "plain", shots=None) -> Answer:
+            max_new_tokens: int = RAG.max_new_tokens, bf16: bool = True, prompt: str | None = None, shots=None,
+            reader: str | None = None) -> Answer:
+        """Retrieve `k` passages for `question` and read them: `reader` "span" or "generate" [the memory's mode];
+        `prompt` and `shots`: the generative reader's [as dev chose, `prompt()`]."""
         retriever = self.check(question, k, retriever, order)
-        if self.mode == "span":
+        reader = reader or self.mode
+        if reader not in READER_CHOICES:
+            raise DataError(f"reader {reader!r}: one of {', '.join(READER_CHOICES)}")
+        if reader == "span":
+            if self.span is None:
+                raise DataError("no span reader for this configuration (run `lmort train-reader`, or ask with "
+                                "reader generate)")
             return self._ask_span(question, k, retriever, bf16)
+        if prompt is None:
+            prompt, shots = self.prompt()
         return self._ask_generate(question, k, retriever, order, max_new_tokens, bf16, prompt, shots)
 
-    def _ask_span(self, question: str, k: int, retriever: str, bf16: bool) -> Answer:
+    @property
+    def llm(self):
+        """The frozen LLM cut after the deepest layer the tuner, reranker or span reader reads (built on first use)."""
+        if self._llm is None:
+            from ..activations.llm import FrozenLLM
+
+            self._llm = FrozenLLM(self.meta["model"], max_layer=max(self.layers), dtype=self.dtype)
+        return self._llm
+
+    def _find(self, question: str, k: int, retriever: str, bf16: bool) -> tuple[dict, list[Hit], dict, bool]:
         """One forward of the truncated LLM over the question (as the queries store holds it); the tuner's layers
-        retrieve, the reader's layers read the passages' stored states."""
+        retrieve, the reranker's rerank: its states, the top `k` passages, ms per part, and whether it was cut."""
         t0 = time.perf_counter()
         ids, truncated = self.llm.tokenize([self.template.format_query(question)], self.query_max_length)
         states, mask = self.llm.forward(ids, self.layers)
         states = {layer: x[:, : int(mask.sum())] for layer, x in states.items()}  # the batch's width is padded
         t1 = time.perf_counter()
         tuner_states = {layer: states[layer] for layer in self.tuner.cfg.layers}
-        depth = self.reranker.depth(retriever, k)
-        run = self._retrieve(question, tuner_states, retriever, depth, bf16)
+        run = self._retrieve(question, tuner_states, retriever, self.reranker.depth(retriever, k), bf16)
         t2 = time.perf_counter()
-        run = self.reranker.rerank(retriever, states, run, bf16)
-        passages = ranked_hits(run, self.ds, k)
-        t_rerank = time.perf_counter()
-        read = self.span.read({layer: states[layer] for layer in self.span.layers}, [p.id for p in passages])
+        passages = ranked_hits(self.reranker.rerank(retriever, states, run, bf16), self.ds, k)
         t3 = time.perf_counter()
+        ms = {"forward": (t1 - t0) * 1e3, "retrieve": (t2 - t1) * 1e3,
+              **({"rerank": (t3 - t2) * 1e3} if self.reranker.active(retriever) else {})}
+        return states, passages, ms, truncated
+
+    def search(self, question: str, k: int = 10, retriever: str | None = None, bf16: bool = True
+               ) -> tuple[list[Hit], dict[str, float]]:
+        """The top `k` passages for new text (reranked where dev chose to) and the ms per part."""
+        retriever = self.check(question, k, retriever, ORDERS[0])
+        t0 = time.perf_counter()
+        _, passages, ms, _ = self._find(question, k, retriever, bf16)
+        return passages, {**ms, "total": (time.perf_counter() - t0) * 1e3}
+
+    def _ask_span(self, question: str, k: int, retriever: str, bf16: bool) -> Answer:
+        """The question's one forward retrieves (`_find`); the reader's layers read the passages' stored states."""
+        t0 = time.perf_counter()
+        states, passages, ms, truncated = self._find(question, k, retriever, bf16)
+        t1 = time.perf_counter()
+        read = self.span.read({layer: states[layer] for layer in self.span.layers}, [p.id for p in passages])
+        t2 = time.perf_counter()
         notes = [f"the question was truncated at {self.query_max_length} tokens (the stores' query length)"
                  ] if truncated else []
-        ms = {"forward": (t1 - t0) * 1e3, "retrieve": (t2 - t1) * 1e3,
-              **({"rerank": (t_rerank - t2) * 1e3} if self.reranker.active(retriever) else {}),
-              "read": (t3 - t_rerank) * 1e3, "total": (t3 - t0) * 1e3}
+        ms = {**ms, "read": (t2 - t1) * 1e3, "total": (t2 - t0) * 1e3}
         return Answer(question, read[0].text if read else "", passages, retriever, "span", ms, read[0] if read
                       else None, notes)
 

@@ -16,7 +16,7 @@ from ..activations.store import ActivationStore, shared_fingerprint
 from ..common.config import Template
 from ..common.precision import autocast, feed_dtype
 from ..data.beir import Prepared
-from .reader_data import Passages, gather
+from .reader_data import Passage, Passages, gather
 from .span_reader import SpanReader, best_spans
 
 
@@ -27,6 +27,17 @@ class SpanAnswer:
     rank: int  # the passage's rank in the retrieval
     score: float  # the span's start + end logit
     sentence: str  # the sentence around the span, for a person to check
+    context: str = ""  # the passage as the reader read it (the template's passage text: title and text)
+    start: int = 0  # the answer is context[start:end]
+    end: int = 0
+
+
+def answer_chars(passage: Passage, start: int, end: int) -> tuple[int, int]:
+    """The characters of the passage that tokens start..end cover, without the spaces at either end (what
+    `Passage.span_text` returns is passage.shown[a:b])."""
+    a, b = passage.offsets[start][0], passage.offsets[end][1]
+    text = passage.shown[a:b]
+    return a + len(text) - len(text.lstrip()), b - len(text) + len(text.rstrip())
 
 
 class StoredPassageReader:
@@ -57,8 +68,9 @@ class StoredPassageReader:
         out = []
         for rank, doc in enumerate(doc_ids, 1):
             passage, i, j = self.passages[doc], int(s[rank - 1]), int(e[rank - 1])
-            out.append(SpanAnswer(passage.span_text(i, j), doc, rank, float(score[rank - 1]),
-                                  passage.sentence_around(i, j)))
+            a, b = answer_chars(passage, i, j)
+            out.append(SpanAnswer(passage.shown[a:b], doc, rank, float(score[rank - 1]), passage.sentence_around(i, j),
+                                  passage.shown, a, b))
         return sorted(out, key=lambda a: -a.score)
 
     def read_stored_question(self, queries: ActivationStore, qid: str, doc_ids: list[str]) -> list[SpanAnswer]:

@@ -20,6 +20,7 @@ from ..common.precision import autocast
 from ..data.beir import Prepared
 from ..retrieval.index import save_index
 from .adapter import Adapter, AdapterConfig
+from .indexing import index_paths, relative_to
 from .loop import Trainee, batch_layout, contrastive_loss, fit, fresh_state, optimizer, optimizer_step
 from .training_sets import TrainingSet
 
@@ -98,5 +99,6 @@ def index_adapter(adapter_dir: Path, ds: Prepared, qids: list[str], out: Path, r
     t0 = time.time()
     dids, vectors, queries = encode_set(adapter, ds, qids, bf16)
     return save_index(vectors, dids, queries, qids, out, run_path, system, kind=kind, k=k, meta={
-        "adapter": str(adapter_dir), "data": ds.name, "model": cfg.model, "template": cfg.template,
+        "adapter": relative_to(out, adapter_dir), "data": ds.name,
+        "paths": index_paths(out, prepared=ds.folder), "model": cfg.model, "template": cfg.template,
         "query_max_length": cfg.query_max_length, "encode_seconds": round(time.time() - t0, 1), "bf16": bf16})

@@ -57,6 +57,22 @@ class AdapterEncoder:
                                    progress=False)
 
 
+def index_piece(index_dir: Path, meta: dict, name: str) -> Path | None:
+    """A piece an index reads beyond its folder (the tuner or adapter, `stores`, `prepared`, `configuration`), where
+    its meta.json records it: relative to the index (an absolute or working-directory path from older indexes is
+    taken as it is). None where the index records no such piece; one line naming it where it is missing."""
+    recorded = meta.get(name) if name in ("tuner", "adapter") else (meta.get("paths") or {}).get(name)
+    if recorded is None:
+        return None
+    path = Path(index_dir) / recorded
+    if not path.exists() and Path(recorded).exists():
+        path = Path(recorded)
+    if not path.exists():
+        raise DataError(f"{index_dir}/meta.json: its {name} ({recorded}, relative to the index) is missing: move the "
+                        f"index together with what it reads, or rebuild it with `lmort index`")
+    return path.resolve()
+
+
 def load_encoder(index_dir: Path, meta: dict, bf16: bool = True) -> TunerEncoder | AdapterEncoder:
     """The encoder an index was built with (its meta.json `meta`); a tuner trained on stores of another model or
     template than the index's is refused."""
@@ -64,13 +80,15 @@ def load_encoder(index_dir: Path, meta: dict, bf16: bool = True) -> TunerEncoder
     if "adapter" in meta:
         from .adapter import Adapter
 
-        return AdapterEncoder(Adapter.load(Path(meta["adapter"])), template, meta["query_max_length"], bf16)
-    stores_of = trained_on(Path(meta["tuner"])) or {}
+        return AdapterEncoder(Adapter.load(index_piece(index_dir, meta, "adapter")), template,
+                              meta["query_max_length"], bf16)
+    tuner_dir = index_piece(index_dir, meta, "tuner")
+    stores_of = trained_on(tuner_dir) or {}
     for key in ("model", "template"):
         if key in stores_of and stores_of[key] != meta[key]:
             raise DataError(f"{index_dir}: the tuner {meta['tuner']} was trained on stores with another {key} "
                             f"({stores_of[key]!r}) than the index's ({meta[key]!r})")
-    return TunerEncoder(Tuner.load(Path(meta["tuner"])), meta["model"], template, meta["query_max_length"],
+    return TunerEncoder(Tuner.load(tuner_dir), meta["model"], template, meta["query_max_length"],
                         meta.get("compute_dtype", "float32"), bf16)
 
 
