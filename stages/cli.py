@@ -22,7 +22,7 @@ COMMANDS = {  # name: "module:attribute" of its click command
     "sweep": "stages.sweep:command", "identify": "stages.identify:command", "compose": "stages.compose:command",
     "adapter": "stages.adapter:command", "compare": "stages.compare:command", "tiny": "stages.tiny:command",
     "train-reader": "stages.train_reader:command", "train-reranker": "stages.train_reranker:command",
-    "rerank": "stages.rerank:command", "rerank-run": "stages.rerank:run_command",
+    "rerank": "stages.rerank:command", "rerank-run": "stages.rerank:run_command", "serve": "stages.serve:command",
 }
 
 

@@ -102,8 +102,8 @@ def test_an_index_names_what_it_reads_and_a_moved_one_says_what_is_missing(memor
     memory = Memory(moved / "index" / "lmort" / "tiny")  # the prepared set, stores and fusion, all as recorded
     assert memory.ds.folder == (moved / "prepared").resolve() and memory.fusion_json.parent.parent == moved.resolve()
     question = memory_world["ds"].queries["q20"]
-    assert [p.id for p in memory.search(question, k=3)[0]] == [
-        p.id for p in Memory(memory_world["index"], fusion_json=moved / "fusion" / "fusion.json").search(question, 3)[0]]
+    original = Memory(memory_world["index"], fusion_json=moved / "fusion" / "fusion.json")
+    assert [p.id for p in memory.search(question, k=3)[0]] == [p.id for p in original.search(question, 3)[0]]
     alone = tmp_path / "alone"
     shutil.copytree(memory_world["index"], alone)
     with pytest.raises(DataError, match=r"alone/meta.json: its tuner \(\.\./\.\./\.\./tuner/best.*is missing"):

@@ -219,6 +219,8 @@ def test_ask_with_the_span_reader_answers_from_a_retrieved_passage(span_memory):
         assert set(a.ms) == {"forward", "retrieve", "read", "total"}
         assert a.source.doc_id in [p.id for p in a.passages] and a.answer
         assert a.answer in ds.corpus[a.source.doc_id]["text"] and a.answer in a.source.sentence
+        d = a.to_dict()  # what the API and /ask return: the answer is context[start:end] of its passage
+        assert d["context"][d["start"] : d["end"]] == a.answer and d["passage"]["id"] == a.source.doc_id
         # the question's own forward reads what the queries store holds (up to its float16): the same span scores
         docs = [p.id for p in a.passages]
         ids = memory.llm.tokenize([memory.template.format_query(ds.queries[qid])], 8)[0]
