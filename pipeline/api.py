@@ -34,8 +34,10 @@ class Index:
     the device has native bf16."""
 
     def __init__(self, path: str | Path, bf16: bool = True):
+        from .common.quiet import quiet_libraries
         from .tuner.encoders import open_index
 
+        quiet_libraries()
         self.path = Path(path)
         if not (self.path / "meta.json").is_file():
             raise DataError(f"{self.path}: no index here (no meta.json); build one with `lmort index`")

@@ -27,15 +27,16 @@ def command(index_dir, k, data, text, bf16, rerank) -> None:
     """Encode TEXT with the frozen LLM + tuner (no store) and search the index: rank, score, id, title, text."""
     import time
 
-    from pipeline.answers.ask import RerankStep
+    from pipeline.answers.ask import RerankStep, open_prepared
+    from pipeline.common.quiet import quiet_libraries
     from pipeline.tuner.encoders import index_piece, open_index
 
     query = " ".join(text)
     if not query.strip():
         raise click.UsageError("the query is empty")
+    quiet_libraries()
     retriever, meta = open_index(index_dir, bf16)
-    data = data or meta.get("data")
-    ds = ensure_prepared(data) if data else None
+    ds = ensure_prepared(data) if data else open_prepared(index_dir, meta)
     root, stores = (index_piece(index_dir, meta, piece) for piece in ("configuration", "stores"))
     step = RerankStep.open(root, stores, ds, rerank) if ds is not None else RerankStep()
     system = meta["system"]

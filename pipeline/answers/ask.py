@@ -169,8 +169,10 @@ class Memory:
     def __init__(self, index_dir: Path, ds: Prepared | None = None, model: str | None = None,
                  fusion_json: Path | None = None, reader: str | None = None, readers_root: Path | None = None,
                  stores: Path | None = None, rerank: bool | None = None):
+        from ..common.quiet import quiet_libraries
         from ..tuner.encoders import TunerEncoder, index_piece, open_index
 
+        quiet_libraries()
         if reader not in (None, *READER_CHOICES):
             raise DataError(f"reader {reader!r}: one of {', '.join(READER_CHOICES)}")
         self.dense, self.meta = open_index(index_dir)  # checks the tuner against the index's model and template
