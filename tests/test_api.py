@@ -24,7 +24,8 @@ def configuration(memory_world, tmp_path) -> Path:
     for part in ("index", "tuner", "stores", "prepared"):
         shutil.copytree(memory_world["root"] / part, root / part)
     (root / "fusion").mkdir()
-    (root / "fusion" / "fusion.json").write_text(json.dumps({"tiny": {"systems": {"lmort+bm25": {"dense_weight": 0.5}}}}))
+    choice = {"tiny": {"systems": {"lmort+bm25": {"dense_weight": 0.5}}}}
+    (root / "fusion" / "fusion.json").write_text(json.dumps(choice))
     return root
 
 
