@@ -37,6 +37,23 @@ else
 	PATH="$(BIN):$$PATH" $(BIN)/dvc repro
 endif
 
+# `make bench`: every benchmark of bench/ (each prints a Markdown table and writes bench/<name>.md). They read the
+# default's cache (`make repro` first); those of the span reader read the rag protocol's (`make repro PROTOCOL=rag`)
+# and say so where it is missing. bench/reports/ holds the scripts behind committed reports, bench/gpu/ the GPU runs.
+INDEX ?= cache/default/index/lmort/scifact
+RAG_INDEX ?= cache/rag/index/lmort/squad
 bench: install
 	$(BIN)/python bench/extract_bench.py
 	$(BIN)/python bench/train_bench.py
+	$(BIN)/python bench/adapter_bench.py --steps 3
+	$(BIN)/python bench/minilm_bench.py
+	$(BIN)/python bench/reader_bench.py
+	$(BIN)/python bench/rerank_bench.py --reranker cache/default/reranker --stores cache/default/stores --data scifact \
+		--queries 50 --depth 100
+	$(BIN)/python bench/ask_bench.py --index $(INDEX)
+	$(BIN)/python bench/serve_bench.py --index $(INDEX) --endpoint search --out bench/serve_bench_search.md
+	$(BIN)/python bench/page_shot.py --index $(INDEX)
+	@if [ -d $(RAG_INDEX) ]; then \
+		$(BIN)/python bench/span_ask_bench.py --index $(RAG_INDEX) && \
+		$(BIN)/python bench/serve_bench.py --index $(RAG_INDEX) --endpoint ask --reader span; \
+	else echo "span_ask_bench, serve_bench --reader span: skipped, no $(RAG_INDEX) (make repro PROTOCOL=rag)"; fi

@@ -10,7 +10,6 @@ Prints a Markdown table (medians over the questions, milliseconds) and writes it
 
 from __future__ import annotations
 
-import json
 import statistics
 import time
 from pathlib import Path
@@ -29,15 +28,14 @@ import click
 def main(index_dir, questions, split, k, retriever, order, out) -> None:
     from pipeline.activations.llm import FrozenLLM
     from pipeline.answers.ask import Memory
+    from pipeline.answers.service import warm_up
     from pipeline.common.tables import markdown_table
-    from pipeline.data.prepare import ensure_prepared
     from pipeline.retrieval.baselines import minilm_encode
 
-    meta = json.loads((index_dir / "meta.json").read_text())
-    ds = ensure_prepared(meta["data"])
-    memory = Memory(index_dir, ds)
-    _ = memory.bm25  # built once, before timing (a server keeps it)
-    llm = FrozenLLM(meta["model"], max_layer=max(memory.tuner.cfg.layers), dtype=memory.reader.model.dtype)
+    memory = Memory(index_dir, reader="generate")  # the prepared set and configuration its meta.json names
+    ds = memory.ds
+    warm_up(memory)  # BM25's index and the fusion built once, before timing (as `lmort serve` does)
+    llm = FrozenLLM(memory.meta["model"], max_layer=max(memory.tuner.cfg.layers), dtype=memory.reader.model.dtype)
     qids = sorted(ds.qrels[split])[: questions + 1]
     memory.ask(ds.queries[qids[0]], k, retriever, order)  # warm-up: kernels compiled, caches filled
     minilm_encode(["warm up"], progress=False)

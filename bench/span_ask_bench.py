@@ -36,16 +36,15 @@ def percentile(values: list[float], q: float) -> float:
 def main(index_dir, questions, split, k, retriever, out) -> None:
     t_start = time.perf_counter()
     from pipeline.answers.ask import Memory
+    from pipeline.answers.service import warm_up
     from pipeline.common.tables import markdown_table
-    from pipeline.data.prepare import ensure_prepared
 
-    meta = json.loads((index_dir / "meta.json").read_text())
-    ds = ensure_prepared(meta["data"])
-    rag = Path(index_dir).resolve().parents[2] / "rag" / "rag.json"
-    chosen = (json.loads(rag.read_text()).get(ds.name, {}).get("span_choice") or {}) if rag.exists() else {}
+    memory = Memory(index_dir, reader="span")  # the prepared set and configuration its meta.json names
+    ds = memory.ds
+    rag = memory.root / "rag" / "rag.json" if memory.root else None
+    chosen = (json.loads(rag.read_text()).get(ds.name, {}).get("span_choice") or {}) if rag and rag.exists() else {}
     k = k or chosen.get("k", 3)
-    memory = Memory(index_dir, ds, reader="span")
-    _ = memory.bm25  # built once, before timing (a server keeps it)
+    warm_up(memory)  # BM25's index and the fusion built once, before timing (as `lmort serve` does)
     qids = sorted(ds.qrels[split])[: questions + 1]
     first = memory.ask(ds.queries[qids[0]], k, retriever)  # warm-up: kernels compiled, caches filled
     in_process_cold = (time.perf_counter() - t_start) * 1e3

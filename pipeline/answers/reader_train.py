@@ -18,11 +18,11 @@ import torch
 from tqdm.auto import tqdm
 
 from ..activations.store import ActivationStore, check_compatible
-from ..common.atomic import atomic_file, existing_dir
+from ..common.atomic import atomic_file
 from ..common.precision import autocast, feed_dtype
 from ..data.beir import Prepared
-from ..tuner.loop import warmup_linear_decay
-from ..tuner.train import _load_checkpoint, _save_checkpoint
+from ..tuner.checkpoints import resume_or_start, save_checkpoint
+from ..tuner.loop import optimizer_step, warmup_linear_decay
 from .reader_data import Passages, SpanExample, gather, length_batches, load_layers
 from .span_reader import ReaderConfig, SpanReader, best_spans, span_loss
 
@@ -108,27 +108,9 @@ def _step(reader, opt, schedule, inputs: ReaderInputs, batch: list[SpanExample],
     gold_end = torch.tensor([x.end for x in batch], device=device)
     with autocast(device, cfg.bf16):
         start, end = reader(*states)
-    loss = span_loss(start, end, gold_start, gold_end)
-    opt.zero_grad(set_to_none=True)
-    loss.backward()
-    torch.nn.utils.clip_grad_norm_(reader.parameters(), cfg.clip)
-    opt.step()
+    loss = optimizer_step(reader, opt, span_loss(start, end, gold_start, gold_end), cfg.clip)
     schedule.step()
-    return float(loss.detach())
-
-
-def _resume(reader, opt, schedule, setup: dict, out: Path) -> dict:
-    fresh = {"step": 0, "seen": 0, "best": None, "curve": [], "losses": [], "seconds": 0.0, "setup": setup}
-    ckpt = existing_dir(out / "checkpoint")
-    if not (ckpt / "state.json").exists():
-        return fresh
-    if json.loads((ckpt / "state.json").read_text()).get("setup") != setup:
-        log.info(f"{out}: the checkpoint is for other settings; training from scratch")
-        for old in (ckpt, out / "best"):
-            shutil.rmtree(old, ignore_errors=True)
-        return fresh
-    log.info(f"resuming {out}")
-    return _load_checkpoint(reader, opt, schedule, ckpt)
+    return loss
 
 
 def train_reader(inputs: ReaderInputs, reader_cfg: ReaderConfig, cfg: ReaderTrainConfig, out: Path,
@@ -151,7 +133,8 @@ def train_reader(inputs: ReaderInputs, reader_cfg: ReaderConfig, cfg: ReaderTrai
     schedule = torch.optim.lr_scheduler.LambdaLR(opt, partial(warmup_linear_decay, total=total, warmup=cfg.warmup))
     setup = {"reader": reader_cfg.to_dict(), "train": asdict(cfg), "stores": stores,
              "train_questions": len(inputs.train), "dev_questions": len(inputs.dev)}
-    state = _resume(reader, opt, schedule, setup, out)
+    fresh = {"step": 0, "seen": 0, "best": None, "curve": [], "losses": [], "seconds": 0.0, "setup": setup}
+    state = resume_or_start(reader, opt, schedule, setup, out, fresh)
     every = max(1, per_epoch // cfg.evals_per_epoch)
     with tqdm(total=total, initial=state["step"], unit="step", desc="train reader", disable=not progress) as bar:
         while state["step"] < total:
@@ -169,7 +152,7 @@ def train_reader(inputs: ReaderInputs, reader_cfg: ReaderConfig, cfg: ReaderTrai
                     break
             state["seconds"] += time.time() - t0
             _evaluate(reader, inputs, cfg, state, out, stores)
-            _save_checkpoint(reader, opt, schedule, state, out / "checkpoint")
+            save_checkpoint(reader, opt, schedule, state, out / "checkpoint")
     summary = {"parameters": reader.num_parameters(), "steps": state["step"], "questions_seen": state["seen"],
                "train_seconds": round(state["seconds"], 1), "best": state["best"], "curve": state["curve"],
                "labels": inputs.counts, "reader": reader_cfg.to_dict(), "train": asdict(cfg),

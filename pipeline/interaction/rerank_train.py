@@ -30,8 +30,9 @@ from ..common.precision import autocast, feed_dtype
 from ..data.beir import Prepared
 from ..retrieval.baselines import bm25_run
 from ..retrieval.fusion import mean_ndcg
+from ..tuner.checkpoints import resume_or_start, save_checkpoint
 from ..tuner.loop import batch_layout, epoch_batches, optimizer_step, warmup_linear_decay
-from ..tuner.train import _save_checkpoint, load_within_budget, resume_or_start
+from ..tuner.train import load_within_budget
 from ..tuner.training_sets import TrainingSet
 from .rerank import EncodedPassages, combine, rerank_scores
 from .reranker import Reranker, RerankerConfig
@@ -170,7 +171,7 @@ def train_reranker(sets: list[TrainingSet], devs: list[DevSet], model_cfg: Reran
         while state["step"] < total:
             _segment(reranker, opt, schedule, sets, loop_cfg, cfg, state, per_epoch, every, device, bar)
             _evaluate(reranker, devs, cfg, state, out, stores)
-            _save_checkpoint(reranker, opt, schedule, state, out / "checkpoint")
+            save_checkpoint(reranker, opt, schedule, state, out / "checkpoint")
     summary = {"parameters": reranker.num_parameters(), "steps": state["step"], "queries_seen": state["seen"],
                "train_seconds": round(state["seconds"], 1), "best": state["best"], "curve": state["dev"],
                "reranker": model_cfg.to_dict(), "train": asdict(cfg),

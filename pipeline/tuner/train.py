@@ -19,13 +19,13 @@ from pathlib import Path
 
 import numpy as np
 import torch
-from safetensors.torch import load_file, save_file
 
 from ..activations.store import check_compatible
-from ..common.atomic import atomic_dir, atomic_file, existing_dir
+from ..common.atomic import atomic_dir, atomic_file
 from ..common.config import IO_ONLY, TrainConfig, TunerConfig
 from ..common.precision import autocast, feed_dtype
-from .loop import Trainee, batch_layout, contrastive_loss, fit, fresh_state, optimizer, optimizer_step
+from .checkpoints import resume_or_start, save_checkpoint
+from .loop import Trainee, batch_layout, contrastive_loss, fit, optimizer, optimizer_step
 from .model import Tuner
 from .training_sets import TrainingSet, sample_queries
 
@@ -106,51 +106,6 @@ def store_encoder(tuner: Tuner, bf16: bool = True):
     return encode
 
 
-# ------------------------------------------------------------------ checkpoints (safetensors + JSON)
-
-
-def _save_checkpoint(tuner, opt, schedule, state: dict, folder: Path) -> None:
-    sd = opt.state_dict()
-    tensors = {f"{pid}.{k}": v.contiguous() for pid, st in sd["state"].items() for k, v in st.items()}
-    saved = {**state, "param_groups": sd["param_groups"], "schedule": schedule.state_dict()}
-
-    def write(tmp: Path):
-        save_file({k: v.detach().cpu().contiguous() for k, v in tuner.state_dict().items()}, tmp / "model.safetensors")
-        save_file(tensors, tmp / "optimizer.safetensors")
-        (tmp / "state.json").write_text(json.dumps(saved, indent=1))
-    atomic_dir(folder, write)
-
-
-def _load_checkpoint(tuner, opt, schedule, folder: Path) -> dict:
-    state = json.loads((folder / "state.json").read_text())
-    tuner.load_state_dict(load_file(folder / "model.safetensors"))
-    flat = load_file(folder / "optimizer.safetensors")
-    opt_state: dict = {}
-    for key, v in flat.items():
-        pid, name = key.split(".", 1)
-        opt_state.setdefault(int(pid), {})[name] = v
-    opt.load_state_dict({"state": opt_state, "param_groups": state.pop("param_groups")})
-    schedule.load_state_dict(state.pop("schedule"))
-    return state
-
-
-def resume_or_start(tuner, opt, schedule, setup: dict, out: Path) -> dict:
-    """The training state: a checkpoint's in `out` when it was made with the same `setup` (settings, stores, pairs),
-    else a fresh one (a checkpoint of other settings is removed, with the best tuner it had saved)."""
-    fresh = fresh_state(setup)
-    ckpt = existing_dir(out / "checkpoint")
-    if not (ckpt / "state.json").exists():
-        return fresh
-    saved = json.loads((ckpt / "state.json").read_text())
-    if saved.get("setup") == setup and "schedule" in saved:
-        log.info(f"resuming {out} after epoch {saved['epoch']}")
-        return _load_checkpoint(tuner, opt, schedule, ckpt)
-    log.info(f"{out}: the checkpoint is for other settings; training from scratch")  # a changed parameter
-    for old in (ckpt, out / "best"):
-        shutil.rmtree(old, ignore_errors=True)
-    return fresh
-
-
 # ------------------------------------------------------------------ the loop
 
 
@@ -187,7 +142,7 @@ def train(sets: list[TrainingSet], tuner_cfg: TunerConfig, cfg: TrainConfig, out
         encode=store_encoder(tuner, cfg.bf16),
         save=lambda folder, extra: tuner.save(folder, {**extra, "stores": stores}))
     fit(trainee, schedule, sets, cfg, state, out, progress,
-        checkpoint=lambda state: _save_checkpoint(tuner, opt, schedule, state, out / "checkpoint"))
+        checkpoint=lambda state: save_checkpoint(tuner, opt, schedule, state, out / "checkpoint"))
     summary = {"parameters": tuner.num_parameters(), "epochs_run": state["epoch"], "best_epoch": state["best_epoch"],
                "dev_ndcg@10": state["best"], "train_seconds": round(state["seconds"], 1),
                "steps": state["step"], "tuner": tuner_cfg.to_dict(), "train": asdict(cfg)}

@@ -12,7 +12,7 @@
 #   LAST_LAYER  which extractions to time ("false true": without and with layer L)          [false true]
 #
 # Packages missing there travel as wheels in .whl/ (see /work/.library/device/README.md); here they are
-# installed already. Run from the repository root: `bash bench/gpu_bench.sh`.
+# installed already. Run from the repository root: `bash bench/gpu/gpu_bench.sh`.
 set -u
 OUT=${OUT:-/tmp/gpu-bench}
 MODEL_DIR=${MODEL_DIR:-.gpu/smollm2-135m}
@@ -69,7 +69,7 @@ EOF
     echo "## lmort extract $data, last layer $last"
     t=$(stamp)
     lmort extract --model smollm2-135m --data "$DATA" --geometry "$GEOMETRY" --last-layer $last \
-      $(python3 bench/extract_flags.py params.yaml) --rebuild-on-mismatch \
+      $(python3 bench/gpu/extract_flags.py params.yaml) --rebuild-on-mismatch \
       --out "cache/gpu-last-$last/stores/$data" 2>&1 | grep -v "it/s]\|tok/s]" | tail -6
     echo "extract (last layer $last): $(took "$t") s wall"
   done

@@ -2,7 +2,7 @@
 difference. Issue 10's check that bfloat16 keeps the default's scores within +-0.01 nDCG@10 of float32:
 
     make repro PROTOCOL=default-float32 && make repro
-    python bench/compare_metrics.py cache/default-float32/metrics.json cache/default/metrics.json
+    python bench/reports/compare_metrics.py cache/default-float32/metrics.json cache/default/metrics.json
 """
 
 from __future__ import annotations

@@ -2,10 +2,10 @@
 
 The GGUF's own quantised bytes are carried unchanged (Q8_0 embedding, Q4_1 blocks): the embedding rows of tokens
 that no text of the stores uses are zeroed, so the xz-compressed file holds only what the run reads. On the GPU
-machine, `bench/gpu_model.py` dequantises them with the gguf library into the same float32 weights that
+machine, `bench/gpu/gpu_model.py` dequantises them with the gguf library into the same float32 weights that
 `lmort extract` converts here (a check below compares them exactly). Layers 0..L need the embedding and L blocks.
 
-    python bench/gpu_pack.py --stores cache/large/stores --blocks 2 --out .gpu
+    python bench/gpu/gpu_pack.py --stores cache/large/stores --blocks 2 --out .gpu
 """
 
 from __future__ import annotations

@@ -1,9 +1,9 @@
 #!/bin/bash
 # The layer sweep of the protocol layers on a lent GPU machine (H100/H200): no model hub, 64 MiB of carried files
 # a call, so two calls back to back (the machine keeps /tmp while it stays warm):
-#   python bench/gpu_pack.py --stores <stores of these sets> --blocks 30 --parts 2 --out .gpusw   (here, once)
-#   bash bench/gpu_sweep.sh setup   carry .whl (missing wheels) and .gpusw-1 (blocks 15-29): install, keep the part
-#   bash bench/gpu_sweep.sh run     carry .gpusw (embedding, blocks 0-14) and .gpusw-data (prepared sets, tar.xz):
+#   python bench/gpu/gpu_pack.py --stores <stores of these sets> --blocks 30 --parts 2 --out .gpusw   (here, once)
+#   bash bench/gpu/gpu_sweep.sh setup   carry .whl (missing wheels) and .gpusw-1 (blocks 15-29): install, keep the part
+#   bash bench/gpu/gpu_sweep.sh run     carry .gpusw (embedding, blocks 0-14) and .gpusw-data (prepared sets, tar.xz):
 #                                   build the model, `lmort analyze` (the rule's pair), `lmort extract` of the seven
 #                                   layers for every set at once, then `lmort sweep` in $PROCS processes sharing
 #                                   the grid; every point.json reaches $OUT as soon as it is written.
@@ -36,12 +36,12 @@ root=$LMORT_CACHE/layers
   nvidia-smi --query-gpu=name,memory.total,driver_version --format=csv,noheader 2>&1
   tar -xJf .gpusw-data/data.tar.xz -C "$LMORT_CACHE" || exit 1
   cp /tmp/parts/* .gpusw/ || exit 1
-  python3 bench/gpu_model.py --packed .gpusw --out "$LMORT_CACHE/models/smollm2-135m" || exit 1
+  python3 bench/gpu/gpu_model.py --packed .gpusw --out "$LMORT_CACHE/models/smollm2-135m" || exit 1
   echo "## lmort analyze (the geometric rule on the training pairs), $(( $(now) - t0 )) s"
   lmort compose --protocol layers --out .layers.yaml || exit 1
-  flags=$(python3 bench/extract_flags.py .layers.yaml)
+  flags=$(python3 bench/gpu/extract_flags.py .layers.yaml)
   lmort analyze --model smollm2-135m --data $TRAIN --split train --out "$root/analysis" --max-pairs 5000 --seed 0 \
-    $(python3 bench/extract_flags.py .layers.yaml analyze) 2>&1 | quiet | tail -4
+    $(python3 bench/gpu/extract_flags.py .layers.yaml analyze) 2>&1 | quiet | tail -4
   cp "$root/analysis/geometry.json" "$OUT/" 2>/dev/null
   echo "## lmort extract, every set at once (layers $LAYERS + the rule's), $(( $(now) - t0 )) s"
   for s in $SETS; do

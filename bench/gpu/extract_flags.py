@@ -1,8 +1,8 @@
 """Print stage one's flags from a params file's `extract:` section, so the GPU scripts run `lmort extract` (or, with
 `analyze` as second argument, `lmort analyze`) with the configuration's knobs instead of restating them.
 
-    lmort extract ... $(python3 bench/extract_flags.py params.yaml)
-    lmort analyze ... $(python3 bench/extract_flags.py params.yaml analyze)
+    lmort extract ... $(python3 bench/gpu/extract_flags.py params.yaml)
+    lmort analyze ... $(python3 bench/gpu/extract_flags.py params.yaml analyze)
 """
 
 import sys

@@ -2,9 +2,9 @@
 # The paper-size points of the data-scaling curve on a lent GPU machine (H100/H200), which has torch and
 # transformers but no model hub and takes 64 MiB of carried files a call; so two calls, back to back (the machine
 # keeps /tmp while it stays warm):
-#   bash bench/gpu_scale.sh setup   carry .whl (missing packages as wheels) and .gpudata (the prepared sets as
+#   bash bench/gpu/gpu_scale.sh setup   carry .whl (missing packages as wheels) and .gpudata (the prepared sets as
 #                                   uncompressed Parquet in one tar.xz): installs into /tmp/site, unpacks the data
-#   bash bench/gpu_scale.sh run     carry .gpu (bench/gpu_pack.py: SmolLM2's embedding and first blocks as the
+#   bash bench/gpu/gpu_scale.sh run     carry .gpu (bench/gpu/gpu_pack.py: SmolLM2's embedding and first blocks as the
 #                                   GGUF's own quantised bytes): builds the model folder, extracts the `large`
 #                                   stores (layers 0,2, every set at once), then `lmort scale` trains the points;
 #                                   each point.json reaches $OUT as soon as it is written.
@@ -39,12 +39,12 @@ t0=$(now)
 log="$OUT/run.log"
 {
   nvidia-smi --query-gpu=name,memory.total,driver_version --format=csv,noheader 2>&1
-  python3 bench/gpu_model.py --packed .gpu --out "$LMORT_CACHE/models/smollm2-135m" || exit 1
+  python3 bench/gpu/gpu_model.py --packed .gpu --out "$LMORT_CACHE/models/smollm2-135m" || exit 1
   lmort compose --protocol large --out .large.yaml || exit 1
   echo "## lmort extract, every set at once (layers 0,2; bf16 compute, float16 stores)"
   for s in ${SETS//,/ } ${ZERO//,/ }; do
     lmort extract --model smollm2-135m --data "$LMORT_CACHE/data/$s" --geometry .gpu/geometry.json \
-      --last-layer false $(python3 bench/extract_flags.py .large.yaml) --out "$LMORT_CACHE/large/stores/$s" > "$LMORT_CACHE/extract-$s.log" 2>&1 &
+      --last-layer false $(python3 bench/gpu/extract_flags.py .large.yaml) --out "$LMORT_CACHE/large/stores/$s" > "$LMORT_CACHE/extract-$s.log" 2>&1 &
   done
   wait
   for s in ${SETS//,/ } ${ZERO//,/ }; do grep -H "tok/s\|Error\|error" "$LMORT_CACHE/extract-$s.log" | tail -3; done

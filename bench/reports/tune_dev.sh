@@ -4,11 +4,11 @@
 # from the stores `dvc repro` (or `dvc exp run -S protocol=$PROTOCOL`) extracted in this workspace. DVC records
 # every experiment (params, the dvclive metrics: best dev nDCG@10, its epoch, steps, seconds); test splits are
 # never read (train scores dev only). Rerunning skips experiments that exist already (by name), so a cut run
-# resumes. Then `bash bench/tune_dev.sh table` prints the experiments' dev table (Markdown, from `dvc exp show`).
+# resumes. Then `bash bench/reports/tune_dev.sh table` prints the experiments' dev table (Markdown, from `dvc exp show`).
 #
 #   dvc exp run -S protocol=$PROTOCOL   # the baseline: the protocol as committed
-#   bash bench/tune_dev.sh run       # the one-knob grid below (about 5 min an experiment on 2 cores)
-#   bash bench/tune_dev.sh table > reports/<name>/tuning.md
+#   bash bench/reports/tune_dev.sh run       # the one-knob grid below (about 5 min an experiment on 2 cores)
+#   bash bench/reports/tune_dev.sh table > reports/<name>/tuning.md
 set -euo pipefail
 protocol=${PROTOCOL:-default}
 lmort compose --protocol "$protocol" --out .tune-params.yaml >/dev/null

@@ -1,8 +1,8 @@
-"""Build a model folder from `bench/gpu_pack.py`'s file: dequantise with the gguf library, rename to the
+"""Build a model folder from `bench/gpu/gpu_pack.py`'s file: dequantise with the gguf library, rename to the
 transformers names, undo llama.cpp's q/k row permutation (as transformers' own GGUF loader does), save float32
 safetensors, and a config with as many blocks as were carried (the stored layers need no more).
 
-    python bench/gpu_model.py --packed .gpu --out $LMORT_CACHE/models/smollm2-135m [--check FOLDER]
+    python bench/gpu/gpu_model.py --packed .gpu --out $LMORT_CACHE/models/smollm2-135m [--check FOLDER]
 """
 
 from __future__ import annotations

@@ -3,7 +3,7 @@
 (what `lmort rag` and `lmort ask` use), (b) per-passage log-softmax of start and end, (c) raw logits plus the
 z-scored BM25 score of the passage (weight 1, untuned). Prints dev F1 for each.
 
-    python bench/span_calibration_probe.py
+    python bench/reports/span_calibration_probe.py
 """
 
 import numpy as np

@@ -4,7 +4,7 @@ Runs the frozen LLM over the first N passages of a data set twice (float32 weigh
 bfloat16), and prints, per layer, the per-token cosine similarity of the two (median, 1st percentile, minimum;
 position 0, the attention sink, is listed apart because pooling leaves it out) and the relative L2 error.
 
-    python bench/bf16_agreement.py [--model smollm2-135m] [--data scifact] [--docs 200] [--layers 0,2,30]
+    python bench/reports/bf16_agreement.py [--model smollm2-135m] [--data scifact] [--docs 200] [--layers 0,2,30]
 """
 
 from __future__ import annotations

@@ -1,0 +1,159 @@
+"""`lmort serve` under load, on loopback only (issue 40's goals, with the span reader: /ask warm p50 <= 60 ms and p99
+<= 150 ms with one client; 8 clients for 30 s with no errors and RSS within 10%; ready in <= 10 s):
+
+1. starts `lmort serve --index I` on a free port of 127.0.0.1 and times it until /health answers (ready);
+2. one client: `--requests` (>= 200) requests, one after another, after `--warm` untimed ones;
+3. `--clients` (8) clients for `--seconds` (30), each sending its next request when the last is answered;
+4. the server's RSS (/proc/<pid>/status VmRSS) after the warm-up and after the load; errors counted (non-200).
+
+    python bench/serve_bench.py --index cache/rag/index/lmort/squad [--endpoint ask] [--reader span]
+    python bench/serve_bench.py --index cache/default/index/lmort/scifact --endpoint search
+
+Questions: the set's test queries, in order, cycled. Prints a Markdown table and writes it to bench/serve_bench.md.
+"""
+
+from __future__ import annotations
+
+import json
+import socket
+import statistics
+import subprocess
+import sys
+import threading
+import time
+from pathlib import Path
+
+import click
+
+
+def percentile(values: list[float], q: float) -> float:
+    ordered = sorted(values)
+    return ordered[min(len(ordered) - 1, int(q * len(ordered)))]
+
+
+def rss_mb(pid: int) -> float:
+    for line in Path(f"/proc/{pid}/status").read_text().splitlines():
+        if line.startswith("VmRSS:"):
+            return int(line.split()[1]) / 1024
+    return float("nan")
+
+
+def free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+def timed(client, url: str, body: dict) -> tuple[float, int]:
+    t0 = time.perf_counter()
+    status = client.post(url, json=body, timeout=120).status_code
+    return (time.perf_counter() - t0) * 1e3, status
+
+
+@click.command()
+@click.option("--index", "index_dir", type=click.Path(path_type=Path, exists=True), required=True)
+@click.option("--endpoint", type=click.Choice(["ask", "search"]), default="ask", show_default=True)
+@click.option("--reader", type=click.Choice(["span", "generate"]), help="/ask's reader [the server's].")
+@click.option("--k", default=3, show_default=True)
+@click.option("--max-new-tokens", default=8, show_default=True, help="/ask with the generative reader.")
+@click.option("--requests", "n_requests", default=200, show_default=True)
+@click.option("--warm", default=5, show_default=True)
+@click.option("--clients", default=8, show_default=True)
+@click.option("--seconds", default=30.0, show_default=True)
+@click.option("--out", type=click.Path(path_type=Path), default=Path("bench/serve_bench.md"), show_default=True)
+def main(index_dir, endpoint, reader, k, max_new_tokens, n_requests, warm, clients, seconds, out) -> None:
+    import httpx
+
+    from pipeline.answers.ask import open_prepared
+    from pipeline.common.tables import markdown_table
+
+    meta = json.loads((index_dir / "meta.json").read_text())
+    ds = open_prepared(index_dir, meta)
+    questions = [ds.queries[q] for q in sorted(ds.qrels["test"])]
+    port = free_port()
+    lmort = str(Path(sys.executable).parent / "lmort")
+    t0 = time.perf_counter()
+    server = subprocess.Popen([lmort, "serve", "--index", str(index_dir), "--port", str(port),
+                               *(["--reader", reader] if reader else [])], stdout=subprocess.PIPE, text=True)
+    url = f"http://127.0.0.1:{port}"
+    try:
+        ready = wait_ready(url, server, t0)
+        health = httpx.get(f"{url}/health").json()
+        key = "query" if endpoint == "search" else "question"
+        extra = {"k": k} if endpoint == "search" else {"k": k, "max_new_tokens": max_new_tokens,
+                                                       **({"reader": reader} if reader else {})}
+
+        def body(i: int) -> dict:
+            return {key: questions[i % len(questions)], **extra}
+
+        with httpx.Client() as client:
+            for i in range(warm):
+                timed(client, f"{url}/{endpoint}", body(i))
+            rss_before = rss_mb(server.pid)
+            one = [timed(client, f"{url}/{endpoint}", body(i)) for i in range(n_requests)]
+        many = load(f"{url}/{endpoint}", body, clients, seconds)
+        rss_after = rss_mb(server.pid)
+    finally:
+        server.terminate()
+        server.wait(30)
+    rows = []
+    for name, results in ((f"1 client, {n_requests} requests", one), (f"{clients} clients, {seconds:.0f} s", many)):
+        ms = [m for m, status in results if status == 200]
+        rows.append({"load": name, "requests": len(results), "errors": sum(s != 200 for _, s in results),
+                     "p50 ms": statistics.median(ms) if ms else float("nan"),
+                     "p90 ms": percentile(ms, 0.9) if ms else float("nan"),
+                     "p99 ms": percentile(ms, 0.99) if ms else float("nan"),
+                     "requests/s": len(results) / (seconds if "clients" in name else sum(m for m, _ in results) / 1e3)})
+    table = markdown_table(rows, list(rows[0]), floatfmt=".1f")
+    what = f"/{endpoint}" + (f" (reader {reader or health['reader']}, k = {k})" if endpoint == "ask" else f" (k = {k})")
+    text = (f"`python bench/serve_bench.py --index {index_dir} --endpoint {endpoint}"
+            f"{' --reader ' + reader if reader else ''}`: {what} of {health['system']} over {health['data']}, "
+            f"retriever {health['retrievers'][0]}{', reranker loaded' if health['reranker'] else ''}; "
+            f"ready {ready:.1f} s after start (process start to /health answering); server RSS "
+            f"{rss_before:.0f} MB after the warm-up, {rss_after:.0f} MB after the load "
+            f"({(rss_after / rss_before - 1) * 100:+.1f}%).\n\n{table}\n")
+    out.write_text(text)
+    click.echo(text)
+
+
+def wait_ready(url: str, server: subprocess.Popen, t0: float, limit: float = 300) -> float:
+    import httpx
+
+    while time.perf_counter() - t0 < limit:
+        if server.poll() is not None:
+            raise click.ClickException(f"lmort serve exited with {server.returncode}")
+        try:
+            if httpx.get(f"{url}/health", timeout=1).status_code == 200:
+                return time.perf_counter() - t0
+        except httpx.TransportError:
+            time.sleep(0.05)
+    raise click.ClickException(f"lmort serve not ready after {limit} s")
+
+
+def load(url: str, body, clients: int, seconds: float) -> list[tuple[float, int]]:
+    """`clients` threads, each with its own connection, sending until `seconds` have passed."""
+    import httpx
+
+    results: list[tuple[float, int]] = []
+    stop = time.perf_counter() + seconds
+
+    def client(c: int) -> None:
+        with httpx.Client() as session:
+            i = c
+            while time.perf_counter() < stop:
+                try:
+                    results.append(timed(session, url, body(i)))
+                except httpx.HTTPError:
+                    results.append((float("nan"), 0))
+                i += clients
+
+    threads = [threading.Thread(target=client, args=(c,)) for c in range(clients)]
+    for t in threads:
+        t.start()
+    for t in threads:
+        t.join()
+    return results
+
+
+if __name__ == "__main__":
+    main()
