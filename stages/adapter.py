@@ -1,4 +1,4 @@
-"""`lmort adapter`: the adapter baseline (issue 26). LoRA on the LLM's blocks up to the U-layer, trained with the
+"""`lmort adapter`: the adapter baseline. LoRA on the LLM's blocks up to the U-layer, trained with the
 LLM in every step on the tuners' pairs, loss and dev selection; `lmort index --tuner OUT/best` then encodes a corpus
 with it online (no --stores) and `lmort search` / `lmort evaluate` read its index and run as any tuner's."""
 

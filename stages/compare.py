@@ -1,4 +1,4 @@
-"""`lmort compare`: one table across configurations that ran the same recipe (issue 26: the LLM's size), with the
+"""`lmort compare`: one table across configurations that ran the same recipe (the LLM's size), with the
 adapter baseline beside them; it reads each configuration's cache and runs nothing."""
 
 from __future__ import annotations

@@ -1,4 +1,4 @@
-"""`lmort fuse`: each configured dense system's run fused with BM25's, the fusion chosen on dev (issue 24)."""
+"""`lmort fuse`: each configured dense system's run fused with BM25's, the fusion chosen on dev."""
 
 from __future__ import annotations
 

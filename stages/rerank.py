@@ -1,5 +1,5 @@
-"""`lmort rerank` and `lmort rerank-run`: first-stage runs reordered by the reranker from the passages' stored states
-(issue 39): the LLM never runs over a passage."""
+"""`lmort rerank` and `lmort rerank-run`: first-stage runs reordered by the reranker from the passages' stored states:
+the LLM never runs over a passage."""
 
 from __future__ import annotations
 

@@ -1,4 +1,4 @@
-"""`lmort train-reader`: the span reader, trained from the stores alone (issue 31); the LLM is never loaded."""
+"""`lmort train-reader`: the span reader, trained from the stores alone; the LLM is never loaded."""
 
 from __future__ import annotations
 

@@ -1,4 +1,4 @@
-"""`lmort train-reranker`: the reranker, trained from the stores alone (issue 39); the LLM is never loaded."""
+"""`lmort train-reranker`: the reranker, trained from the stores alone; the LLM is never loaded."""
 
 from __future__ import annotations
 

@@ -1,4 +1,4 @@
-"""Answer quality: the same reader given each retriever's passages, scored with SQuAD's EM and F1 (issue 24).
+"""Answer quality: the same reader given each retriever's passages, scored with SQuAD's EM and F1.
 
 The prompt order and k are chosen on a dev slice (dev questions carved from train, BM25's passages), never on
 the test questions; then every system answers the same seeded sample of test questions with that choice.

@@ -24,7 +24,7 @@ from ..common.precision import autocast, feed_dtype
 from ..retrieval.hits import Hit
 
 ORDERS = ("question-first", "passages-first")
-# how the generative reader is prompted (issue 31; dev chooses): today's instruction, the same with two train
+# how the generative reader is prompted (dev chooses): today's instruction, the same with two train
 # questions and their short answers as earlier turns (few-shot, passages-first only: the examples come before the
 # question), or greedy decoding constrained to spans of the passages it read (Castel et al. 2021)
 PROMPTS = ("plain", "few-shot", "constrained")

@@ -1,4 +1,4 @@
-"""The span reader (issue 31): an extractive answer head over the frozen LLM's stored token states.
+"""The span reader: an extractive answer head over the frozen LLM's stored token states.
 
 The question's states come from the queries store (or the question's own forward at `lmort ask`), the passage's
 from the corpus store: the LLM never runs over a passage at answer time. A causal LLM's passage token has seen

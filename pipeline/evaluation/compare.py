@@ -1,4 +1,4 @@
-"""One table across configurations (issue 26): the same recipe run with different LLMs, and the adapter baseline.
+"""One table across configurations: the same recipe run with different LLMs, and the adapter baseline.
 
 Each configuration's artifacts stay where its own `dvc repro` wrote them (cache/<name>/: metrics.json, the tuners'
 train.json, the stores' extract.json, the analysis' geometry.json); this module only reads them, so stage one is

@@ -283,7 +283,7 @@ def efficiency_section(root: Path, geometry: dict | None) -> list[str]:
 
 
 def rerank_section(root: Path, figures: Path) -> list[str]:
-    """The reranker (issue 39): both designs' training and dev curves, the one dev kept, and every reranked row with
+    """The reranker: both designs' training and dev curves, the one dev kept, and every reranked row with
     what dev chose and its paired tests (`lmort train-reranker`'s chosen.json, `lmort rerank`'s rerank.json)."""
     from ..interaction.rerank_report import RERANK_COLUMNS, rerank_rows
 

@@ -3,7 +3,7 @@
 Why min-max: each query's scores are mapped to [0, 1] before the weighted sum. The dense scores are cosines in a
 narrow band and BM25's are unbounded and heavy-tailed, so raw scores cannot be summed; z-scores assume a roughly
 normal spread over the top 100, which BM25's long tail is not, and they let one outlier set the scale. Min-max is
-the convention of the hybrid-retrieval literature and of the probes that motivated this (issue 24). RRF, which
+the convention of the hybrid-retrieval literature and of the probes that motivated this (DESIGN.md). RRF, which
 ignores scores entirely, is computed beside it as the score-free reference.
 
 Why a significance guard: the dense weight is the best of 21 tried on dev, so a gain of a few thousandths there is

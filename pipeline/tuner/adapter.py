@@ -1,4 +1,4 @@
-"""The adapter baseline's model (issue 26): the reviewers' "what if we simply insert adapters and only update them?".
+"""The adapter baseline's model: the reviewers' "what if we simply insert adapters and only update them?".
 
 LoRA adapters (the `peft` library) on the attention and MLP projections of the LLM's blocks up to the U-layer; the
 U-layer's states, mean-pooled (the sink left out) after a LayerNorm, go through a linear head, as pooled-linear

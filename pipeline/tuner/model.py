@@ -1,4 +1,4 @@
-"""The LMORT tuner (METHOD.md step 2): reads two layers of a frozen LLM, outputs one dense vector per text.
+"""The LMORT tuner (DESIGN.md, the method's step 2): reads two layers of a frozen LLM, outputs one dense vector per text.
 
     stream = proj(LN(U-layer states))                 the block stream starts from the U-layer
     ctx    = proj(LN(A-layer states))                 cross-attention keys and values
@@ -10,7 +10,7 @@
 
 The ablations are configs of the same module: swapped wiring, one layer feeding both attentions
 (A-only, U-only, embedding-only, last-only), and a pooled-linear baseline (mean-pooled layer, one Linear).
-The reviewers' fusion baselines (issue 14) read several stored layers at once:
+The reviewers' fusion baselines read several stored layers at once:
     first-last   out(concat(mean(first layer), mean(last layer)))
     scalar-mix   out(gamma * sum_l softmax(w)_l mean(layer l))       ELMo's scalar mix over every stored layer
     lmort-multi  the LMORT stack whose cross-attention reads every stored layer at once (keys concatenated

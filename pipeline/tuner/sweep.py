@@ -1,4 +1,4 @@
-"""Which layers? The (U, A) sweep of issue 14: one LMORT tuner per pair of stored layers, plus the reviewers'
+"""Which layers? The (U, A) sweep: one LMORT tuner per pair of stored layers, plus the reviewers'
 fusion baselines and a pooled-linear probe per layer, all trained with one recipe from one multi-layer store
 (stage one ran once). Dev nDCG@10 ranks them; test splits are scored and reported, never chosen on.
 

@@ -1,6 +1,6 @@
 """Stage two: train a tuner purely from the activation stores (the LLM is never loaded).
 
-The loop, its batches, loss, schedule and dev selection are loop.py's (METHOD.md step 3), shared with the
+The loop, its batches, loss, schedule and dev selection are loop.py's (the method's step 3, DESIGN.md), shared with the
 adapter; here is what is the tuner's own: its batches' states read from the stores (loaded within a memory budget
 or streamed, read ahead), and an epoch-level checkpoint a killed run resumes from (every epoch seeds its own
 sampling and dropout, so a resumed run equals an uninterrupted one).
