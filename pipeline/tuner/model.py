@@ -1,4 +1,4 @@
-"""The LMORT tuner (DESIGN.md, the method's step 2): reads two layers of a frozen LLM, outputs one dense vector per text.
+"""The LMORT tuner (DESIGN.md, step 2): reads two layers of a frozen LLM, outputs one dense vector per text.
 
     stream = proj(LN(U-layer states))                 the block stream starts from the U-layer
     ctx    = proj(LN(A-layer states))                 cross-attention keys and values
