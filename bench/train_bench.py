@@ -29,9 +29,8 @@ from pipeline.common.tables import markdown_table
 from pipeline.data.prepare import ensure_prepared
 from pipeline.tuner.loop import epoch_batches
 from pipeline.tuner.model import Tuner
-from pipeline.tuner.train import load_within_budget, prefetched, train_step
+from pipeline.tuner.train import layer_pair, load_within_budget, prefetched, train_step
 from pipeline.tuner.training_sets import TrainingSet
-from stages.train import layer_pair
 
 
 class LLMInTheLoop:

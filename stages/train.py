@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import json
 from pathlib import Path
 
 import click
@@ -11,28 +10,8 @@ from pipeline.common.atomic import check_writable
 from pipeline.common.command_line import friendly_errors, names
 from pipeline.common.config import LAYER_FUSIONS, RUN, VARIANTS
 from pipeline.common.params import load_params, train_config, tuner_config
-from pipeline.tuner.train import train
+from pipeline.tuner.train import layer_pair, train
 from pipeline.tuner.training_sets import open_training_sets
-
-
-def layer_pair(selection_rule: str, selection: Path | None) -> tuple[int, int] | None:
-    """The (U, A) pair `--layer-selection` asks for; None = the geometric rule's."""
-    if selection_rule == "geometry":
-        return None
-    if selection_rule == "dev":
-        if selection is None or not Path(selection).is_file():
-            raise click.UsageError(f"--layer-selection dev reads the sweep's selection.json; not found: {selection}")
-        pair = json.loads(Path(selection).read_text()).get("dev")
-        if not pair:
-            raise click.ClickException(f"{selection}: the sweep has no dev pick (no grid points were trained); "
-                                       "configure `sweep:` or use --layer-selection geometry")
-        return int(pair[0]), int(pair[1])
-    try:
-        u, a = (int(x) for x in selection_rule.split(","))
-    except ValueError:
-        raise click.BadParameter(f"{selection_rule!r}: give geometry, dev or a pair U,A such as 6,0",
-                                 param_hint="--layer-selection") from None
-    return u, a
 
 
 @click.command("train")

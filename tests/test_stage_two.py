@@ -392,17 +392,16 @@ def test_layer_sweep_trains_each_pair_once_from_one_store_and_feeds_dev_selectio
 
 
 def test_layer_selection_takes_the_rule_the_dev_pick_or_an_explicit_pair(tmp_path):
-    import click
-
-    from stages.train import layer_pair
+    from pipeline.common.errors import ConfigError
+    from pipeline.tuner.train import layer_pair
 
     sel = tmp_path / "selection.json"
     sel.write_text('{"geometry": [0, 2], "dev": [6, 0]}')
     assert layer_pair("geometry", sel) is None and layer_pair("dev", sel) == (6, 0)
     assert layer_pair("12,3", None) == (12, 3)
-    with pytest.raises(click.BadParameter, match="give geometry, dev or a pair U,A"):
+    with pytest.raises(ConfigError, match="give geometry, dev or a pair U,A"):
         layer_pair("best", None)
-    with pytest.raises(click.UsageError, match="not found"):
+    with pytest.raises(ConfigError, match="not found"):
         layer_pair("dev", tmp_path / "missing.json")
 
 

@@ -20,16 +20,22 @@ but its numba kernels cost about a minute of compilation in every fresh environm
 
 from __future__ import annotations
 
+import logging
 from dataclasses import asdict, dataclass
+from pathlib import Path
 
 from ..common.command_line import names
 from ..common.config import FUSION, section
 from ..common.errors import DataError
-from ..common.metrics import Qrels, Run, per_query_ndcg
+from ..common.metrics import Qrels, Run, per_query_ndcg, write_trec_run
+from .runs import read_checked_run
+
+log = logging.getLogger(__name__)
 
 NORMALISATION = "min-max"
 METHODS = {"wsum": "+bm25", "rrf": "+bm25-rrf"}  # method: suffix of the fused system's name
 WEIGHT_STEP = 0.05  # the dense weight's grid on dev: 0, 0.05, ..., 1 (0 leaves BM25 alone)
+
 
 def fused_systems(params: dict) -> list[str]:
     """The dense systems a configuration fuses with BM25: its `fusion.variants` (tuners) and `fusion.baselines`."""
@@ -232,3 +238,36 @@ class FusedRetriever:
         depth = max(k, self.depth)
         return fuse(self.dense.search(queries, depth, vectors), self.sparse.search(queries, depth), "wsum",
                     self.dense_weight, k=k)
+
+
+def fuse_set(ds, dev, tune_split: str, split: str, systems: list[str], runs_dirs, dev_dirs, out: Path,
+             max_p: float = FUSION.max_p) -> dict:
+    """Every system fused with BM25 on one evaluation set, each method's weight or k chosen on `dev`/`tune_split`
+    (a weight not significantly above BM25 there at `max_p` falls back to 0); writes the fused runs and returns
+    what was chosen, with the paired tests against BM25 on `split`."""
+    bm25_dev = read_checked_run(dev_dirs, dev.name, tune_split, "bm25", dev.qrels[tune_split])
+    bm25 = read_checked_run(runs_dirs, ds.name, split, "bm25", ds.qrels[split])
+    tested = {"bm25": bm25}
+    per_set: dict = {"tuned_on": f"{dev.name}/{tune_split}", "systems": {}}
+    for system in systems:
+        dense_dev = read_checked_run(dev_dirs, dev.name, tune_split, system, dev.qrels[tune_split])
+        dense = read_checked_run(runs_dirs, ds.name, split, system, ds.qrels[split])
+        check_same_corpus(dense, bm25, f"{system} and bm25 on {ds.name}/{split}")
+        tested[system] = dense
+        for method in METHODS:
+            picked = choose(dense_dev, bm25_dev, dev.qrels[tune_split], method, f"{dev.name}/{tune_split}",
+                            max_p)
+            name = fused_name(system, method)
+            run = fuse(dense, bm25, method, picked.dense_weight, picked.rrf_k)
+            write_trec_run(run, Path(out) / "runs" / ds.name / split / f"{name}.trec", name)
+            dev_run = fuse(dense_dev, bm25_dev, method, picked.dense_weight, picked.rrf_k)  # what a reranker tunes on
+            write_trec_run(dev_run, Path(out) / "dev-runs" / dev.name / tune_split / f"{name}.trec", name)
+            tested[name] = run
+            per_set["systems"][name] = picked.as_dict()
+            log.info(f"{ds.name}: {name} chosen on {picked.tuned_on} "
+                       f"({'weight ' + str(picked.dense_weight) if method == 'wsum' else 'k ' + str(picked.rrf_k)}"
+                       f"; dev nDCG@10 {picked.dev_fused:.4f} against BM25's {picked.dev_bm25:.4f}, "
+                       f"p {picked.dev_p:.2g}"
+                       f"{'; not significant, so BM25 alone' if picked.guarded else ''})")
+    per_set["significance"] = significance(ds.qrels[split], tested, max_p=max_p)
+    return per_set

@@ -23,6 +23,7 @@ import torch
 from ..activations.store import check_compatible
 from ..common.atomic import atomic_dir, atomic_file
 from ..common.config import IO_ONLY, TrainConfig, TunerConfig
+from ..common.errors import ConfigError
 from ..common.precision import autocast, feed_dtype
 from .checkpoints import resume_or_start, save_checkpoint
 from .loop import Trainee, batch_layout, contrastive_loss, fit, optimizer, optimizer_step
@@ -114,6 +115,27 @@ def train_step(tuner: Tuner, opt, states: dict, device: str, amp, clip: float) -
     with amp:
         loss = info_nce(tuner, states, device)
     return optimizer_step(tuner, opt, loss, clip)
+
+
+def layer_pair(selection_rule: str, selection: Path | None) -> tuple[int, int] | None:
+    """The (U, A) pair a run's layer selection asks for (`--layer-selection`): None for `geometry` (the analysis'
+    rule), the sweep's dev pick for `dev` (read from `selection`), or an explicit `U,A`."""
+    if selection_rule == "geometry":
+        return None
+    if selection_rule == "dev":
+        if selection is None or not Path(selection).is_file():
+            raise ConfigError(f"layer selection dev reads the sweep's selection.json; not found: {selection}")
+        pair = json.loads(Path(selection).read_text()).get("dev")
+        if not pair:
+            raise ConfigError(f"{selection}: the sweep has no dev pick (no grid points were trained); configure "
+                              "`sweep:` or use --layer-selection geometry")
+        return int(pair[0]), int(pair[1])
+    try:
+        u, a = (int(x) for x in selection_rule.split(","))
+    except ValueError:
+        raise ConfigError(f"--layer-selection {selection_rule!r}: give geometry, dev or a pair U,A such as 6,0"
+                          ) from None
+    return u, a
 
 
 def train(sets: list[TrainingSet], tuner_cfg: TunerConfig, cfg: TrainConfig, out: Path,
