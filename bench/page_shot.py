@@ -47,8 +47,9 @@ def main(index_dir, question, out) -> None:
     finally:
         server.terminate()
         server.wait(30)
+    dom = re.sub(r"<script>.*?</script>", "", dom, flags=re.S)  # what the page shows, not its code
     answered = 'data-answered="yes"' in dom
-    passages = len(re.findall(r'class="passage', dom))
+    passages = len(re.findall(r'<div class="passage', dom))
     answer = re.search(r'<div id="answer">(.*?)</div>', dom, re.S)
     click.echo(f"page at /?q=: answered {answered}, {passages} passages shown, answer "
                f"{(answer.group(1).strip() if answer else '')[:80]!r}, marked span {'<mark>' in dom}; "
