@@ -32,7 +32,7 @@ from ..activations.store import describe_difference
 from ..common.errors import ConfigError
 from ..common.pooling import pooling_mask
 from ..common.weights import save_weights
-from ..interaction.blocks import EncoderBlock, ScalarMix
+from ..interaction.blocks import EncoderBlock, token_inputs
 
 NEG = -1e4  # a masked logit (finite: bfloat16 and float16 both hold it)
 
@@ -89,9 +89,8 @@ class SpanReader(nn.Module):
         super().__init__()
         self.cfg = cfg
         d = cfg.width
-        self.mix = ScalarMix(cfg.layers, cfg.llm_width, d)
-        self.encoder = nn.ModuleList(EncoderBlock(d, cfg.heads, cfg.ff_ratio, cfg.kernel, cfg.dropout)
-                                     for _ in range(cfg.encoder_blocks))
+        self.mix, self.encoder = token_inputs(cfg.layers, cfg.llm_width, d, cfg.encoder_blocks, cfg.heads,
+                                              cfg.ff_ratio, cfg.kernel, cfg.dropout)
         self.cq = ContextQueryAttention(d)
         self.model_stack = nn.ModuleList(EncoderBlock(d, cfg.heads, cfg.ff_ratio, cfg.kernel, cfg.dropout)
                                          for _ in range(cfg.model_blocks))

@@ -55,3 +55,11 @@ class EncoderBlock(nn.Module):
         x = x + self.drop(self.conv((self.ln_conv(x) * mask[..., None]).transpose(1, 2)).transpose(1, 2))
         x = x + self.drop(self.attend(self.ln_attn(x), keep))
         return x + self.drop(self.ff(self.ln_ff(x)))
+
+
+def token_inputs(layers: list[int], llm_width: int, width: int, blocks: int, heads: int, ff_ratio: int, kernel: int,
+                 dropout: float) -> tuple[ScalarMix, nn.ModuleList]:
+    """The input side every head over stored tokens shares (the span reader, the reranker): the stored layers mixed
+    and projected to `width`, then `blocks` encoder blocks (built in this order: the same initialisation)."""
+    mix = ScalarMix(layers, llm_width, width)
+    return mix, nn.ModuleList(EncoderBlock(width, heads, ff_ratio, kernel, dropout) for _ in range(blocks))

@@ -41,7 +41,7 @@ from ..activations.store import describe_difference
 from ..common.errors import ConfigError, StoreError
 from ..common.pooling import pooling_mask
 from ..common.weights import save_weights
-from .blocks import EncoderBlock, ScalarMix
+from .blocks import token_inputs
 
 DESIGNS = ("cross", "late")
 
@@ -107,9 +107,8 @@ class Reranker(nn.Module):
         super().__init__()
         self.cfg = cfg
         d = cfg.width
-        self.mix = ScalarMix(cfg.layers, cfg.llm_width, d)
-        self.encoder = nn.ModuleList(EncoderBlock(d, cfg.heads, cfg.ff_ratio, cfg.kernel, cfg.dropout)
-                                     for _ in range(cfg.encoder_blocks))
+        self.mix, self.encoder = token_inputs(cfg.layers, cfg.llm_width, d, cfg.encoder_blocks, cfg.heads,
+                                              cfg.ff_ratio, cfg.kernel, cfg.dropout)
         self.proj = nn.Linear(d, cfg.late_dim)
         self.log_scale = nn.Parameter(torch.tensor(2.3))  # a MaxSim sum of cosines spans a few units: the softmax
         # needs it scaled (ColBERT's 32 query tokens span 32); learnt, from exp(2.3) = 10
