@@ -151,11 +151,12 @@ def gather(store: ActivationStore, ids: list[str], layers: list[int], dtype: tor
 
 
 def load_layers(stores: list[ActivationStore], layers: list[int], budget_gb: float) -> list[str]:
-    """Load the stores' layers into memory while they fit `budget_gb`, smallest store first; the rest stream."""
+    """Load the stores' layers into memory while they fit `budget_gb` (GB, 1e9 bytes, as every `memory_gb` knob),
+    smallest store first; the rest stream."""
     streamed, used = [], 0.0
     for store in sorted(stores, key=lambda s: s.nbytes(layers)):
         for layer in layers:
-            size = store.nbytes([layer]) / 2**30
+            size = store.nbytes([layer]) / 1e9
             if used + size <= budget_gb:
                 store.load([layer])
                 used += size
