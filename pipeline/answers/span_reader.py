@@ -89,8 +89,7 @@ class SpanReader(nn.Module):
         super().__init__()
         self.cfg = cfg
         d = cfg.width
-        self.mix, self.encoder = token_inputs(cfg.layers, cfg.llm_width, d, cfg.encoder_blocks, cfg.heads,
-                                              cfg.ff_ratio, cfg.kernel, cfg.dropout)
+        self.mix, self.encoder = token_inputs(cfg)
         self.cq = ContextQueryAttention(d)
         self.model_stack = nn.ModuleList(EncoderBlock(d, cfg.heads, cfg.ff_ratio, cfg.kernel, cfg.dropout)
                                          for _ in range(cfg.model_blocks))

@@ -57,9 +57,10 @@ class EncoderBlock(nn.Module):
         return x + self.drop(self.ff(self.ln_ff(x)))
 
 
-def token_inputs(layers: list[int], llm_width: int, width: int, blocks: int, heads: int, ff_ratio: int, kernel: int,
-                 dropout: float) -> tuple[ScalarMix, nn.ModuleList]:
-    """The input side every head over stored tokens shares (the span reader, the reranker): the stored layers mixed
-    and projected to `width`, then `blocks` encoder blocks (built in this order: the same initialisation)."""
-    mix = ScalarMix(layers, llm_width, width)
-    return mix, nn.ModuleList(EncoderBlock(width, heads, ff_ratio, kernel, dropout) for _ in range(blocks))
+def token_inputs(cfg) -> tuple[ScalarMix, nn.ModuleList]:
+    """The input side every head over stored tokens shares (the span reader's and the reranker's `cfg`: layers,
+    llm_width, width, encoder_blocks, heads, ff_ratio, kernel, dropout): the stored layers mixed and projected to
+    `width`, then the encoder blocks (built in this order: the same initialisation)."""
+    mix = ScalarMix(cfg.layers, cfg.llm_width, cfg.width)
+    return mix, nn.ModuleList(EncoderBlock(cfg.width, cfg.heads, cfg.ff_ratio, cfg.kernel, cfg.dropout)
+                              for _ in range(cfg.encoder_blocks))

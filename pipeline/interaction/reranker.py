@@ -107,8 +107,7 @@ class Reranker(nn.Module):
         super().__init__()
         self.cfg = cfg
         d = cfg.width
-        self.mix, self.encoder = token_inputs(cfg.layers, cfg.llm_width, d, cfg.encoder_blocks, cfg.heads,
-                                              cfg.ff_ratio, cfg.kernel, cfg.dropout)
+        self.mix, self.encoder = token_inputs(cfg)
         self.proj = nn.Linear(d, cfg.late_dim)
         self.log_scale = nn.Parameter(torch.tensor(2.3))  # a MaxSim sum of cosines spans a few units: the softmax
         # needs it scaled (ColBERT's 32 query tokens span 32); learnt, from exp(2.3) = 10
