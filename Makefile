@@ -49,7 +49,7 @@ bench: install
 	$(BIN)/python bench/minilm_bench.py
 	$(BIN)/python bench/reader_bench.py
 	$(BIN)/python bench/rerank_bench.py --reranker cache/default/reranker --stores cache/default/stores --data scifact \
-		--queries 50 --depth 100
+		--queries 50 --depth 100 --encoded cache/default/rerank/encoded/scifact.safetensors
 	$(BIN)/python bench/ask_bench.py --index $(INDEX)
 	$(BIN)/python bench/serve_bench.py --index $(INDEX) --endpoint search --out bench/serve_bench_search.md
 	$(BIN)/python bench/page_shot.py --index $(INDEX)

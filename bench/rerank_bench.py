@@ -3,12 +3,13 @@ cores, store reads included): one query at a time, its top `depth` BM25 candidat
 
 Rows: `stores` (the passages' stored states read from the Zarr store, not held in memory, and encoded for this
 query: nothing kept between queries), `stores, layers in memory` (the same with the store's layers loaded once,
-as a server holds them), `encoded passages kept` (the passages' query-independent encodings computed once, as an
-index could store them: only the query side and the interaction run). Each row: p50 / p90 / mean milliseconds over
-the queries, after one warm-up query.
+as a server holds them), `encoded passages kept` (the passages' query-independent encodings computed once: only the
+query side and the interaction run), and with `--encoded`, `encodings stored by lmort rerank` (the same, read from
+the file `lmort rerank` writes beside its runs, the corpus store's layers not loaded: what `lmort serve` does).
+Each row: p50 / p90 / mean milliseconds over the queries, after one warm-up query.
 
     python bench/rerank_bench.py --reranker cache/default/reranker --stores cache/default/stores --data scifact \
-        [--queries 50] [--depth 100]
+        [--queries 50] [--depth 100] [--encoded cache/default/rerank/encoded/scifact.safetensors]
 
 Prints a Markdown table and writes it to bench/rerank_bench.md.
 """
@@ -40,8 +41,10 @@ def timed(fn, items) -> list[float]:
 @click.option("--queries", default=50, show_default=True)
 @click.option("--depth", default=100, show_default=True)
 @click.option("--bf16/--no-bf16", default=True, show_default=True)
+@click.option("--encoded", type=click.Path(path_type=Path, exists=True, dir_okay=False),
+              help="The passages' encodings `lmort rerank` stored (cache/<name>/rerank/encoded/<set>.safetensors).")
 @click.option("--out", type=click.Path(path_type=Path), default=Path("bench/rerank_bench.md"), show_default=True)
-def main(reranker_dir, stores, data, split, queries, depth, bf16, out) -> None:
+def main(reranker_dir, stores, data, split, queries, depth, bf16, encoded, out) -> None:
     import torch
 
     from pipeline.activations.llm import device_name
@@ -63,6 +66,15 @@ def main(reranker_dir, stores, data, split, queries, depth, bf16, out) -> None:
         return rerank_scores(reranker, q_store, EncodedPassages(reranker, corpus, bf16), r, depth, bf16)
 
     rows = [("stores (Zarr reads, passages encoded per query)", timed(fresh, one))]
+    note = ""
+    if encoded is not None:
+        stored = EncodedPassages(reranker, corpus, bf16)
+        t0 = time.perf_counter()
+        if not stored.load_saved(encoded):
+            raise click.ClickException(f"{encoded}: made by another reranker or store")
+        note = f"; the stored encodings read in {time.perf_counter() - t0:.1f} s"
+        rows.append(("encodings stored by lmort rerank", timed(
+            lambda r: rerank_scores(reranker, q_store, stored, r, depth, bf16), one)))
     corpus.load(reranker.cfg.layers)
     q_store.load(reranker.cfg.layers)
     rows.append(("stores, layers in memory", timed(fresh, one)))
@@ -75,7 +87,7 @@ def main(reranker_dir, stores, data, split, queries, depth, bf16, out) -> None:
                            ["what", "p50 ms", "p90 ms", "mean ms"], floatfmt=".1f")
     header = (f"`python bench/rerank_bench.py --data {data} --queries {queries} --depth {depth}` on {device_name()}, "
               f"{torch.get_num_threads()} threads, design {reranker.cfg.design}, {len(one)} queries, top {depth} of "
-              f"BM25, {'bf16 where native' if bf16 else 'float32'}\n\n")
+              f"BM25, {'bf16 where native' if bf16 else 'float32'}{note}\n\n")
     out.write_text(header + table + "\n")
     click.echo(header + table)
 

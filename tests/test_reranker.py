@@ -117,6 +117,28 @@ def test_the_stored_states_score_as_the_question_s_own_forward(world, trained):
         assert [stored[d] for d in docs] == pytest.approx(online, rel=0.02, abs=0.02)
 
 
+def test_passage_encodings_stored_beside_the_runs_score_as_fresh_ones(world, trained, tmp_path):
+    """`lmort rerank` stores every passage's encoding (query-independent): read back, they score a run exactly as
+    encodings computed from the store do; a file of another reranker is not used."""
+    reranker = chosen_reranker(trained["folder"])
+    fresh = EncodedPassages(reranker, world["corpus"], False)
+    fresh.encode_all(progress=False)
+    fresh.save(tmp_path / "encoded.safetensors")
+    kept = EncodedPassages(reranker, world["corpus"], False)
+    assert kept.load_saved(tmp_path / "encoded.safetensors")
+    ids = list(world["corpus"].ids)
+    assert set(kept._kept) == set(ids)
+    x, mask = kept.get(ids[:7])
+    y, other_mask = EncodedPassages(reranker, world["corpus"], False).get(ids[:7])
+    assert torch.equal(mask, other_mask) and torch.equal(x, y)
+    run = {q: {d: 1.0 for d in ids[:10]} for q in sorted(world["ds"].qrels["test"])[:3]}
+    assert rerank_scores(reranker, world["queries"], kept, run, 10, bf16=False) == rerank_scores(
+        reranker, world["queries"], fresh, run, 10, bf16=False)
+    with torch.no_grad():
+        next(reranker.parameters()).add_(0.01)  # another reranker
+    assert not EncodedPassages(reranker, world["corpus"], False).load_saved(tmp_path / "encoded.safetensors")
+
+
 def test_dev_chooses_depth_and_weight_and_a_change_dev_cannot_show_stays_off():
     qrels = {f"q{i}": {f"d{i}": 1} for i in range(40)}
     # the first stage ranks the relevant passage 5th of 10

@@ -8,6 +8,7 @@ on the LLM's own states) and either
 from __future__ import annotations
 
 import json
+import logging
 import time
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
@@ -17,6 +18,8 @@ from ..common.errors import DataError
 from ..data.beir import Prepared
 from ..retrieval.hits import Hit, ranked_hits
 from .reader import ORDERS, Reader, build_prompt, query_vector
+
+log = logging.getLogger(__name__)
 
 READER_CHOICES = ("span", "generate")
 
@@ -122,13 +125,17 @@ class RerankStep:
                             "with --no-rerank)")
         from ..activations.store import ActivationStore, shared_fingerprint
         from ..interaction.rerank import EncodedPassages
-        from ..interaction.rerank_runs import chosen_reranker
+        from ..interaction.rerank_runs import chosen_reranker, encoded_path
 
         corpus = ActivationStore(Path(stores) / ds.name / "corpus.zarr")
         reranker = chosen_reranker(chosen.parent, shared_fingerprint(corpus.fingerprint))
         record = Path(root) / "rerank" / "rerank.json"
         choices = (json.loads(record.read_text()).get(ds.name) or {}).get("systems", {}) if record.is_file() else {}
-        return cls(reranker, EncodedPassages(reranker, corpus), choices, bool(rerank))
+        passages = EncodedPassages(reranker, corpus)
+        saved = encoded_path(Path(root) / "rerank", ds.name)
+        if saved.is_file() and not passages.load_saved(saved):
+            log.info(f"{saved}: made by another reranker or store; passages are encoded as they are retrieved")
+        return cls(reranker, passages, choices, bool(rerank))
 
     def _choice(self, retriever: str) -> tuple[int, float]:
         c = self.choices.get(f"{retriever}>rerank")

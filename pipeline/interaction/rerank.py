@@ -9,12 +9,19 @@ only if it beats the first stage at p < max_p; otherwise the reranked system is 
 
 from __future__ import annotations
 
+import hashlib
+import itertools
+import json
 from dataclasses import asdict, dataclass
+from pathlib import Path
 
 import torch
+from safetensors import safe_open
+from safetensors.torch import save_file
 from tqdm.auto import tqdm
 
 from ..activations.store import ActivationStore
+from ..common.atomic import atomic_file
 from ..common.errors import DataError
 from ..common.metrics import Run
 from ..common.precision import autocast, feed_dtype
@@ -59,6 +66,37 @@ class EncodedPassages:
             lengths = mask.sum(1).tolist()
             for i, doc in enumerate(chunk):
                 self._kept[doc] = x[i, : int(lengths[i])].clone()
+
+    def _store_digest(self) -> str:
+        return hashlib.sha256(json.dumps(self.store.fingerprint, sort_keys=True).encode()).hexdigest()[:16]
+
+    def encode_all(self, progress: bool = True) -> None:
+        """Every passage of the store, encoded and kept (what `save` writes beside a configuration's runs)."""
+        todo = [i for i in self.store.ids if i not in self._kept]
+        for b in tqdm(range(0, len(todo), 16 * self.batch_size), desc=f"encode {self.store.path.parent.name}",
+                      unit="batch", disable=not progress):
+            self._encode(todo[b : b + 16 * self.batch_size])
+
+    def save(self, path: Path) -> None:
+        """The kept encodings, in the dtype they were computed in, as one safetensors file: every passage's tokens
+        concatenated, their offsets, and (metadata) the ids, the reranker's digest and the store it read."""
+        ids = list(self._kept)
+        rows = [self._kept[i] for i in ids]
+        offsets = torch.tensor([0, *itertools.accumulate(r.shape[0] for r in rows)], dtype=torch.int64)
+        tensors = {"tokens": torch.cat(rows).cpu().contiguous(), "offsets": offsets}
+        meta = {"ids": json.dumps(ids), "reranker": self.reranker.digest(), "store": self._store_digest()}
+        atomic_file(Path(path), lambda tmp: save_file(tensors, str(tmp), metadata=meta))
+
+    def load_saved(self, path: Path) -> bool:
+        """Keep the encodings `save` wrote, where they were made by this reranker (else nothing is kept: False)."""
+        with safe_open(str(path), framework="pt") as f:
+            meta = f.metadata()
+            if (meta.get("reranker"), meta.get("store")) != (self.reranker.digest(), self._store_digest()):
+                return False
+            tokens, offsets = f.get_tensor("tokens").to(self.device), f.get_tensor("offsets").tolist()
+        for i, doc in enumerate(json.loads(meta["ids"])):
+            self._kept[doc] = tokens[offsets[i] : offsets[i + 1]]
+        return True
 
     def get(self, ids: list[str]) -> tuple[torch.Tensor, torch.Tensor]:
         """[N, T, .] encodings of `ids` (right-padded) and their [N, T] keep mask (sink and padding off)."""

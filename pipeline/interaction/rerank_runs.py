@@ -67,7 +67,14 @@ def rerank_configuration(params: dict, reranker_dir: Path, stores: Path, runs_di
         target, dev = readers[data], readers[tune_data]
         report[target.ds.name] = _rerank_set(target, dev, tune_split, split, stage, runs_dirs, dev_dirs, out,
                                              choices, max_p)
+        target.passages.encode_all()  # query-independent: stored beside the runs, read by ask, search and serve
+        target.passages.save(encoded_path(out, target.ds.name))
     return report
+
+
+def encoded_path(rerank_dir: Path, data: str) -> Path:
+    """Where `lmort rerank` stores a set's passage encodings (rerank.py `EncodedPassages.save`)."""
+    return Path(rerank_dir) / "encoded" / f"{data}.safetensors"
 
 
 def _rerank_set(target: SetReranker, dev: SetReranker, tune_split: str, split: str, stage, runs_dirs, dev_dirs,

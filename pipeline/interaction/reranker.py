@@ -28,6 +28,7 @@ Position 0 of a stored text is the LLM's attention sink: never a key and never p
 
 from __future__ import annotations
 
+import hashlib
 import json
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
@@ -164,6 +165,15 @@ class Reranker(nn.Module):
         return late + self.head(pooled).float().view(b, n)
 
     # ------------------------------------------------------------ saving, with the stores it was trained on
+
+    def digest(self) -> str:
+        """A hash of the weights and the configuration: passage encodings stored beside an index name the reranker
+        that made them (rerank.py `EncodedPassages.save`)."""
+        h = hashlib.sha256(json.dumps(self.cfg.to_dict(), sort_keys=True).encode())
+        for name, tensor in sorted(self.state_dict().items()):
+            h.update(name.encode())
+            h.update(tensor.detach().float().cpu().contiguous().numpy().tobytes())
+        return h.hexdigest()[:16]
 
     def save(self, folder: Path, extra: dict | None = None) -> None:
         """safetensors weights + reranker.json: the config and `extra` (the stores' shared fingerprint, dev)."""
