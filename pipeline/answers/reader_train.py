@@ -22,7 +22,7 @@ from ..common.atomic import atomic_file
 from ..common.precision import autocast, feed_dtype
 from ..data.beir import Prepared
 from ..tuner.checkpoints import resume_or_start, save_checkpoint
-from ..tuner.loop import optimizer_step, warmup_linear_decay
+from ..tuner.loop import optimizer_step, warmup_linear_decay, write_training_png
 from .reader_data import Passages, SpanExample, gather, length_batches, load_layers
 from .span_reader import ReaderConfig, SpanReader, best_spans, span_loss
 
@@ -176,26 +176,15 @@ def _evaluate(reader, inputs: ReaderInputs, cfg: ReaderTrainConfig, state: dict,
 
 def write_reader_logs(state: dict, summary: dict, out: Path) -> None:
     """train.json and training.png: the loss per step and dev EM/F1 against the training questions seen."""
-    import matplotlib
-
-    matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
-
     atomic_file(out / "train.json", lambda tmp: tmp.write_text(json.dumps(summary, indent=1)))
-    fig, (a, b) = plt.subplots(1, 2, figsize=(9, 3.5))
-    losses = [x["loss"] for x in state["losses"]]
-    w = max(1, min(len(losses) // 20, 100))
-    if losses:
-        a.plot(np.arange(w, len(losses) + 1), np.convolve(losses, np.ones(w) / w, mode="valid"))
-    a.set(xlabel="step", ylabel="span cross-entropy", title=f"training loss (mean of {w})")
-    seen = [x["questions_seen"] for x in state["curve"]]
-    b.plot(seen, [x["dev_f1"] for x in state["curve"]], "o-", label="dev F1")
-    b.plot(seen, [x["dev_em"] for x in state["curve"]], "s-", label="dev EM")
-    b.set(xlabel="training questions seen", ylabel="gold paragraph, dev", title="the reader on dev")
-    b.legend()
-    fig.tight_layout()
-    atomic_file(out / "training.png", lambda tmp: fig.savefig(tmp, dpi=110))
-    plt.close(fig)
+
+    def dev_panel(b) -> None:
+        seen = [x["questions_seen"] for x in state["curve"]]
+        b.plot(seen, [x["dev_f1"] for x in state["curve"]], "o-", label="dev F1")
+        b.plot(seen, [x["dev_em"] for x in state["curve"]], "s-", label="dev EM")
+        b.set(xlabel="training questions seen", ylabel="gold paragraph, dev", title="the reader on dev")
+        b.legend()
+    write_training_png(out, [x["loss"] for x in state["losses"]], "span cross-entropy", 100, dev_panel)
 
 
 def open_reader_inputs(stores: Path, data: str, answers_path: Path, cfg: ReaderTrainConfig) -> ReaderInputs:

@@ -31,7 +31,7 @@ from ..data.beir import Prepared
 from ..retrieval.baselines import bm25_run
 from ..retrieval.fusion import mean_ndcg
 from ..tuner.checkpoints import resume_or_start, save_checkpoint
-from ..tuner.loop import batch_layout, epoch_batches, optimizer_step, warmup_linear_decay
+from ..tuner.loop import batch_layout, epoch_batches, optimizer_step, warmup_linear_decay, write_training_png
 from ..tuner.train import load_within_budget
 from ..tuner.training_sets import TrainingSet
 from .rerank import EncodedPassages, combine, rerank_scores
@@ -217,27 +217,16 @@ def curve_table(curve: list[dict]) -> str:
 
 def write_reranker_logs(state: dict, summary: dict, out: Path) -> None:
     """train.json, curve.md and training.png: the loss per step and dev nDCG@10 against the queries seen."""
-    import matplotlib
-
-    matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
-
     atomic_file(out / "train.json", lambda tmp: tmp.write_text(json.dumps(summary, indent=1)))
     atomic_file(out / "curve.md", lambda tmp: tmp.write_text(curve_table(state["dev"])))
-    fig, (a, b) = plt.subplots(1, 2, figsize=(9, 3.5))
-    losses = [x["loss"] for x in state["losses"]]
-    w = max(1, min(len(losses) // 20, 50))
-    if losses:
-        a.plot(np.arange(w, len(losses) + 1), np.convolve(losses, np.ones(w) / w, mode="valid"))
-    a.set(xlabel="step", ylabel="listwise cross-entropy", title=f"training loss (mean of {w})")
-    seen = [x["queries_seen"] for x in state["dev"]]
-    for name in (state["dev"][0]["dev"] if state["dev"] else {}):
-        b.plot(seen, [x["dev"][name] for x in state["dev"]], "o-", label=name)
-    b.set(xlabel="training queries seen", ylabel="nDCG@10, BM25 reranked", title="the reranker on dev")
-    b.legend(fontsize=7)
-    fig.tight_layout()
-    atomic_file(out / "training.png", lambda tmp: fig.savefig(tmp, dpi=110))
-    plt.close(fig)
+
+    def dev_panel(b) -> None:
+        seen = [x["queries_seen"] for x in state["dev"]]
+        for name in (state["dev"][0]["dev"] if state["dev"] else {}):
+            b.plot(seen, [x["dev"][name] for x in state["dev"]], "o-", label=name)
+        b.set(xlabel="training queries seen", ylabel="nDCG@10, BM25 reranked", title="the reranker on dev")
+        b.legend(fontsize=7)
+    write_training_png(out, [x["loss"] for x in state["losses"]], "listwise cross-entropy", 50, dev_panel)
 
 
 # ------------------------------------------------------------------ the configuration's `reranker:` section

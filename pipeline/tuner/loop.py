@@ -22,6 +22,7 @@ import torch
 import torch.nn.functional as F
 from tqdm.auto import tqdm
 
+from ..common.atomic import atomic_file
 from ..common.config import TrainConfig
 from ..common.metrics import evaluate
 from ..retrieval.index import build_index, retrieve
@@ -211,3 +212,23 @@ def fit(trainee: Trainee, schedule, sets: list[TrainingSet], cfg: TrainConfig, s
         if checkpoint is not None:
             checkpoint(state)
     return state
+
+
+def write_training_png(out: Path, losses: list[float], loss_label: str, max_window: int,
+                       dev_panel: Callable[[object], None]) -> None:
+    """OUT/training.png of a trainer over stored states (the span reader, the reranker): left, the loss per step as
+    a running mean of at most `max_window` steps; right, what `dev_panel(axes)` draws (its dev curve)."""
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    fig, (a, b) = plt.subplots(1, 2, figsize=(9, 3.5))
+    w = max(1, min(len(losses) // 20, max_window))
+    if losses:
+        a.plot(np.arange(w, len(losses) + 1), np.convolve(losses, np.ones(w) / w, mode="valid"))
+    a.set(xlabel="step", ylabel=loss_label, title=f"training loss (mean of {w})")
+    dev_panel(b)
+    fig.tight_layout()
+    atomic_file(Path(out) / "training.png", lambda tmp: fig.savefig(tmp, dpi=110))
+    plt.close(fig)
