@@ -123,6 +123,9 @@ class RerankStep:
         if not trained:
             raise DataError(f"{chosen}: no reranker for this configuration (run `lmort train-reranker`, or ask "
                             "with --no-rerank)")
+        if stores is None:
+            raise DataError("the index names no stores, which the reranker reads: rebuild it with `lmort index "
+                            "--stores`, or ask with --no-rerank")
         from ..activations.store import ActivationStore, shared_fingerprint
         from ..interaction.rerank import EncodedPassages
         from ..interaction.rerank_runs import chosen_reranker, encoded_path
