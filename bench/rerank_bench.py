@@ -72,7 +72,8 @@ def main(reranker_dir, stores, data, split, queries, depth, bf16, encoded, out) 
         t0 = time.perf_counter()
         if not stored.load_saved(encoded):
             raise click.ClickException(f"{encoded}: made by another reranker or store")
-        note = f"; the stored encodings read in {time.perf_counter() - t0:.1f} s"
+        note = (f"; `--encoded {encoded}`: the stored encodings mapped in {time.perf_counter() - t0:.2f} s (safetensors"
+                f" maps the file; its pages are read as the queries touch them)")
         rows.append(("encodings stored by lmort rerank", timed(
             lambda r: rerank_scores(reranker, q_store, stored, r, depth, bf16), one)))
     corpus.load(reranker.cfg.layers)

@@ -4,7 +4,8 @@
 1. starts `lmort serve --index I` on a free port of 127.0.0.1 and times it until /health answers (ready);
 2. one client: `--requests` (>= 200) requests, one after another, after `--warm` untimed ones;
 3. `--clients` (8) clients for `--seconds` (30), each sending its next request when the last is answered;
-4. the server's RSS (/proc/<pid>/status VmRSS) after the warm-up and after the load; errors counted (non-200).
+4. the server's RSS (/proc/<pid>/status VmRSS) before and after the 8 clients' load (after 5 s of the same load that
+   starts the server's worker threads: growth past that is what a long-running server would show); errors counted.
 
     python bench/serve_bench.py --index cache/rag/index/lmort/squad [--endpoint ask] [--reader span]
     python bench/serve_bench.py --index cache/default/index/lmort/scifact --endpoint search
@@ -89,8 +90,9 @@ def main(index_dir, endpoint, reader, k, max_new_tokens, n_requests, warm, clien
         with httpx.Client() as client:
             for i in range(warm):
                 timed(client, f"{url}/{endpoint}", body(i))
-            rss_before = rss_mb(server.pid)
             one = [timed(client, f"{url}/{endpoint}", body(i)) for i in range(n_requests)]
+        load(f"{url}/{endpoint}", body, clients, 5.0)  # warm-up: the server's worker threads and their buffers
+        rss_before = rss_mb(server.pid)
         many = load(f"{url}/{endpoint}", body, clients, seconds)
         rss_after = rss_mb(server.pid)
     finally:
@@ -105,12 +107,15 @@ def main(index_dir, endpoint, reader, k, max_new_tokens, n_requests, warm, clien
                      "p99 ms": percentile(ms, 0.99) if ms else float("nan"),
                      "requests/s": len(results) / (seconds if "clients" in name else sum(m for m, _ in results) / 1e3)})
     table = markdown_table(rows, list(rows[0]), floatfmt=".1f")
-    what = f"/{endpoint}" + (f" (reader {reader or health['reader']}, k = {k})" if endpoint == "ask" else f" (k = {k})")
-    text = (f"`python bench/serve_bench.py --index {index_dir} --endpoint {endpoint}"
-            f"{' --reader ' + reader if reader else ''}`: {what} of {health['system']} over {health['data']}, "
+    what = f"/{endpoint}" + (f" (reader {reader or health['reader']}, k = {k}, at most {max_new_tokens} new tokens)"
+                             if endpoint == "ask" else f" (k = {k})")
+    flags = (f" --reader {reader}" if reader else "") + (f" --max-new-tokens {max_new_tokens}"
+                                                         if endpoint == "ask" else "")
+    text = (f"`python bench/serve_bench.py --index {index_dir} --endpoint {endpoint}{flags} --out {out}`: {what} of "
+            f"{health['system']} over {health['data']}, "
             f"retriever {health['retrievers'][0]}{', reranker loaded' if health['reranker'] else ''}; "
             f"ready {ready:.1f} s after start (process start to /health answering); server RSS "
-            f"{rss_before:.0f} MB after the warm-up, {rss_after:.0f} MB after the load "
+            f"{rss_before:.0f} MB before the {clients} clients' {seconds:.0f} s, {rss_after:.0f} MB after them "
             f"({(rss_after / rss_before - 1) * 100:+.1f}%).\n\n{table}\n")
     out.write_text(text)
     click.echo(text)
