@@ -93,25 +93,26 @@ def test_loss_falls_on_a_learnable_toy_task():
 
 
 def test_tuner_sizes_and_their_guard():
-    counts = {size: Tuner(variant_config("lmort", 2, 0, 3, 576, size, out_dim=16)).num_parameters()
+    shape = dict(u_layer=0, a_layer=2, last_layer=3, llm_width=576, out_dim=16)
+    counts = {size: Tuner(variant_config("lmort", size=size, **shape)).num_parameters()
               for size in ("small", "reduced", "paper")}
     assert counts["small"] < counts["reduced"] < counts["paper"]
-    paper = variant_config("lmort", 2, 0, 3, 64, "paper")
+    paper = variant_config("lmort", u_layer=0, a_layer=2, last_layer=3, llm_width=64, size="paper")
     assert paper.width is None and paper.blocks == 3 and paper.ff_ratio == 4  # the LLM's width, no projection
     with pytest.raises(ValueError, match="sets blocks"):
-        variant_config("lmort", 2, 0, 3, 64, "paper", blocks=2)
+        variant_config("lmort", u_layer=0, a_layer=2, last_layer=3, llm_width=64, size="paper", blocks=2)
 
 
 def test_fusion_baselines_read_the_layers_they_name():
     stored = [0, 3, 6, 9]
-    first_last = variant_config("first-last", 6, 0, 9, 24, stored_layers=stored)
-    mix = variant_config("scalar-mix", 6, 0, 9, 24, stored_layers=stored)
-    multi = variant_config("lmort-multi", 6, 0, 9, 24, stored_layers=stored)
+    first_last = variant_config("first-last", u_layer=0, a_layer=6, last_layer=9, llm_width=24, stored_layers=stored)
+    mix = variant_config("scalar-mix", u_layer=0, a_layer=6, last_layer=9, llm_width=24, stored_layers=stored)
+    multi = variant_config("lmort-multi", u_layer=0, a_layer=6, last_layer=9, llm_width=24, stored_layers=stored)
     assert first_last.pool_layers == [0, 9] and first_last.layers == [0, 9]
     assert mix.pool_layers == stored and mix.layers == stored
     assert multi.stream_layer == 0 and multi.cross_layers == stored and multi.kind == "lmort"
     with pytest.raises(ValueError, match="fuses several stored layers"):
-        variant_config("scalar-mix", 6, 0, 9, 24, stored_layers=[6])
+        variant_config("scalar-mix", u_layer=0, a_layer=6, last_layer=9, llm_width=24, stored_layers=[6])
     # a layer the tuner does not read never changes its vectors; one it reads does
     x = {layer: torch.randn(2, 5, 24) for layer in (0, 3, 6, 9)}
     mask = torch.ones(2, 5, dtype=torch.bool)

@@ -1,7 +1,7 @@
 """The typed sections of the parameters (params.yaml): each knob's one default, in modules that import no torch,
 so reading a configuration (and a stage with nothing to do) costs no heavy import.
 
-    TunerConfig   the `tuner:` section plus the variant's wiring (variant_config: METHOD.md's ablations)
+    TunerConfig   the `tuner:` section plus the variant's wiring (variant_config: the method's ablations)
     TrainConfig   the `train:` section, the training recipe
     Template      how a text is written before tokenising (the `extract:` section's case and query template)
     RunConfig, FusionConfig, RagConfig, ScalingConfig, SweepConfig: the top-level knobs and the other sections
@@ -141,9 +141,10 @@ VARIANTS = ("lmort", "swapped", "a-only", "u-only", "emb-only", "last-only", "po
 LAYER_FUSIONS = ("first-last", "scalar-mix", "lmort-multi")  # read several stored layers: need `stored_layers`
 
 
-def variant_config(variant: str, a_layer: int, u_layer: int, last_layer: int, llm_width: int,
+def variant_config(variant: str, *, u_layer: int, a_layer: int, last_layer: int, llm_width: int,
                    size: str | None = None, stored_layers: list[int] | None = None, **knobs) -> TunerConfig:
-    """The ablations of METHOD.md as configs of one module; `size` (a key of SIZES) sets the block stack's
+    """The method's ablations (DESIGN.md) as configs of one module, the layer pair (U, A) as the configuration
+    names it, by keyword; `size` (a key of SIZES) sets the block stack's
     shape, and then width, blocks, heads and ff_ratio must not be given as well. The fusion baselines read
     the store's layers: first-last its first and last stored layer, scalar-mix and lmort-multi all of them."""
     if size is not None:

@@ -66,4 +66,5 @@ def tuner_config(params: dict, variant: str, geometry: Path, llm_width: int, att
     size = section.pop("size", None)
     knobs = _pick(TunerConfig, section)
     knobs["attention_sink"] = attention_sink
-    return variant_config(variant, a_layer, u_layer, g["num_layers"], llm_width, size, stored_layers, **knobs)
+    return variant_config(variant, u_layer=u_layer, a_layer=a_layer, last_layer=g["num_layers"], llm_width=llm_width,
+                          size=size, stored_layers=stored_layers, **knobs)

@@ -37,7 +37,7 @@ ANALYZE = AnalyzeConfig()
 def sample_pairs(datasets: list[Prepared], split: str, max_pairs: int, seed: int) -> list[tuple[str, str, str]]:
     """(dataset, query id, positive doc id) triples from the `split` pairs tables, seeded."""
     if split == "test":
-        raise ValueError("layer analysis never reads a test split (METHOD.md: zero-shot honesty)")
+        raise ValueError("layer analysis never reads a test split (DESIGN.md: no test split picks a layer)")
     pairs = []
     for ds in datasets:
         t = ds.pairs(split).to_pydict()

@@ -1,4 +1,4 @@
-"""Layer geometry (METHOD.md step 1): alignment and uniformity of pooled hidden states, per layer.
+"""Layer geometry (DESIGN.md, step 1): alignment and uniformity of pooled hidden states, per layer.
 
 alignment  = mean over relevant pairs (q, d+) of ||f(q) - f(d+)||^2           lower = pairs closer
 uniformity = log mean over pairs of texts (x, y) of exp(-2 ||f(x) - f(y)||^2)  lower = better spread
@@ -46,5 +46,5 @@ def choose_layers(align: list[float], unif: list[float]) -> dict:
     if unif[a_layer] > 0.1 * unif[u_layer]:
         verdict += (f" Caution: the A-layer's space is nearly collapsed (uniformity {unif[a_layer]:.3f} against "
                     f"{unif[u_layer]:.3f} at the U-layer), so its low alignment is partly trivial "
-                    "(METHOD.md, pitfalls).")
+                    "(DESIGN.md: the attention sink).")
     return {"a_layer": a_layer, "u_layer": u_layer, "verdict": verdict}
