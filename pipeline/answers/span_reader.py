@@ -32,7 +32,7 @@ from ..activations.store import describe_difference
 from ..common.errors import ConfigError
 from ..common.pooling import pooling_mask
 from ..common.weights import save_weights
-from ..interaction.blocks import EncoderBlock, token_inputs
+from ..interaction.blocks import EncoderBlock, TokenHead
 
 NEG = -1e4  # a masked logit (finite: bfloat16 and float16 both hold it)
 
@@ -84,12 +84,10 @@ class ContextQueryAttention(nn.Module):
         return self.out(torch.cat([c, a, c * a, c * b], dim=-1))
 
 
-class SpanReader(nn.Module):
+class SpanReader(TokenHead):
     def __init__(self, cfg: ReaderConfig):
-        super().__init__()
-        self.cfg = cfg
+        super().__init__(cfg)
         d = cfg.width
-        self.mix, self.encoder = token_inputs(cfg)
         self.cq = ContextQueryAttention(d)
         self.model_stack = nn.ModuleList(EncoderBlock(d, cfg.heads, cfg.ff_ratio, cfg.kernel, cfg.dropout)
                                          for _ in range(cfg.model_blocks))

@@ -57,10 +57,14 @@ class EncoderBlock(nn.Module):
         return x + self.drop(self.ff(self.ln_ff(x)))
 
 
-def token_inputs(cfg) -> tuple[ScalarMix, nn.ModuleList]:
-    """The input side every head over stored tokens shares (the span reader's and the reranker's `cfg`: layers,
-    llm_width, width, encoder_blocks, heads, ff_ratio, kernel, dropout): the stored layers mixed and projected to
-    `width`, then the encoder blocks (built in this order: the same initialisation)."""
-    mix = ScalarMix(cfg.layers, cfg.llm_width, cfg.width)
-    return mix, nn.ModuleList(EncoderBlock(cfg.width, cfg.heads, cfg.ff_ratio, cfg.kernel, cfg.dropout)
-                              for _ in range(cfg.encoder_blocks))
+class TokenHead(nn.Module):
+    """What every head over stored tokens starts from (the span reader, the reranker): its `cfg` (layers, llm_width,
+    width, encoder_blocks, heads, ff_ratio, kernel, dropout), the stored layers mixed and projected to `width`, then
+    the encoder blocks (built in this order, before the head's own modules: the same initialisation)."""
+
+    def __init__(self, cfg):
+        super().__init__()
+        self.cfg = cfg
+        self.mix = ScalarMix(cfg.layers, cfg.llm_width, cfg.width)
+        self.encoder = nn.ModuleList(EncoderBlock(cfg.width, cfg.heads, cfg.ff_ratio, cfg.kernel, cfg.dropout)
+                                     for _ in range(cfg.encoder_blocks))

@@ -8,6 +8,7 @@ from pathlib import Path
 
 from ..common.atomic import atomic_file
 from ..common.tables import markdown_table
+from ..retrieval.fusion import chosen_with_tests
 
 
 def write_rerank_report(report: dict, out: Path) -> str:
@@ -24,18 +25,12 @@ RERANK_COLUMNS = ["set", "system", "design", "chosen on", "depth", "weight", "de
 
 
 def rerank_rows(report: dict) -> list[dict]:
-    rows = []
-    for data, per in report.items():
-        sig = per.get("significance", {})
-        for name, c in per.get("systems", {}).items():
-            s = sig.get(name, {})
-            rows.append({"set": data, "system": name, "design": per["design"], "chosen on": c["tuned_on"],
-                         "depth": c["depth"], "weight": c["weight"], "dev": c["dev_reranked"],
-                         "dev first stage": c["dev_first"], "dev p": f"{c['dev_p']:.2g}",
-                         "guarded": "yes" if c["guarded"] else "", "test minus first stage": c["test_minus_first"],
-                         "p (first stage)": f"{c['p_first']:.2g}", "test minus bm25": s.get("delta"),
-                         "p (bm25)": f"{s['p']:.2g}" if s else None,
-                         "unguarded: test minus first stage": c.get("unguarded_minus_first"),
-                         "p (unguarded)": f"{c['p_unguarded']:.2g}" if "p_unguarded" in c else None,
-                         "ms/query": c["ms_per_query"]})
-    return rows
+    return [{"set": data, "system": name, "design": per["design"], "chosen on": c["tuned_on"], "depth": c["depth"],
+             "weight": c["weight"], "dev": c["dev_reranked"], "dev first stage": c["dev_first"],
+             "dev p": f"{c['dev_p']:.2g}", "guarded": "yes" if c["guarded"] else "",
+             "test minus first stage": c["test_minus_first"], "p (first stage)": f"{c['p_first']:.2g}",
+             "test minus bm25": s.get("delta"), "p (bm25)": f"{s['p']:.2g}" if s else None,
+             "unguarded: test minus first stage": c.get("unguarded_minus_first"),
+             "p (unguarded)": f"{c['p_unguarded']:.2g}" if "p_unguarded" in c else None,
+             "ms/query": c["ms_per_query"]}
+            for data, per, name, c, s in chosen_with_tests(report)]

@@ -42,7 +42,7 @@ from ..activations.store import describe_difference
 from ..common.errors import ConfigError, StoreError
 from ..common.pooling import pooling_mask
 from ..common.weights import save_weights
-from .blocks import token_inputs
+from .blocks import TokenHead
 
 DESIGNS = ("cross", "late")
 
@@ -103,12 +103,10 @@ class CrossBlock(nn.Module):
         return y + self.drop(self.ff(self.ln_ff(y)))
 
 
-class Reranker(nn.Module):
+class Reranker(TokenHead):
     def __init__(self, cfg: RerankerConfig):
-        super().__init__()
-        self.cfg = cfg
+        super().__init__(cfg)
         d = cfg.width
-        self.mix, self.encoder = token_inputs(cfg)
         self.proj = nn.Linear(d, cfg.late_dim)
         self.log_scale = nn.Parameter(torch.tensor(2.3))  # a MaxSim sum of cosines spans a few units: the softmax
         # needs it scaled (ColBERT's 32 query tokens span 32); learnt, from exp(2.3) = 10

@@ -208,21 +208,24 @@ CHOICE_COLUMNS = ["set", "system", "chosen on", "dense weight", "rrf k", "dev", 
                   "guarded", "test minus bm25", "p", "significant"]
 
 
+def chosen_with_tests(report: dict):
+    """Each (set, its entry, system, dev's choice, the system's paired test against BM25 on the test split) of a
+    report of `lmort fuse` or `lmort rerank` ({set: {"systems": {...}, "significance": {...}}})."""
+    for data, per in report.items():
+        tests = per.get("significance", {})
+        for name, choice in per.get("systems", {}).items():
+            yield data, per, name, choice, tests.get(name, {})
+
+
 def choice_rows(fusion_report: dict) -> list[dict]:
     """One row per fused system and set of `lmort fuse`'s fusion.json: where and what dev chose, the dev test behind
     the guard, and the test difference to BM25 with its paired t-test (fusion.md and the report print these)."""
-    rows = []
-    for data, per in fusion_report.items():
-        sig = per.get("significance", {})
-        for name, c in per.get("systems", {}).items():
-            s = sig.get(name, {})
-            rows.append({"set": data, "system": name, "chosen on": c["tuned_on"], "dense weight": c["dense_weight"],
-                         "rrf k": c["rrf_k"], "dev": c["dev_fused"], "dev bm25": c["dev_bm25"],
-                         "dev dense": c["dev_dense"], "dev p": f"{c['dev_p']:.2g}" if "dev_p" in c else None,
-                         "guarded": "yes" if c.get("guarded") else "", "test minus bm25": s.get("delta"),
-                         "p": f"{s['p']:.2g}" if s else None,
-                         "significant": ("yes" if s.get("significant") else "no") if s else None})
-    return rows
+    return [{"set": data, "system": name, "chosen on": c["tuned_on"], "dense weight": c["dense_weight"],
+             "rrf k": c["rrf_k"], "dev": c["dev_fused"], "dev bm25": c["dev_bm25"], "dev dense": c["dev_dense"],
+             "dev p": f"{c['dev_p']:.2g}" if "dev_p" in c else None, "guarded": "yes" if c.get("guarded") else "",
+             "test minus bm25": s.get("delta"), "p": f"{s['p']:.2g}" if s else None,
+             "significant": ("yes" if s.get("significant") else "no") if s else None}
+            for data, _, name, c, s in chosen_with_tests(fusion_report)]
 
 
 class FusedRetriever:
