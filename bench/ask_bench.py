@@ -1,6 +1,6 @@
 """`lmort ask`'s cost per question: the prompt's one forward, retrieval (the tuner on the prompt's own states,
 FAISS, and BM25 plus the fusion for a hybrid), generation; beside a separate MiniLM encoding of the same question
-and a separate encoding through the truncated LLM (what `lmort search` pays). Issue 24's goal: retrieval at most
+and a separate encoding through the truncated LLM (what `lmort search` pays). The goal: retrieval at most
 5% of the time to answer one question on 2 cores.
 
     python bench/ask_bench.py --index cache/rag/index/lmort/squad [--questions 20] [--retriever lmort+bm25]

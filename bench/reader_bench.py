@@ -1,4 +1,4 @@
-"""What the span reader's training step costs, by design choice (issue 31: the reader's step cost is part of the
+"""What the span reader's training step costs, by design choice (the reader's step cost is part of the
 work): bf16 autocast or float32, one or two model-encoder blocks, the width, one stored layer or three, and
 batches sorted by passage length against random batches (the padding they carry).
 

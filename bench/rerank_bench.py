@@ -1,4 +1,4 @@
-"""The reranker's cost per query (issue 39's goal: the top 100 of one query reranked in at most 100 ms warm on 2
+"""The reranker's cost per query (the goal: the top 100 of one query reranked in at most 100 ms warm on 2
 cores, store reads included): one query at a time, its top `depth` BM25 candidates scored from the stores.
 
 Rows: `stores` (the passages' stored states read from the Zarr store, not held in memory, and encoded for this

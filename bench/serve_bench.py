@@ -1,4 +1,4 @@
-"""`lmort serve` under load, on loopback only (issue 40's goals, with the span reader: /ask warm p50 <= 60 ms and p99
+"""`lmort serve` under load, on loopback only (the goals, with the span reader: /ask warm p50 <= 60 ms and p99
 <= 150 ms with one client; 8 clients for 30 s with no errors and RSS within 10%; ready in <= 10 s):
 
 1. starts `lmort serve --index I` on a free port of 127.0.0.1 and times it until /health answers (ready);

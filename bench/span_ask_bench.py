@@ -1,4 +1,4 @@
-"""`lmort ask --reader span`'s cost per question (issue 31's goal: a warm question in at most 50 ms on 2 cores,
+"""`lmort ask --reader span`'s cost per question (the goal: a warm question in at most 50 ms on 2 cores,
 retrieval included, over at least 50 questions; cold start reported): the question's one forward through the
 truncated LLM, retrieval (the tuner on those states, FAISS, BM25 and the fusion for a hybrid), and reading (the span
 reader on the question's states and the k passages' states read from the corpus store).

@@ -1,4 +1,4 @@
-"""The adapter baseline (issue 26): LoRA on the tiny model's blocks, trained with the LLM in the loop."""
+"""The adapter baseline: LoRA on the tiny model's blocks, trained with the LLM in the loop."""
 
 import json
 from dataclasses import asdict

@@ -1,4 +1,4 @@
-"""Hybrid fusion with BM25 chosen on dev (issue 24): the weighted sum, RRF, the significance guard, bad runs."""
+"""Hybrid fusion with BM25 chosen on dev: the weighted sum, RRF, the significance guard, bad runs."""
 
 import json
 

@@ -1,4 +1,4 @@
-"""The span reader (issue 31) on the tiny random model: labels, learning a planted span, refusal of other stores."""
+"""The span reader on the tiny random model: labels, learning a planted span, refusal of other stores."""
 
 from __future__ import annotations
 

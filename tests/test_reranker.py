@@ -1,4 +1,4 @@
-"""The reranker (issue 39) on the tiny random model: it learns a planted relevance, reranking only reorders a run's
+"""The reranker on the tiny random model: it learns a planted relevance, reranking only reorders a run's
 candidates, the stored states score as the question's own forward does, dev's choice is guarded, and bad input is
 refused in one line with nothing written."""
 

@@ -1,5 +1,5 @@
 #!/bin/bash
-# reports/adapter: the LoRA adapter baseline (issue 26) on the default configuration's training sets, with a CPU step
+# reports/adapter: the LoRA adapter baseline on the default configuration's training sets, with a CPU step
 # budget, against LMORT trained from the default's stores to the same budget; then one table beside the default's
 # rows. Needs the default's artifacts (`make repro`). Run from the repository root: bash bench/gpu/adapter_run.sh
 set -e

@@ -1,5 +1,5 @@
 """Two configurations' scores side by side: one Markdown row per (set, system), the difference, and the largest
-difference. Issue 10's check that bfloat16 keeps the default's scores within +-0.01 nDCG@10 of float32:
+difference. The check that bfloat16 keeps the default's scores within +-0.01 nDCG@10 of float32:
 
     make repro PROTOCOL=default-float32 && make repro
     python bench/reports/compare_metrics.py cache/default-float32/metrics.json cache/default/metrics.json

@@ -1,4 +1,4 @@
-"""A dev probe (issue 31, not adopted): how the span reader should compare spans of different passages. On squad's
+"""A dev probe (not adopted): how the span reader should compare spans of different passages. On squad's
 200 dev questions with BM25's top 3 (the rag configuration's cache), the best passage by (a) raw start + end logits
 (what `lmort rag` and `lmort ask` use), (b) per-passage log-softmax of start and end, (c) raw logits plus the
 z-scored BM25 score of the passage (weight 1, untuned). Prints dev F1 for each.

@@ -1,5 +1,5 @@
 #!/usr/bin/env bash
-# Tuning on dev only (issue 11, item 5): one DVC experiment per setting, each changing one knob of a protocol's
+# Tuning on dev only (item 5): one DVC experiment per setting, each changing one knob of a protocol's
 # recipe ($PROTOCOL, default: the default configuration), training only `train@lmort` (`-s`: that stage alone)
 # from the stores `dvc repro` (or `dvc exp run -S protocol=$PROTOCOL`) extracted in this workspace. DVC records
 # every experiment (params, the dvclive metrics: best dev nDCG@10, its epoch, steps, seconds); test splits are
