@@ -55,6 +55,8 @@ def timed(client, url: str, body: dict) -> tuple[float, int]:
 @click.option("--index", "index_dir", type=click.Path(path_type=Path, exists=True), required=True)
 @click.option("--endpoint", type=click.Choice(["ask", "search"]), default="ask", show_default=True)
 @click.option("--reader", type=click.Choice(["span", "generate"]), help="/ask's reader [the server's].")
+@click.option("--readers", type=click.Path(path_type=Path, exists=True, file_okay=False),
+              help="`lmort serve --readers`: span readers from elsewhere (bench/untrained_reader.py: timing only).")
 @click.option("--k", default=3, show_default=True)
 @click.option("--max-new-tokens", default=8, show_default=True, help="/ask with the generative reader.")
 @click.option("--requests", "n_requests", default=200, show_default=True)
@@ -62,7 +64,7 @@ def timed(client, url: str, body: dict) -> tuple[float, int]:
 @click.option("--clients", default=8, show_default=True)
 @click.option("--seconds", default=30.0, show_default=True)
 @click.option("--out", type=click.Path(path_type=Path), default=Path("bench/serve_bench.md"), show_default=True)
-def main(index_dir, endpoint, reader, k, max_new_tokens, n_requests, warm, clients, seconds, out) -> None:
+def main(index_dir, endpoint, reader, readers, k, max_new_tokens, n_requests, warm, clients, seconds, out) -> None:
     import httpx
 
     from pipeline.answers.ask import open_prepared
@@ -75,11 +77,17 @@ def main(index_dir, endpoint, reader, k, max_new_tokens, n_requests, warm, clien
     lmort = str(Path(sys.executable).parent / "lmort")
     t0 = time.perf_counter()
     server = subprocess.Popen([lmort, "serve", "--index", str(index_dir), "--port", str(port),
-                               *(["--reader", reader] if reader else [])], stdout=subprocess.PIPE, text=True)
+                               *(["--reader", reader] if reader else []),
+                               *(["--readers", str(readers)] if readers else [])],
+                              stdout=subprocess.PIPE, text=True)
     url = f"http://127.0.0.1:{port}"
     try:
         ready = wait_ready(url, server, t0)
         health = httpx.get(f"{url}/health").json()
+        while health["reader"] == "span" and not health["passages_in_memory"] and time.perf_counter() - t0 < 300:
+            time.sleep(1)  # `lmort serve` loads the span reader's passage layers after it answers (--memory-gb)
+            health = httpx.get(f"{url}/health").json()
+        held = time.perf_counter() - t0
         key = "query" if endpoint == "search" else "question"
         extra = {"k": k} if endpoint == "search" else {"k": k, "max_new_tokens": max_new_tokens,
                                                        **({"reader": reader} if reader else {})}
@@ -107,14 +115,17 @@ def main(index_dir, endpoint, reader, k, max_new_tokens, n_requests, warm, clien
                      "p99 ms": percentile(ms, 0.99) if ms else float("nan"),
                      "requests/s": len(results) / (seconds if "clients" in name else sum(m for m, _ in results) / 1e3)})
     table = markdown_table(rows, list(rows[0]), floatfmt=".1f")
-    what = f"/{endpoint}" + (f" (reader {reader or health['reader']}, k = {k}, at most {max_new_tokens} new tokens)"
-                             if endpoint == "ask" else f" (k = {k})")
-    flags = (f" --reader {reader}" if reader else "") + (f" --max-new-tokens {max_new_tokens}"
-                                                         if endpoint == "ask" else "")
+    what = f"/{endpoint} (k = {k}" + (f", reader {reader or health['reader']}" if endpoint == "ask" else "") + (
+        f", at most {max_new_tokens} new tokens)" if endpoint == "ask" and (reader or health["reader"]) == "generate"
+        else ")")
+    generates = endpoint == "ask" and (reader or health["reader"]) == "generate"
+    flags = (f" --reader {reader}" if reader else "") + (f" --readers {readers}" if readers else "") + (
+        f" --max-new-tokens {max_new_tokens}" if generates else "")
     text = (f"`python bench/serve_bench.py --index {index_dir} --endpoint {endpoint}{flags} --out {out}`: {what} of "
             f"{health['system']} over {health['data']}, "
             f"retriever {health['retrievers'][0]}{', reranker loaded' if health['reranker'] else ''}; "
-            f"ready {ready:.1f} s after start (process start to /health answering); server RSS "
+            f"ready {ready:.1f} s after start (process start to /health answering)"
+            f"{f', passages in memory after {held:.0f} s' if health['passages_in_memory'] else ''}; server RSS "
             f"{rss_before:.0f} MB before the {clients} clients' {seconds:.0f} s, {rss_after:.0f} MB after them "
             f"({(rss_after / rss_before - 1) * 100:+.1f}%).\n\n{table}\n")
     out.write_text(text)

@@ -220,7 +220,7 @@ class Memory:
         self._retrievers: dict = {}
         self._generator = self._llm = None
         self.reranker = RerankStep.open(self.root, stores, ds, rerank)
-        self.span = None
+        self.span, self.passages_held = None, False
         self.layers = sorted(set(self.tuner.cfg.layers) | set(self.reranker.layers))
         if trained and self.mode == "span":
             self._load_span(reader_dir, stores)
@@ -250,6 +250,16 @@ class Memory:
         tokenizer = AutoTokenizer.from_pretrained(resolve_model(self.meta["model"])[0])
         self.span = StoredPassageReader(reader_dir, corpus, self.ds, tokenizer)
         self.layers = sorted(set(self.layers) | set(self.span.layers))
+
+    def hold_passages(self, memory_gb: float) -> bool:
+        """Load the passages' stored layers the span reader reads into memory where they fit `memory_gb` (GB): its
+        reads then skip Zarr's decoding (on scifact, 22 ms to read three passages against 53). Safe while requests
+        are answered: each layer replaces its Zarr array in one assignment once it is read whole."""
+        if self.span is None or self.span.corpus.nbytes(self.span.layers) > memory_gb * 1e9:
+            return False
+        self.span.corpus.load(self.span.layers)
+        self.passages_held = True
+        return True
 
     def prompt(self) -> tuple[str, list]:
         """The generative reader's prompt style and shots dev chose for this set (plain without a rag stage)."""

@@ -90,7 +90,7 @@ def create_app(memory: Memory, index: str = "") -> FastAPI:
         return {"status": "ok", "index": index, "system": memory.system, "data": memory.ds.name,
                 "model": memory.meta["model"], "passages": len(memory.meta["ids"]), "reader": memory.mode,
                 "readers": readers, "retrievers": list(memory.retrievers()),
-                "reranker": memory.reranker.reranker is not None}
+                "reranker": memory.reranker.reranker is not None, "passages_in_memory": memory.passages_held}
 
     @app.post("/search")
     def search(body: SearchRequest) -> dict:
