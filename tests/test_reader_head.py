@@ -229,6 +229,12 @@ def test_ask_with_the_span_reader_answers_from_a_retrieved_passage(span_memory):
                                                               docs)}
         stored = {x.doc_id: x.score for x in memory.span.read_stored_question(span_memory["queries"], qid, docs)}
         assert stored == pytest.approx(online, rel=0.02, abs=0.05)
+    question = ds.queries[sorted(ds.qrels["test"])[0]]
+    from_zarr = memory.ask(question, k=3, retriever="lmort", bf16=False).to_dict()
+    assert not memory.hold_passages(0.0) and memory.hold_passages(8.0) and memory.passages_held  # `serve --memory-gb`
+    held = memory.ask(question, k=3, retriever="lmort", bf16=False).to_dict()
+    assert (held["answer"], held["start"], held["end"]) == (from_zarr["answer"], from_zarr["start"], from_zarr["end"])
+    assert held["score"] == pytest.approx(from_zarr["score"], abs=1e-5)
     generating = Memory(span_memory["index"], ds, reader="generate")
     assert generating.mode == "generate"
 
