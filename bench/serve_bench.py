@@ -25,11 +25,7 @@ import time
 from pathlib import Path
 
 import click
-
-
-def percentile(values: list[float], q: float) -> float:
-    ordered = sorted(values)
-    return ordered[min(len(ordered) - 1, int(q * len(ordered)))]
+from span_ask_bench import percentile  # bench/ is the script's folder, first on sys.path
 
 
 def rss_mb(pid: int) -> float:

@@ -25,35 +25,26 @@ from pipeline.retrieval.hits import format_hits, ranked_hits
 @friendly_errors
 def command(index_dir, k, data, text, bf16, rerank) -> None:
     """Encode TEXT with the frozen LLM + tuner (no store) and search the index: rank, score, id, title, text."""
-    import time
+    import json
 
-    from pipeline.answers.ask import RerankStep, open_prepared
+    from pipeline.answers.ask import Memory, open_prepared
     from pipeline.common.quiet import quiet_libraries
-    from pipeline.tuner.encoders import index_piece, open_index
 
     query = " ".join(text)
     if not query.strip():
         raise click.UsageError("the query is empty")
     quiet_libraries()
-    retriever, meta = open_index(index_dir, bf16)
+    meta = json.loads((index_dir / "meta.json").read_text())
     ds = ensure_prepared(data) if data else open_prepared(index_dir, meta)
-    root, stores = (index_piece(index_dir, meta, piece) for piece in ("configuration", "stores"))
-    step = RerankStep.open(root, stores, ds, rerank) if ds is not None else RerankStep()
-    system = meta["system"]
-    if not step.active(system):
-        click.echo(format_hits(ranked_hits(retriever.search({"q": query}, k)["q"], ds, k)))
-        return
-    found = retriever.search({"q": query}, step.depth(system, k))["q"]
-    t0 = time.perf_counter()
-    encoder = retriever.encode
-    llm = encoder.llm  # the LLM cut after the tuner's deepest layer; the reranker may read a deeper one
-    if max(step.layers) > max(encoder.tuner.cfg.layers):
-        from pipeline.activations.llm import FrozenLLM
+    if "adapter" in meta:  # the adapter baseline's index: its LLM is not the frozen one, so nothing reranks it
+        from pipeline.tuner.encoders import open_index
 
-        llm = FrozenLLM(encoder.model, max_layer=max(step.layers), dtype=llm.model.dtype)
-    ids, _ = llm.tokenize([encoder.template.format_query(query)], encoder.max_length)
-    states, mask = llm.forward(ids, step.layers)
-    states = {layer: x[:, : int(mask.sum())] for layer, x in states.items()}
-    found = step.rerank(system, states, found, bf16)
-    click.echo(format_hits(ranked_hits(found, ds, k)))
-    click.echo(f"reranked ({system}>rerank) in {(time.perf_counter() - t0) * 1e3:.0f} ms")
+        if rerank:
+            raise click.UsageError("an adapter's index is not reranked (the reranker reads the frozen LLM's states)")
+        click.echo(format_hits(ranked_hits(open_index(index_dir, bf16)[0].search({"q": query}, k)["q"], ds, k)))
+        return
+    memory = Memory(index_dir, ds, reader="generate", rerank=rerank)  # the one path of search, ask and serve
+    hits, ms = memory.search(query, min(k, len(memory.meta["ids"])), retriever=meta["system"], bf16=bf16)
+    click.echo(format_hits(hits))
+    if "rerank" in ms:
+        click.echo(f"reranked ({meta['system']}>rerank) in {ms['rerank']:.0f} ms")
