@@ -49,6 +49,7 @@ class RerankerTrainConfig:
     in_batch: tuple[str, ...] = ("late",)  # designs whose softmax adds the batch's other passages (late: nearly free;
     # cross: every query reads every passage of the batch, batch_size times the cost)
     epochs: int = 3
+    max_steps_per_epoch: int | None = None  # a step budget for large mixes (None: every batch the quotas fill)
     lr: float = 1e-3
     weight_decay: float = 0.01
     warmup: float = 0.05
@@ -56,6 +57,7 @@ class RerankerTrainConfig:
     mix_alpha: float = 0.5  # batches per training set, as the tuner's (loop.py set_quotas)
     evals: int = 4  # dev scorings over the run: the curve against queries seen
     dev_depth: int = 30  # BM25 candidates reranked in the dev scoring
+    dev_queries: int | None = None  # a seeded sample of each dev split's queries (None: all; squad's dev is 8.8k)
     select_on: str = "in-domain"  # in-domain: the training sets' dev splits choose; all: the zero-shot dev too
     seed: int = 0
     bf16: bool = True
@@ -72,21 +74,29 @@ class DevSet:
     corpus: object
     bm25: Run
     in_domain: bool
+    qrels: dict  # the split's judgements of the queries scored (all of them, or the seeded sample)
 
     @property
     def name(self) -> str:
         return f"{self.ds.name}/{self.split}"
 
 
-def dev_sets(train: list[TrainingSet], zero_shot: list[TrainingSet], split: str, depth: int) -> list[DevSet]:
-    """The training sets' dev splits and the zero-shot dev collections' `split`, each with BM25's top `depth`."""
+def dev_sets(train: list[TrainingSet], zero_shot: list[TrainingSet], split: str, depth: int,
+             max_queries: int | None = None, seed: int = 0) -> list[DevSet]:
+    """The training sets' dev splits and the zero-shot dev collections' `split`, each with BM25's top `depth`;
+    with `max_queries`, a seeded sample of each split's queries (the same sample at every scoring)."""
     out = []
     for sets, in_domain in ((train, True), (zero_shot, False)):
         for ts in sets:
             qrels = ts.dev_qrels if in_domain else ts.data.qrels.get(split)
-            if qrels:
-                out.append(DevSet(ts.data, "dev" if in_domain else split, ts.queries, ts.corpus,
-                                  bm25_run(ts.data, sorted(qrels), depth), in_domain))
+            if not qrels:
+                continue
+            ids = sorted(qrels)
+            if max_queries is not None and len(ids) > max_queries:
+                g = torch.Generator().manual_seed(seed)
+                ids = sorted(ids[i] for i in torch.randperm(len(ids), generator=g)[:max_queries].tolist())
+            out.append(DevSet(ts.data, "dev" if in_domain else split, ts.queries, ts.corpus,
+                              bm25_run(ts.data, ids, depth), in_domain, {q: qrels[q] for q in ids}))
     return out
 
 
@@ -97,7 +107,7 @@ def dev_scores(reranker: Reranker, sets: list[DevSet], cfg: RerankerTrainConfig)
     for dev in sets:
         passages = EncodedPassages(reranker, dev.corpus, cfg.bf16)
         scores = rerank_scores(reranker, dev.queries, passages, dev.bm25, cfg.dev_depth, cfg.bf16)
-        out[dev.name] = mean_ndcg(combine(dev.bm25, scores, cfg.dev_depth, 1.0), dev.ds.qrels[dev.split])
+        out[dev.name] = mean_ndcg(combine(dev.bm25, scores, cfg.dev_depth, 1.0), dev.qrels)
     reranker.train()
     return out
 
@@ -128,7 +138,7 @@ def listwise_loss(reranker: Reranker, ts: TrainingSet, batch, cfg: RerankerTrain
 def _loop_config(cfg: RerankerTrainConfig) -> TrainConfig:
     """The tuner's batch recipe with the reranker's sizes (loop.py `epoch_batches` reads these fields)."""
     return replace(TrainConfig(), batch_size=cfg.batch_size, negatives=cfg.negatives, epochs=cfg.epochs,
-                   seed=cfg.seed, mix_alpha=cfg.mix_alpha)
+                   seed=cfg.seed, mix_alpha=cfg.mix_alpha, max_steps_per_epoch=cfg.max_steps_per_epoch)
 
 
 def _evaluate(reranker: Reranker, devs: list[DevSet], cfg: RerankerTrainConfig, state: dict, out: Path,
@@ -297,7 +307,7 @@ def train_designs(stores: Path, params: dict, out: Path, progress: bool = True) 
     stage, cfg = rerank_stage_config(params), reranker_train_config(params)
     sets = open_training_sets(stores, list(stage.train_sets))
     zero = open_training_sets(stores, list(stage.zero_shot_dev), pairs=False)
-    devs = dev_sets(sets, zero, section(params, "fusion").zero_shot_split, cfg.dev_depth)
+    devs = dev_sets(sets, zero, section(params, "fusion").zero_shot_split, cfg.dev_depth, cfg.dev_queries, cfg.seed)
     corpus = sets[0].corpus
     summaries = {}
     for design in stage.designs:
