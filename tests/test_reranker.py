@@ -253,3 +253,17 @@ def _online(memory, question: str):
     states, _ = memory.reader.prefix_forward(ids, memory.reranker.layers)
     states = {layer: s[:, : memory.query_max_length] for layer, s in states.items()}
     return states, torch.ones(next(iter(states.values())).shape[:2], dtype=torch.bool)
+
+
+def test_a_dev_sample_scores_only_its_queries_and_a_step_budget_caps_the_epoch(world):
+    """`dev_queries` samples each dev split once (seeded): BM25's run and the judgements scored cover the same
+    queries, so the sampled-out ones do not count as zeros; `max_steps_per_epoch` reaches the batch recipe."""
+    from pipeline.interaction.rerank_train import _loop_config
+    from pipeline.tuner.loop import epoch_batches
+
+    ts = world["set"]
+    full = dev_sets([ts], [], "test", 10)[0]
+    sample = dev_sets([ts], [], "test", 10, max_queries=3, seed=1)[0]
+    assert len(sample.qrels) == 3 < len(full.qrels) and set(sample.qrels) == set(sample.bm25) <= set(full.qrels)
+    assert set(dev_sets([ts], [], "test", 10, max_queries=3, seed=1)[0].qrels) == set(sample.qrels)
+    assert len(epoch_batches([ts], _loop_config(RerankerTrainConfig(batch_size=8, max_steps_per_epoch=2)), 0)) == 2
