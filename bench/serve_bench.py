@@ -54,13 +54,15 @@ def timed(client, url: str, body: dict) -> tuple[float, int]:
 @click.option("--readers", type=click.Path(path_type=Path, exists=True, file_okay=False),
               help="`lmort serve --readers`: span readers from elsewhere (bench/untrained_reader.py: timing only).")
 @click.option("--k", default=3, show_default=True)
+@click.option("--retriever", help="/ask's and /search's retriever [the index's default: <system>+bm25].")
 @click.option("--max-new-tokens", default=8, show_default=True, help="/ask with the generative reader.")
 @click.option("--requests", "n_requests", default=200, show_default=True)
 @click.option("--warm", default=5, show_default=True)
 @click.option("--clients", default=8, show_default=True)
 @click.option("--seconds", default=30.0, show_default=True)
 @click.option("--out", type=click.Path(path_type=Path), default=Path("bench/serve_bench.md"), show_default=True)
-def main(index_dir, endpoint, reader, readers, k, max_new_tokens, n_requests, warm, clients, seconds, out) -> None:
+def main(index_dir, endpoint, reader, readers, retriever, k, max_new_tokens, n_requests, warm, clients, seconds,
+         out) -> None:
     import httpx
 
     from pipeline.answers.ask import open_prepared
@@ -87,6 +89,7 @@ def main(index_dir, endpoint, reader, readers, k, max_new_tokens, n_requests, wa
         key = "query" if endpoint == "search" else "question"
         extra = {"k": k} if endpoint == "search" else {"k": k, "max_new_tokens": max_new_tokens,
                                                        **({"reader": reader} if reader else {})}
+        extra.update({"retriever": retriever} if retriever else {})
 
         def body(i: int) -> dict:
             return {key: questions[i % len(questions)], **extra}
@@ -116,10 +119,11 @@ def main(index_dir, endpoint, reader, readers, k, max_new_tokens, n_requests, wa
         else ")")
     generates = endpoint == "ask" and (reader or health["reader"]) == "generate"
     flags = (f" --reader {reader}" if reader else "") + (f" --readers {readers}" if readers else "") + (
+        f" --retriever {retriever}" if retriever else "") + (
         f" --max-new-tokens {max_new_tokens}" if generates else "")
     text = (f"`python bench/serve_bench.py --index {index_dir} --endpoint {endpoint}{flags} --out {out}`: {what} of "
             f"{health['system']} over {health['data']}, "
-            f"retriever {health['retrievers'][0]}{', reranker loaded' if health['reranker'] else ''}; "
+            f"retriever {retriever or health['retrievers'][0]}{', reranker loaded' if health['reranker'] else ''}; "
             f"ready {ready:.1f} s after start (process start to /health answering)"
             f"{f', passages in memory after {held:.0f} s' if health['passages_in_memory'] else ''}; server RSS "
             f"{rss_before:.0f} MB before the {clients} clients' {seconds:.0f} s, {rss_after:.0f} MB after them "
