@@ -82,7 +82,7 @@ def main(index_dir, endpoint, reader, readers, retriever, k, max_new_tokens, n_r
     try:
         ready = wait_ready(url, server, t0)
         health = httpx.get(f"{url}/health").json()
-        while health["reader"] == "span" and not health["passages_in_memory"] and time.perf_counter() - t0 < 300:
+        while health.get("passages_loading") and time.perf_counter() - t0 < 300:
             time.sleep(1)  # `lmort serve` loads the span reader's passage layers after it answers (--memory-gb)
             health = httpx.get(f"{url}/health").json()
         held = time.perf_counter() - t0
@@ -121,11 +121,13 @@ def main(index_dir, endpoint, reader, readers, retriever, k, max_new_tokens, n_r
     flags = (f" --reader {reader}" if reader else "") + (f" --readers {readers}" if readers else "") + (
         f" --retriever {retriever}" if retriever else "") + (
         f" --max-new-tokens {max_new_tokens}" if generates else "")
+    passages = (f", passages in memory after {held:.0f} s" if health["passages_in_memory"] else
+                ", passages read from Zarr" if health["reader"] == "span" else "")
     text = (f"`python bench/serve_bench.py --index {index_dir} --endpoint {endpoint}{flags} --out {out}`: {what} of "
             f"{health['system']} over {health['data']}, "
             f"retriever {retriever or health['retrievers'][0]}{', reranker loaded' if health['reranker'] else ''}; "
             f"ready {ready:.1f} s after start (process start to /health answering)"
-            f"{f', passages in memory after {held:.0f} s' if health['passages_in_memory'] else ''}; server RSS "
+            f"{passages}; server RSS "
             f"{rss_before:.0f} MB before the {clients} clients' {seconds:.0f} s, {rss_after:.0f} MB after them "
             f"({(rss_after / rss_before - 1) * 100:+.1f}%).\n\n{table}\n")
     out.write_text(text)

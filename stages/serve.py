@@ -41,8 +41,9 @@ def command(index_dir, host, port, reader, rerank, data, readers, memory_gb) -> 
         click.echo(f"not served: {line}")
     click.echo(f"lmort serve: {memory.system} over {memory.ds.name}, reader {memory.mode}, ready in "
                f"{time.perf_counter() - t0:.1f} s at http://{host}:{port}/ (Ctrl-C stops)")
-    if memory.span is not None and memory_gb > 0:
+    loading = memory.passages_fit(memory_gb) if memory_gb > 0 else False
+    if loading:
         import threading
 
         threading.Thread(target=memory.hold_passages, args=(memory_gb,), daemon=True).start()
-    uvicorn.run(create_app(memory, str(index_dir)), host=host, port=port, log_level="warning")
+    uvicorn.run(create_app(memory, str(index_dir), loading), host=host, port=port, log_level="warning")

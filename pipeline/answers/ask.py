@@ -164,11 +164,15 @@ class Memory:
         self.span = StoredPassageReader(reader_dir, corpus, self.ds, tokenizer)
         self.layers = sorted(set(self.layers) | set(self.span.layers))
 
+    def passages_fit(self, memory_gb: float) -> bool:
+        """Whether the passages' layers the span reader reads fit `memory_gb` (GB); else they stream from Zarr."""
+        return self.span is not None and self.span.corpus.nbytes(self.span.layers) <= memory_gb * 1e9
+
     def hold_passages(self, memory_gb: float) -> bool:
         """Load the passages' stored layers the span reader reads into memory where they fit `memory_gb` (GB): its
         reads then skip Zarr's decoding (on scifact, 22 ms to read three passages against 53). Safe while requests
         are answered: each layer replaces its Zarr array in one assignment once it is read whole."""
-        if self.span is None or self.span.corpus.nbytes(self.span.layers) > memory_gb * 1e9:
+        if not self.passages_fit(memory_gb):
             return False
         self.span.corpus.load(self.span.layers)
         self.passages_held = True

@@ -69,8 +69,9 @@ def warm_up(memory: Memory) -> list[str]:
     return missing
 
 
-def create_app(memory: Memory, index: str = "") -> FastAPI:
-    """The service over one opened memory (`Memory`): every route reads it, none reloads anything."""
+def create_app(memory: Memory, index: str = "", loading: bool = False) -> FastAPI:
+    """The service over one opened memory (`Memory`): every route reads it, none reloads anything. `loading`: the
+    passages' layers are being loaded into memory behind it (`/health` says so until they are)."""
     app = FastAPI(title="LMORT memory", description="A frozen LLM's retrieval and reading from its own stored "
                   "states.", version="0.1.0")
     lock = threading.Lock()
@@ -90,7 +91,8 @@ def create_app(memory: Memory, index: str = "") -> FastAPI:
         return {"status": "ok", "index": index, "system": memory.system, "data": memory.ds.name,
                 "model": memory.meta["model"], "passages": len(memory.meta["ids"]), "reader": memory.mode,
                 "readers": readers, "retrievers": list(memory.retrievers()),
-                "reranker": memory.reranker.reranker is not None, "passages_in_memory": memory.passages_held}
+                "reranker": memory.reranker.reranker is not None, "passages_in_memory": memory.passages_held,
+                "passages_loading": loading and not memory.passages_held}
 
     @app.post("/search")
     def search(body: SearchRequest) -> dict:
