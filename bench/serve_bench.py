@@ -119,7 +119,7 @@ def main(index_dir, endpoint, reader, readers, retriever, k, max_new_tokens, n_r
         else ")")
     generates = endpoint == "ask" and (reader or health["reader"]) == "generate"
     flags = (f" --reader {reader}" if reader else "") + (f" --readers {readers}" if readers else "") + (
-        f" --retriever {retriever}" if retriever else "") + (
+        f" --retriever {retriever}" if retriever else "") + (f" --seconds {seconds:g}" if seconds != 30 else "") + (
         f" --max-new-tokens {max_new_tokens}" if generates else "")
     passages = (f", passages in memory after {held:.0f} s" if health["passages_in_memory"] else
                 ", passages read from Zarr" if health["reader"] == "span" else "")

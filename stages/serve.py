@@ -31,13 +31,14 @@ def command(index_dir, host, port, reader, rerank, data, readers, memory_gb) -> 
     import uvicorn
 
     from pipeline.answers.ask import Memory
-    from pipeline.answers.service import create_app, warm_up
+    from pipeline.answers.service import create_app, memory_worker, warm_up
     from pipeline.data.prepare import ensure_prepared
 
     t0 = time.perf_counter()
     memory = Memory(index_dir, ensure_prepared(data) if data else None, reader=reader, readers_root=readers,
                     rerank=rerank)
-    for line in warm_up(memory):
+    worker = memory_worker()
+    for line in worker.submit(warm_up, memory).result():
         click.echo(f"not served: {line}")
     click.echo(f"lmort serve: {memory.system} over {memory.ds.name}, reader {memory.mode}, ready in "
                f"{time.perf_counter() - t0:.1f} s at http://{host}:{port}/ (Ctrl-C stops)")
@@ -46,4 +47,4 @@ def command(index_dir, host, port, reader, rerank, data, readers, memory_gb) -> 
         import threading
 
         threading.Thread(target=memory.hold_passages, args=(memory_gb,), daemon=True).start()
-    uvicorn.run(create_app(memory, str(index_dir), loading), host=host, port=port, log_level="warning")
+    uvicorn.run(create_app(memory, str(index_dir), loading, worker), host=host, port=port, log_level="warning")

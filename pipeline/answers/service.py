@@ -5,12 +5,14 @@
     GET  /health  what the server holds;  GET /  a one-page UI;  GET /docs, /openapi.json  the schema
 
 Bad requests get a 4xx with one line of JSON ({"error": ...}) and the server keeps serving. The models are not
-thread-safe and two cores gain nothing from two forwards at once: requests are answered one at a time (a lock), in
-the order they come."""
+thread-safe and two cores gain nothing from two forwards at once: requests are answered one at a time, on one
+thread (`memory_worker`), in the order they come."""
 
 from __future__ import annotations
 
-import threading
+import asyncio
+import functools
+from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 from typing import Literal
 
@@ -69,12 +71,24 @@ def warm_up(memory: Memory) -> list[str]:
     return missing
 
 
-def create_app(memory: Memory, index: str = "", loading: bool = False) -> FastAPI:
+def memory_worker() -> ThreadPoolExecutor:
+    """The one thread every request's model work runs on, one request at a time: torch and oneDNN keep per-thread
+    buffers and kernels, so spreading requests over the server's pool of threads grew its memory with each new
+    thread (+87% after 90 s of 8 clients, bench/serve_bench.py); one thread builds them once."""
+    return ThreadPoolExecutor(max_workers=1, thread_name_prefix="lmort-memory")
+
+
+def create_app(memory: Memory, index: str = "", loading: bool = False,
+               worker: ThreadPoolExecutor | None = None) -> FastAPI:
     """The service over one opened memory (`Memory`): every route reads it, none reloads anything. `loading`: the
-    passages' layers are being loaded into memory behind it (`/health` says so until they are)."""
+    passages' layers are being loaded into memory behind it (`/health` says so until they are). `worker`: the
+    thread the memory runs on (`memory_worker`; the one warm_up ran on, so its kernels are built)."""
     app = FastAPI(title="LMORT memory", description="A frozen LLM's retrieval and reading from its own stored "
                   "states.", version="0.1.0")
-    lock = threading.Lock()
+    worker = worker or memory_worker()
+
+    async def on_worker(fn, *args, **kwargs):
+        return await asyncio.get_running_loop().run_in_executor(worker, functools.partial(fn, *args, **kwargs))
     readers = [r for r in READER_CHOICES if r == "generate" or memory.span is not None]
 
     @app.exception_handler(RequestValidationError)
@@ -95,19 +109,17 @@ def create_app(memory: Memory, index: str = "", loading: bool = False) -> FastAP
                 "passages_loading": loading and not memory.passages_held}
 
     @app.post("/search")
-    def search(body: SearchRequest) -> dict:
-        with lock:
-            hits, ms = memory.search(body.query, min(body.k, len(memory.meta["ids"])), body.retriever)
+    async def search(body: SearchRequest) -> dict:
+        hits, ms = await on_worker(memory.search, body.query, min(body.k, len(memory.meta["ids"])), body.retriever)
         return {"query": body.query, "retriever": body.retriever or memory.retrievers()[0],
                 "hits": [vars(h) for h in hits], "ms": ms}
 
     @app.post("/ask")
-    def ask(body: AskRequest) -> dict:
+    async def ask(body: AskRequest) -> dict:
         if body.reader is not None and body.reader not in readers:
             raise DataError(f"reader {body.reader!r}: this memory reads with {', '.join(readers)}")
-        with lock:
-            answer = memory.ask(body.question, min(body.k, len(memory.meta["ids"])), body.retriever,
-                                max_new_tokens=body.max_new_tokens, reader=body.reader)
+        answer = await on_worker(memory.ask, body.question, min(body.k, len(memory.meta["ids"])), body.retriever,
+                                 max_new_tokens=body.max_new_tokens, reader=body.reader)
         return answer.to_dict()
 
     @app.get("/", response_class=HTMLResponse)
