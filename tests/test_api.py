@@ -134,3 +134,23 @@ def test_serve_refuses_bad_requests_in_one_json_line_and_keeps_serving(server):
     for t in threads:
         t.join()
     assert results == [200] * 4 and httpx.get(f"{url}/health").status_code == 200
+
+
+def test_serve_runs_every_request_s_model_work_on_one_thread(server, monkeypatch):
+    """torch and oneDNN keep per-thread buffers and kernels: spread over the server's thread pool, the server's
+    memory grew with each new thread (bench/serve_bench.py, 8 clients), so the model work has one thread."""
+    url, memory = server
+    names, search = [], memory.search
+
+    def recorded(*args, **kwargs):
+        names.append(threading.current_thread().name)
+        return search(*args, **kwargs)
+
+    monkeypatch.setattr(memory, "search", recorded)
+    threads = [threading.Thread(target=lambda: httpx.post(f"{url}/search", json={"query": "alpha", "k": 2},
+                                                          timeout=60)) for _ in range(6)]
+    for t in threads:
+        t.start()
+    for t in threads:
+        t.join()
+    assert len(names) == 6 and len(set(names)) == 1 and names[0].startswith("lmort-memory"), names
