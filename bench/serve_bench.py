@@ -54,6 +54,7 @@ def timed(client, url: str, body: dict) -> tuple[float, int]:
 @click.option("--readers", type=click.Path(path_type=Path, exists=True, file_okay=False),
               help="`lmort serve --readers`: span readers from elsewhere (bench/untrained_reader.py: timing only).")
 @click.option("--k", default=3, show_default=True)
+@click.option("--memory-gb", type=float, help="`lmort serve --memory-gb` [its default].")
 @click.option("--retriever", help="/ask's and /search's retriever [the index's default: <system>+bm25].")
 @click.option("--max-new-tokens", default=8, show_default=True, help="/ask with the generative reader.")
 @click.option("--requests", "n_requests", default=200, show_default=True)
@@ -61,8 +62,8 @@ def timed(client, url: str, body: dict) -> tuple[float, int]:
 @click.option("--clients", default=8, show_default=True)
 @click.option("--seconds", default=30.0, show_default=True)
 @click.option("--out", type=click.Path(path_type=Path), default=Path("bench/serve_bench.md"), show_default=True)
-def main(index_dir, endpoint, reader, readers, retriever, k, max_new_tokens, n_requests, warm, clients, seconds,
-         out) -> None:
+def main(index_dir, endpoint, reader, readers, memory_gb, retriever, k, max_new_tokens, n_requests, warm, clients,
+         seconds, out) -> None:
     import httpx
 
     from pipeline.answers.ask import open_prepared
@@ -76,7 +77,8 @@ def main(index_dir, endpoint, reader, readers, retriever, k, max_new_tokens, n_r
     t0 = time.perf_counter()
     server = subprocess.Popen([lmort, "serve", "--index", str(index_dir), "--port", str(port),
                                *(["--reader", reader] if reader else []),
-                               *(["--readers", str(readers)] if readers else [])],
+                               *(["--readers", str(readers)] if readers else []),
+                               *(["--memory-gb", str(memory_gb)] if memory_gb is not None else [])],
                               stdout=subprocess.PIPE, text=True)
     url = f"http://127.0.0.1:{port}"
     try:
@@ -119,7 +121,9 @@ def main(index_dir, endpoint, reader, readers, retriever, k, max_new_tokens, n_r
         else ")")
     generates = endpoint == "ask" and (reader or health["reader"]) == "generate"
     flags = (f" --reader {reader}" if reader else "") + (f" --readers {readers}" if readers else "") + (
-        f" --retriever {retriever}" if retriever else "") + (f" --seconds {seconds:g}" if seconds != 30 else "") + (
+        f" --retriever {retriever}" if retriever else "") + (
+        f" --memory-gb {memory_gb:g}" if memory_gb is not None else "") + (
+        f" --seconds {seconds:g}" if seconds != 30 else "") + (
         f" --max-new-tokens {max_new_tokens}" if generates else "")
     passages = (f", passages in memory after {held:.0f} s" if health["passages_in_memory"] else
                 ", passages read from Zarr" if health["reader"] == "span" else "")
