@@ -42,7 +42,7 @@ def command(index_dir, host, port, reader, rerank, data, readers, memory_gb) -> 
         click.echo(f"not served: {line}")
     click.echo(f"lmort serve: {memory.system} over {memory.ds.name}, reader {memory.mode}, ready in "
                f"{time.perf_counter() - t0:.1f} s at http://{host}:{port}/ (Ctrl-C stops)")
-    loading = memory.passages_fit(memory_gb) if memory_gb > 0 else False
+    loading = memory_gb > 0 and memory.passages_fit(memory_gb)
     if loading:
         import threading
 

@@ -102,6 +102,7 @@ def test_serve_answers_search_ask_health_and_the_page(server):
     url, memory = server
     health = httpx.get(f"{url}/health").json()
     assert health["status"] == "ok" and health["readers"] == ["generate"] and health["retrievers"][0] == "lmort+bm25"
+    assert health["passages_loading"] is False and health["passages_in_memory"] is False  # no span reader here
     found = httpx.post(f"{url}/search", json={"query": "alpha beta", "k": 3}).json()
     assert [h["id"] for h in found["hits"]] == [h.id for h in memory.search("alpha beta", 3)[0]]
     answer = httpx.post(f"{url}/ask", json={"question": "alpha beta", "k": 2, "max_new_tokens": 2}, timeout=60)

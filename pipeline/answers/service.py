@@ -89,6 +89,7 @@ def create_app(memory: Memory, index: str = "", loading: bool = False,
 
     async def on_worker(fn, *args, **kwargs):
         return await asyncio.get_running_loop().run_in_executor(worker, functools.partial(fn, *args, **kwargs))
+
     readers = [r for r in READER_CHOICES if r == "generate" or memory.span is not None]
 
     @app.exception_handler(RequestValidationError)
