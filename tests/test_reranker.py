@@ -7,6 +7,7 @@ from __future__ import annotations
 import json
 import random
 import re
+from dataclasses import replace
 from pathlib import Path
 
 import pytest
@@ -267,3 +268,47 @@ def test_a_dev_sample_scores_only_its_queries_and_a_step_budget_caps_the_epoch(w
     assert len(sample.qrels) == 3 < len(full.qrels) and set(sample.qrels) == set(sample.bm25) <= set(full.qrels)
     assert set(dev_sets([ts], [], "test", 10, max_queries=3, seed=1)[0].qrels) == set(sample.qrels)
     assert len(epoch_batches([ts], _loop_config(RerankerTrainConfig(batch_size=8, max_steps_per_epoch=2)), 0)) == 2
+
+
+def test_the_teacher_scores_every_scheduled_pair_and_its_margins_join_the_loss(world, tmp_path, monkeypatch):
+    """Distillation (`reranker.teacher`): the teacher scores each query's positive and every negative the seeded
+    schedule will show it (BM25 alone here: the planted words put the positive first), the table is read back
+    instead of recomputed, and the Margin-MSE term is zero exactly when the student's margins are the teacher's."""
+    from pipeline.interaction import teacher as teacher_module
+    from pipeline.interaction.rerank_train import _loop_config, listwise_loss, margin_mse
+    from pipeline.retrieval.baselines import bm25_run
+    from pipeline.tuner.loop import epoch_batches
+
+    ts = world["set"]
+    cfg = RerankerTrainConfig(epochs=2, batch_size=8, negatives=3, bf16=False, teacher="minilm+bm25")
+    schedule = [epoch_batches([ts], _loop_config(cfg), e) for e in range(cfg.epochs)]
+    targets = teacher_module.teacher_targets([ts], schedule, 0.0, tmp_path, bf16=False, progress=False)
+    run = targets[ts.data.name]
+    shown = [(q, p, negs) for batches in schedule for _, batch in batches for q, p, negs, _ in batch]
+    assert all({p, *negs} <= set(run[q]) for q, p, negs in shown)
+    assert sum(all(run[q][p] > run[q][n] for n in negs) for q, p, negs in shown) >= 0.6 * len(shown)  # chance 1/4
+    searched = bm25_run(ts.data, list(run), 100)  # the pairs score as BM25's own search scores them
+    assert all(searched[q][d] == pytest.approx(v, rel=1e-5) for q in run for d, v in run[q].items() if v > 0)
+
+    monkeypatch.setattr(teacher_module, "bm25_pair_scores", lambda *a: pytest.fail("recomputed"))
+    assert teacher_module.teacher_targets([ts], schedule, 0.0, tmp_path, progress=False) == targets
+
+    batch = schedule[0][0][1]
+    start = torch.arange(len(batch)) * (1 + cfg.negatives)  # the in-batch layout: each positive, then its negatives
+    scores = torch.zeros(len(batch), len(batch) * (1 + cfg.negatives))
+    for i, (q, p, negs, _) in enumerate(batch):
+        for j, d in enumerate([p, *negs]):
+            scores[i, start[i] + j] = 10.0 * run[q][d]
+    assert margin_mse(scores, start, batch, run, 10.0).item() == pytest.approx(0.0, abs=1e-9)
+    assert margin_mse(scores, start, batch, run, 20.0).item() > 0.1
+
+    for design in ("late", "cross"):  # both column layouts: the batch's passages (late) and each query's own group
+        torch.manual_seed(0)
+        reranker = Reranker(RerankerConfig(llm_width=world["queries"].width, layers=[0, 2], design=design, **SMALL))
+        plain = listwise_loss(reranker, ts, batch, cfg, "cpu")
+        taught = listwise_loss(reranker, ts, batch, cfg, "cpu", run)
+        assert taught > plain
+        assert listwise_loss(reranker, ts, batch, replace(cfg, distill=0.0), "cpu", run).item() == pytest.approx(
+            plain.item())
+    with pytest.raises(ConfigError, match="reranker.teacher must be"):
+        reranker_train_config({"reranker": {"teacher": "cross-encoder"}})

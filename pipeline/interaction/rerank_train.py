@@ -36,6 +36,7 @@ from ..tuner.train import load_within_budget
 from ..tuner.training_sets import TrainingSet
 from .rerank import EncodedPassages, combine, rerank_scores
 from .reranker import Reranker, RerankerConfig
+from .teacher import TEACHERS, Targets, teacher_targets
 
 log = logging.getLogger(__name__)
 
@@ -59,6 +60,10 @@ class RerankerTrainConfig:
     dev_depth: int = 30  # BM25 candidates reranked in the dev scoring
     dev_queries: int | None = None  # a seeded sample of each dev split's queries (None: all; squad's dev is 8.8k)
     select_on: str = "in-domain"  # in-domain: the training sets' dev splits choose; all: the zero-shot dev too
+    teacher: str | None = None  # distillation (teacher.py): "minilm+bm25", the fused scores' margins as targets
+    teacher_weight: float = 0.6  # MiniLM's weight in the teacher's fusion (0.6: the default's choice on cacm)
+    teacher_scale: float = 10.0  # the teacher's min-max margins in the reranker's logit units
+    distill: float = 1.0  # the Margin-MSE term's weight beside the listwise cross-entropy
     seed: int = 0
     bf16: bool = True
     memory_gb: float = 8.0
@@ -112,10 +117,13 @@ def dev_scores(reranker: Reranker, sets: list[DevSet], cfg: RerankerTrainConfig)
     return out
 
 
-def listwise_loss(reranker: Reranker, ts: TrainingSet, batch, cfg: RerankerTrainConfig, device) -> torch.Tensor:
+def listwise_loss(reranker: Reranker, ts: TrainingSet, batch, cfg: RerankerTrainConfig, device,
+                  teacher: Run | None = None) -> torch.Tensor:
     """Softmax cross-entropy of each query's positive against its hard negatives (and, with `in_batch`, every
-    other passage of the batch), false negatives masked."""
+    other passage of the batch), false negatives masked; with a `teacher` (query -> document -> score), plus
+    `distill` times the Margin-MSE of the query's positive-minus-negative margins against the teacher's."""
     qids, docs, targets, false_neg = batch_layout(batch)
+    positives = targets
     feed = feed_dtype(device, cfg.bf16)
     qs, qm = ts.queries.batch(qids, reranker.cfg.layers, feed)
     ps, pm = ts.corpus.batch(docs, reranker.cfg.layers, feed)
@@ -132,7 +140,26 @@ def listwise_loss(reranker: Reranker, ts: TrainingSet, batch, cfg: RerankerTrain
         q, q_keep = reranker.encode({k: v.to(device) for k, v in qs.items()}, qm.to(device))
         p, p_keep = reranker.encode({k: v.to(device) for k, v in ps.items()}, pm.to(device))
         scores = reranker.score(q, q_keep, p, p_keep, None if pairs is None else pairs.to(device))
-    return F.cross_entropy(scores.masked_fill(false_neg.to(device), float("-inf")), targets.to(device))
+    loss = F.cross_entropy(scores.masked_fill(false_neg.to(device), float("-inf")), targets.to(device))
+    if teacher is None:
+        return loss
+    start = positives if pairs is None else torch.zeros_like(positives)  # each query's positive column
+    return loss + cfg.distill * margin_mse(scores.float(), start, batch, teacher, cfg.teacher_scale)
+
+
+def margin_mse(scores: torch.Tensor, start: torch.Tensor, batch, teacher: Run, scale: float) -> torch.Tensor:
+    """Mean squared difference between the student's margins (positive minus each of the query's own hard
+    negatives, which follow the positive's column `start[i]`) and `scale` times the teacher's."""
+    rows, pos, neg, target = [], [], [], []
+    for i, (qid, p, negs, _) in enumerate(batch):
+        for j, n in enumerate(negs):
+            rows.append(i), pos.append(int(start[i])), neg.append(int(start[i]) + 1 + j)
+            target.append(scale * (teacher[qid][p] - teacher[qid][n]))
+    if not rows:
+        return scores.sum() * 0.0
+    rows_t, pos_t, neg_t = (torch.tensor(x, device=scores.device) for x in (rows, pos, neg))
+    student = scores[rows_t, pos_t] - scores[rows_t, neg_t]
+    return F.mse_loss(student, torch.tensor(target, device=scores.device, dtype=scores.dtype))
 
 
 def _loop_config(cfg: RerankerTrainConfig) -> TrainConfig:
@@ -156,9 +183,10 @@ def _evaluate(reranker: Reranker, devs: list[DevSet], cfg: RerankerTrainConfig, 
 
 
 def train_reranker(sets: list[TrainingSet], devs: list[DevSet], model_cfg: RerankerConfig,
-                   cfg: RerankerTrainConfig, out: Path, progress: bool = True) -> dict:
+                   cfg: RerankerTrainConfig, out: Path, progress: bool = True, teacher: Targets | None = None) -> dict:
     """Train into `out` (best/, train.json, training.png, curve.md); dev is scored `cfg.evals` times (and after the
-    last step), the best kept. A killed run resumes from its last dev scoring."""
+    last step), the best kept. A killed run resumes from its last dev scoring. `teacher`: distillation targets
+    (teacher.py) for every pair the schedule shows."""
     out = Path(out)
     out.mkdir(parents=True, exist_ok=True)
     stores = check_compatible([s for x in [*sets, *devs] for s in (x.queries, x.corpus)])
@@ -179,7 +207,7 @@ def train_reranker(sets: list[TrainingSet], devs: list[DevSet], model_cfg: Reran
     every = max(1, -(-total // cfg.evals))  # the last scoring falls on the last step
     with tqdm(total=total, initial=state["step"], unit="step", desc="train reranker", disable=not progress) as bar:
         while state["step"] < total:
-            _segment(reranker, opt, schedule, sets, loop_cfg, cfg, state, per_epoch, every, device, bar)
+            _segment(reranker, opt, schedule, sets, loop_cfg, cfg, state, per_epoch, every, device, bar, teacher)
             _evaluate(reranker, devs, cfg, state, out, stores)
             save_checkpoint(reranker, opt, schedule, state, out / "checkpoint")
     summary = {"parameters": reranker.num_parameters(), "steps": state["step"], "queries_seen": state["seen"],
@@ -191,7 +219,7 @@ def train_reranker(sets: list[TrainingSet], devs: list[DevSet], model_cfg: Reran
     return summary
 
 
-def _segment(reranker, opt, schedule, sets, loop_cfg, cfg, state, per_epoch, every, device, bar) -> None:
+def _segment(reranker, opt, schedule, sets, loop_cfg, cfg, state, per_epoch, every, device, bar, teacher) -> None:
     """Steps until the next dev scoring (every `every` steps, and the last). The segment seeds its own dropout and
     each epoch's batches are seeded, so a run resumed at a scoring repeats an uninterrupted one."""
     torch.manual_seed(cfg.seed * 7919 + state["step"])
@@ -203,7 +231,8 @@ def _segment(reranker, opt, schedule, sets, loop_cfg, cfg, state, per_epoch, eve
         if epoch not in batches:
             batches = {epoch: epoch_batches(sets, loop_cfg, epoch)}
         s_i, batch = batches[epoch][within]
-        loss = optimizer_step(reranker, opt, listwise_loss(reranker, sets[s_i], batch, cfg, device), cfg.clip)
+        targets = teacher[sets[s_i].data.name] if teacher else None
+        loss = optimizer_step(reranker, opt, listwise_loss(reranker, sets[s_i], batch, cfg, device, targets), cfg.clip)
         schedule.step()
         state["step"] += 1
         state["seen"] += len(batch)
@@ -279,8 +308,13 @@ def rerank_stage_config(params: dict) -> RerankStageConfig:
 
 
 def reranker_train_config(params: dict) -> RerankerTrainConfig:
+    from ..common.errors import ConfigError
+
     raw = _split_section(params)[1]
-    return RerankerTrainConfig(**{k: tuple(v) if isinstance(v, list) else v for k, v in raw.items()})
+    cfg = RerankerTrainConfig(**{k: tuple(v) if isinstance(v, list) else v for k, v in raw.items()})
+    if cfg.teacher not in (None, *TEACHERS):
+        raise ConfigError(f"reranker.teacher must be null or one of {list(TEACHERS)}, not {cfg.teacher!r}")
+    return cfg
 
 
 def reranker_model_config(params: dict, design: str, stored_layers: list[int], llm_width: int,
@@ -309,11 +343,15 @@ def train_designs(stores: Path, params: dict, out: Path, progress: bool = True) 
     zero = open_training_sets(stores, list(stage.zero_shot_dev), pairs=False)
     devs = dev_sets(sets, zero, section(params, "fusion").zero_shot_split, cfg.dev_depth, cfg.dev_queries, cfg.seed)
     corpus = sets[0].corpus
+    teacher = None
+    if cfg.teacher:  # the same targets for every design, computed once
+        schedule = [epoch_batches(sets, _loop_config(cfg), e) for e in range(cfg.epochs)]
+        teacher = teacher_targets(sets, schedule, cfg.teacher_weight, Path(out), cfg.bf16, progress)
     summaries = {}
     for design in stage.designs:
         model_cfg = reranker_model_config(params, design, corpus.layers, corpus.width,
                                           bool(corpus.fingerprint.get("attention_sink")))
-        summaries[design] = train_reranker(sets, devs, model_cfg, cfg, Path(out) / design, progress)
+        summaries[design] = train_reranker(sets, devs, model_cfg, cfg, Path(out) / design, progress, teacher)
     chosen = max(stage.designs, key=lambda d: summaries[d]["best"]["select"] or 0)
     record = {"design": chosen, "selects_on": [d.name for d in devs if d.in_domain or cfg.select_on == "all"],
               "designs": {d: {"parameters": s["parameters"], "train_seconds": s["train_seconds"],
