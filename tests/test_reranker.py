@@ -290,6 +290,9 @@ def test_the_teacher_scores_every_scheduled_pair_and_its_margins_join_the_loss(w
     searched = bm25_run(ts.data, list(run), 100)  # the pairs score as BM25's own search scores them
     assert all(searched[q][d] == pytest.approx(v, rel=1e-5) for q in run for d, v in run[q].items() if v > 0)
 
+    stopwords = replace(ts, data=replace(ts.data, queries={**ts.data.queries, "q0": "what is the"}))
+    assert set(teacher_module.bm25_pair_scores(stopwords, {"q0": {"d0", "d1"}})["q0"].values()) == {0.0}
+
     monkeypatch.setattr(teacher_module, "bm25_pair_scores", lambda *a: pytest.fail("recomputed"))
     assert teacher_module.teacher_targets([ts], schedule, 0.0, tmp_path, progress=False) == targets
 

@@ -52,7 +52,7 @@ def bm25_pair_scores(ts: TrainingSet, groups: dict[str, set[str]]) -> Run:
                             show_progress=False)
     out = {}
     for q, toks in zip(qids, tokens):
-        scores = bm25.retriever.get_scores(toks)
+        scores = bm25.retriever.get_scores(toks) if toks else np.zeros(len(bm25.ids))  # only stopwords: no match
         out[q] = {d: float(scores[row[d]]) for d in groups[q]}
     return out
 
