@@ -295,6 +295,13 @@ def test_the_teacher_scores_every_scheduled_pair_and_its_margins_join_the_loss(w
 
     monkeypatch.setattr(teacher_module, "bm25_pair_scores", lambda *a: pytest.fail("recomputed"))
     assert teacher_module.teacher_targets([ts], schedule, 0.0, tmp_path, progress=False) == targets
+    monkeypatch.setattr(teacher_module, "minilm_pair_scores", lambda ts, groups, *a: {q: dict.fromkeys(d, 0.5)
+                                                                                      for q, d in groups.items()})
+    monkeypatch.setattr(teacher_module, "bm25_pair_scores", lambda ts, groups: {q: dict.fromkeys(d, 1.0)
+                                                                                for q, d in groups.items()})
+    dense = teacher_module.teacher_targets([ts], schedule, 1.0, tmp_path, progress=False)  # another weight: anew
+    assert {v for q in dense[ts.data.name].values() for v in q.values()} == {0.5}
+    assert teacher_module.read_targets(tmp_path / "teacher.parquet") == dense
 
     batch = schedule[0][0][1]
     start = torch.arange(len(batch)) * (1 + cfg.negatives)  # the in-batch layout: each positive, then its negatives

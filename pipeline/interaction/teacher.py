@@ -73,11 +73,12 @@ def minilm_pair_scores(ts: TrainingSet, groups: dict[str, set[str]], bf16: bool,
 def teacher_targets(sets: list[TrainingSet], schedule: list[list], weight: float, out: Path, bf16: bool = True,
                     progress: bool = True) -> Targets:
     """The fused teacher's score of every pair the schedule shows (min-max per query group, MiniLM at `weight`),
-    read from OUT/teacher.parquet when a run already wrote it for the same pairs."""
+    read from OUT/teacher.parquet when a run already wrote it with the same teacher and weight for these pairs."""
     path = Path(out) / "teacher.parquet"
     wanted = scheduled_groups(sets, schedule)
-    if path.is_file():
-        stored = read_targets(path)
+    made_by = {b"teacher": TEACHERS[0].encode(), b"teacher_weight": repr(float(weight)).encode()}
+    if path.is_file() and made_by.items() <= (pq.read_schema(path).metadata or {}).items():
+        stored = read_targets(path)  # the same teacher and weight: reused where it holds every pair wanted
         if all(set(stored.get(s, {}).get(q, {})) >= docs for s, g in wanted.items() for q, docs in g.items()):
             return stored
     targets: Targets = {}
@@ -91,8 +92,9 @@ def teacher_targets(sets: list[TrainingSet], schedule: list[list], weight: float
                                  fuse(dense, lexical, "wsum", weight, k=max(map(len, groups.values()))))
     Path(out).mkdir(parents=True, exist_ok=True)
     rows = [(s, q, d, v) for s, run in targets.items() for q, docs in run.items() for d, v in docs.items()]
-    table = pa.table({k: list(col) for k, col in zip(("set", "query", "document", "score"), zip(*rows))}
-                     if rows else {k: [] for k in ("set", "query", "document", "score")})
+    columns = ("set", "query", "document", "score")
+    table = pa.table(dict(zip(columns, map(list, zip(*rows)))) if rows else {k: [] for k in columns})
+    table = table.replace_schema_metadata(made_by)
     atomic_file(path, lambda tmp: pq.write_table(table, tmp))
     return targets
 
